@@ -1,0 +1,3 @@
+"""reasonrl: post-train language models with reinforcement learning."""
+
+__version__ = "0.1.0"
