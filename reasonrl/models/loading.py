@@ -1,0 +1,87 @@
+"""Loading any Hugging Face causal LM (local path or hub id), and the bundled tiny model."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from reasonrl.config import ConfigError, ModelConfig, ModelInit
+
+BUNDLED = "bundled"
+
+
+def bundled_model_dir() -> Path:
+    """Where the packaged tiny checkpoint lives (weights, config, tokenizer)."""
+    return Path(str(resources.files("reasonrl") / "assets" / "tiny-arith"))
+
+
+def resolve_model_path(path: str) -> str:
+    """A local directory as a string, or a hub id; a missing local path raises ConfigError."""
+    if path == BUNDLED:
+        path = str(bundled_model_dir())
+        if not Path(path).is_dir():
+            raise ConfigError(f"the bundled model is missing from the package: {path}")
+        return path
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"model path is not a directory: {p}")
+        return str(p)
+    # A hub id is "name" or "org/name"; anything else that does not exist is a missing path.
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local:
+        raise ConfigError(f"model path not found: {p}")
+    return path
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device=cuda but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str) -> Any:
+    """The model's tokenizer, left-padded for generation, with a pad token."""
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    except OSError as e:
+        raise ConfigError(f"could not load a tokenizer from {path!r}: {e}") from e
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
+    """The causal LM named by ``cfg`` in the configured dtype, on ``device``."""
+    dtype = getattr(torch, cfg.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), dtype=dtype)
+    except OSError as e:
+        raise ConfigError(f"could not load a model from {cfg.path!r}: {e}") from e
+    return model.to(device or pick_device(cfg.device))
+
+
+def init_model(init: ModelInit, tokenizer: Any, dtype: str = "float32") -> torch.nn.Module:
+    """A randomly initialised Qwen2 causal LM sized by ``init`` for ``tokenizer``'s vocabulary."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=init.hidden_size,
+        intermediate_size=init.intermediate_size,
+        num_hidden_layers=init.num_layers,
+        num_attention_heads=init.num_heads,
+        num_key_value_heads=init.num_kv_heads,
+        max_position_embeddings=init.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype,
+    )
+    return Qwen2ForCausalLM(config).to(getattr(torch, dtype))

@@ -1,0 +1,63 @@
+"""Task sources → train and held-out lists of :class:`Sample`.
+
+Two sources: reasoning-gym's procedural generators (by name and config) and JSONL files with
+``prompt`` and ``answer`` fields. Held-out problems never appear in the training split: the
+training split is drawn from a different seed and filtered against the held-out questions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reasonrl.config import ConfigError, TaskConfig
+from reasonrl.tasks.base import Sample
+
+
+def reasoning_gym_samples(name: str, size: int, seed: int, params: dict[str, Any]) -> list[Sample]:
+    """``size`` problems from the reasoning-gym dataset ``name`` with the given config."""
+    import reasoning_gym
+
+    try:
+        ds = reasoning_gym.create_dataset(name, size=size, seed=seed, **params)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"reasoning-gym task {name!r} with params {params}: {e}") from e
+    return [Sample(x["question"], str(x["answer"]), dict(x["metadata"])) for x in ds]
+
+
+def read_jsonl_samples(path: str | Path) -> list[Sample]:
+    """Samples from a JSONL file whose lines have ``prompt`` and ``answer`` (other keys → meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"task file not found: {path}")
+    samples = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, answer = row.pop("prompt"), row.pop("answer")
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ConfigError(f"{path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
+        samples.append(Sample(str(prompt), str(answer), row))
+    return samples
+
+
+def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, held_out) for a task config; the held-out questions never occur in train."""
+    if cfg.source == "jsonl":
+        train, held_out = read_jsonl_samples(cfg.train_path), read_jsonl_samples(cfg.eval_path)
+    else:
+        held_out = reasoning_gym_samples(cfg.name, cfg.eval_size, cfg.split_seed, cfg.params)
+        # Oversample, then drop anything that is also a held-out question.
+        train = reasoning_gym_samples(
+            cfg.name, cfg.train_size + cfg.eval_size, cfg.split_seed + 1, cfg.params
+        )
+    seen = {s.prompt for s in held_out}
+    train = [s for s in train if s.prompt not in seen]
+    if cfg.source == "reasoning_gym":
+        train = train[: cfg.train_size]
+    if not train:
+        raise ConfigError("the training split is empty after removing held-out questions")
+    return train, held_out[: cfg.eval_size]
