@@ -1,0 +1,171 @@
+"""build_report and build_comparison_report on small hand-made run directories."""
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from reasonrl import report
+from reasonrl.logging import RunLogger
+from reasonrl.report import build_comparison_report, build_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONFIG = "algo: grpo\nstop: '</answer>'\nnote: a & b\n"
+
+SUMMARY = {
+    "before": {
+        "accuracy": 0.412,
+        "n": 500,
+        "ci_low": 0.370,
+        "ci_high": 0.455,
+        "pass_at_k": {"8": 0.70},
+    },
+    "after": {
+        "accuracy": 0.480,
+        "n": 500,
+        "ci_low": 0.436,
+        "ci_high": 0.524,
+        "pass_at_k": {"8": 0.75},
+    },
+    "wall_s": 3723.4,
+}
+
+
+def _make_run(run_dir: Path, *, scale: float = 1.0, entropy: bool = False) -> Path:
+    with RunLogger(run_dir, tensorboard=False) as logger:
+        for step in range(10):
+            metrics = {
+                "reward/mean": scale * step / 10,
+                "reward/format": 1.0,
+                "loss/policy": -0.1 * step,
+                "loss/kl": 0.01,
+                "kl/mean": float("nan") if step == 3 else 0.001 * step,
+                "perf/step_s": 1.5,
+            }
+            if entropy:
+                metrics["entropy/mean"] = 2.0 - 0.1 * step
+            logger.log(step, metrics)
+            if step % 5 == 0 or step == 9:
+                logger.log(step, {"eval/accuracy": 0.4 + 0.01 * step})
+    return run_dir
+
+
+def _images(page: str) -> list[bytes]:
+    return [
+        base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    ]
+
+
+def test_report_has_plots_for_present_metrics_only(tmp_path: Path) -> None:
+    run_dir = _make_run(tmp_path / "grpo-gsm8k")
+    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
+    (run_dir / "config.yaml").write_text(CONFIG)
+
+    path = build_report(run_dir)
+
+    assert path == run_dir / "report.html"
+    pngs = {p.name for p in (run_dir / "plots").iterdir()}
+    assert pngs == {"reward.png", "accuracy.png", "kl.png", "loss.png"}
+    page = path.read_text()
+    images = _images(page)
+    assert page.count("<img") == len(images) == 4
+    assert all(img.startswith(PNG_MAGIC) for img in images)
+    assert "<h1>grpo-gsm8k</h1>" in page
+
+
+def test_report_tables_the_summary_and_escapes_the_config(tmp_path: Path) -> None:
+    run_dir = _make_run(tmp_path / "run")
+    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
+    (run_dir / "config.yaml").write_text(CONFIG)
+
+    page = build_report(run_dir).read_text()
+
+    assert "41.2% [37.0, 45.5]" in page
+    assert "48.0% [43.6, 52.4]" in page
+    assert "+6.8 pts" in page  # accuracy change
+    assert "+5.0 pts" in page  # pass@8 change
+    assert "pass@8" in page and "<td>500</td>" in page
+    assert "1h 02m 03s" in page
+    pre = re.search(r"<pre>(.*)</pre>", page, re.S).group(1)
+    assert "<" not in pre and "&lt;/answer&gt;" in pre and "a &amp; b" in pre
+    assert html.unescape(pre) == CONFIG
+
+
+def test_report_without_summary_config_or_evals(tmp_path: Path) -> None:
+    run_dir = tmp_path / "bare"
+    with RunLogger(run_dir, tensorboard=False) as logger:
+        logger.log(0, {"response/length_mean": 120.0})
+        logger.log(1, {"response/length_mean": float("nan")})
+        logger.log(2, {"response/length_mean": 140.0})
+    # A plot left by an earlier build, for a metric no longer logged, is removed.
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "reward.png").write_bytes(PNG_MAGIC)
+
+    page = build_report(run_dir).read_text()
+
+    assert [p.name for p in (run_dir / "plots").iterdir()] == ["response_length.png"]
+    assert page.count("<img") == 1
+    assert "<table" not in page and "<pre>" not in page and "Wall time" not in page
+
+
+def test_report_with_only_the_after_evaluation(tmp_path: Path) -> None:
+    run_dir = _make_run(tmp_path / "run")
+    (run_dir / "summary.json").write_text(json.dumps({"after": SUMMARY["after"]}))
+
+    page = build_report(run_dir).read_text()
+
+    assert "48.0% [43.6, 52.4]" in page
+    assert "before" not in page.split("<table")[1] and "pts" not in page
+
+
+def test_comparison_has_one_legend_entry_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_a = _make_run(tmp_path / "grpo", entropy=True)
+    run_b = _make_run(tmp_path / "dr_grpo", scale=0.5)
+    (run_a / "summary.json").write_text(json.dumps(SUMMARY))
+
+    # Keep the drawn figures so their legends can be checked, not just their files.
+    figures: dict[str, Figure] = {}
+    save = report._save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        figures[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    path = build_comparison_report([run_a, run_b], tmp_path / "compare")
+
+    assert path == tmp_path / "compare" / "report.html"
+    plots = tmp_path / "compare" / "plots"
+    expected = {"reward.png", "accuracy.png", "kl.png", "loss.png", "entropy.png"}
+    assert {p.name for p in plots.iterdir()} == expected
+    assert all((plots / name).read_bytes().startswith(PNG_MAGIC) for name in expected)
+
+    def legend(name: str) -> list[str]:
+        (fig_legend,) = figures[name].legends
+        return [t.get_text() for t in fig_legend.get_texts()]
+
+    # Multi-key groups draw a panel per key but still name each run once.
+    assert len(figures["reward.png"].axes) == 2
+    assert legend("reward.png") == ["grpo", "dr_grpo"]
+    assert legend("loss.png") == ["grpo", "dr_grpo"]
+    assert legend("entropy.png") == ["grpo"]
+
+    page = path.read_text()
+    assert page.count("<img") == len(expected)
+    assert "<td>grpo</td>" in page and "<td>dr_grpo</td>" in page
+    assert "+6.8 pts" in page
+
+
+def test_comparison_disambiguates_runs_with_the_same_name(tmp_path: Path) -> None:
+    run_a = _make_run(tmp_path / "seed0" / "run")
+    run_b = _make_run(tmp_path / "seed1" / "run")
+
+    page = build_comparison_report([run_a, run_b], tmp_path / "compare").read_text()
+
+    assert "<td>seed0/run</td>" in page and "<td>seed1/run</td>" in page
