@@ -1,0 +1,94 @@
+"""The record every rollout engine returns, and the protocol engines follow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A batch of B completions, laid out ``[prompt, left-padded | completion, right-padded]``.
+
+    prompt_ids, prompt_mask: [B, P]; completion_ids, completion_mask: [B, C], the mask is 1 on
+    generated tokens up to and including the first EOS; logprobs: [B, C] float32, log p of each
+    sampled token under the temperature-scaled distribution it was drawn from (0 where masked);
+    texts: the B decoded completions (special tokens dropped).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """[B, P + C]."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """[B, P + C]."""
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Completion lengths in tokens. [B]."""
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, rows: slice) -> Rollout:
+        """A sub-batch of rows (micro-batching)."""
+        return Rollout(
+            self.prompt_ids[rows],
+            self.prompt_mask[rows],
+            self.completion_ids[rows],
+            self.completion_mask[rows],
+            self.logprobs[rows],
+            self.texts[rows],
+        )
+
+
+def _pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+    return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts generated in separate calls, padding prompts left and completions right."""
+    if len(parts) == 1:
+        return parts[0]
+    p = max(r.prompt_ids.shape[1] for r in parts)
+    c = max(r.completion_ids.shape[1] for r in parts)
+    return Rollout(
+        torch.cat([_pad(r.prompt_ids, p, pad_id, True) for r in parts]),
+        torch.cat([_pad(r.prompt_mask, p, 0, True) for r in parts]),
+        torch.cat([_pad(r.completion_ids, c, pad_id, False) for r in parts]),
+        torch.cat([_pad(r.completion_mask, c, 0, False) for r in parts]),
+        torch.cat([_pad(r.logprobs, c, 0.0, False) for r in parts]),
+        [t for r in parts for t in r.texts],
+    )
+
+
+class RolloutEngine(Protocol):
+    """Generates completions with the weights currently being trained."""
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+    ) -> Rollout: ...

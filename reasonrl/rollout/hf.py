@@ -1,0 +1,107 @@
+"""The ``hf`` engine: transformers ``generate`` on the policy being trained.
+
+Works for any causal LM transformers can load, on CPU or GPU. It shares the policy's weights
+(no copy, no sync). The fast GPU path is a separate engine with the same interface.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from reasonrl.algos import token_logprobs
+from reasonrl.rollout.base import Rollout, concat_rollouts
+
+
+def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 on tokens up to and including the first EOS of each row. ids: [B, C] → [B, C] long."""
+    is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device)).long()
+    eos_before = is_eos.cumsum(-1) - is_eos
+    return (eos_before == 0).long()
+
+
+class HFEngine:
+    """Rollouts from ``model.generate`` in chunks of at most ``batch_completions`` sequences."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_completions: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_completions = batch_completions
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+    ) -> Rollout:
+        parts = [
+            self._generate_chunk(
+                prompts[i : i + self.batch_completions],
+                max_new_tokens,
+                temperature,
+                top_p,
+                top_k,
+                greedy,
+            )
+            for i in range(0, len(prompts), self.batch_completions)
+        ]
+        return concat_rollouts(parts, self.pad_id)
+
+    def _generate_chunk(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+    ) -> Rollout:
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
+        sampling: dict[str, Any] = (
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+                output_logits=True,
+                **sampling,
+            )
+        finally:
+            self.model.train(was_training)
+        prompt_len = enc["input_ids"].shape[1]
+        ids = out.sequences[:, prompt_len:]
+        mask = completion_mask(ids, self.eos_ids)
+        logits = torch.stack(out.logits, dim=1)  # raw, before temperature and filtering
+        logp = token_logprobs(logits, ids, 1.0 if greedy else temperature) * mask
+        texts = self.tokenizer.batch_decode(
+            ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
+        )
+        return Rollout(enc["input_ids"], enc["attention_mask"], ids, mask, logp, texts)
