@@ -1,0 +1,62 @@
+"""Evaluate a policy on held-out samples with the task's answer verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from reasonrl.config import EvalConfig
+from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
+from reasonrl.rewards import exact_answer
+from reasonrl.rollout.base import RolloutEngine
+from reasonrl.tasks.base import Sample
+
+
+def _correct(texts: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
+    return [exact_answer(t, s).score == 1.0 for t, s in zip(texts, samples, strict=True)]
+
+
+def evaluate(
+    engine: RolloutEngine, prompts: Sequence[str], samples: Sequence[Sample], cfg: EvalConfig
+) -> dict[str, Any]:
+    """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
+    samples per problem with a normal 95% CI over problems.
+
+    Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
+    "pass_at_k_ci": {k: [low, high]}, "examples": [...]}``.
+    """
+    if cfg.limit is not None:
+        prompts, samples = prompts[: cfg.limit], samples[: cfg.limit]
+    s = cfg.sampling
+    greedy = engine.generate(list(prompts), max_new_tokens=s.max_new_tokens, greedy=True)
+    correct = _correct(greedy.texts, samples)
+    n, hits = len(correct), sum(correct)
+    low, high = wilson_interval(hits, n)
+    result: dict[str, Any] = {
+        "accuracy": hits / n,
+        "n": n,
+        "ci_low": low,
+        "ci_high": high,
+        "pass_at_k": {},
+        "pass_at_k_ci": {},
+        "examples": [
+            {"prompt": samples[i].prompt, "completion": greedy.texts[i], "correct": correct[i]}
+            for i in range(min(5, n))
+        ],
+    }
+    if cfg.k >= 1:
+        repeated = [p for p in prompts for _ in range(cfg.k)]
+        sampled = engine.generate(
+            repeated,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+        )
+        ok = _correct(sampled.texts, [x for x in samples for _ in range(cfg.k)])
+        per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(n)]
+        for k in sorted({1, cfg.k}):
+            mean, lo, hi = mean_ci([pass_at_k(cfg.k, c, k) for c in per_problem])
+            result["pass_at_k"][str(k)] = mean
+            result["pass_at_k_ci"][str(k)] = [lo, hi]
+    return result

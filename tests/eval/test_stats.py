@@ -1,0 +1,40 @@
+from itertools import combinations
+
+import pytest
+
+from reasonrl.eval import mean_ci, pass_at_k, wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"), [(8, 2, 1, 0.25), (8, 2, 8, 1.0), (5, 1, 2, 0.4), (4, 0, 2, 0.0)]
+)
+def test_pass_at_k_by_hand(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_equals_the_fraction_of_k_subsets_with_a_hit():
+    n = 7
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            subsets = list(combinations([i < c for i in range(n)], k))
+            assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_pass_at_k_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and round(high, 4) == 0.2775
+
+
+def test_mean_ci():
+    mean, low, high = mean_ci([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and low < 0.5 < high
+    assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
