@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 
 
 class ModelInit(_Strict):
-    """Architecture of a model trained from scratch (only the bundled model's cold start uses it)."""
+    """Architecture of a model trained from scratch (the bundled model's cold start)."""
 
     hidden_size: int = 192
     num_layers: int = 4
@@ -42,7 +42,9 @@ class ModelInit(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: str = "bundled"  # "bundled" (the packaged tiny checkpoint), a local directory, or a hub id
+    path: str = (
+        "bundled"  # "bundled" (the packaged tiny checkpoint), a local directory, or a hub id
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init: ModelInit | None = None  # set to train a new model (and tokenizer) from scratch
@@ -133,6 +135,7 @@ class EvalConfig(_Strict):
     after: bool = True  # and the trained one
     every: int = Field(0, ge=0)  # also evaluate every N steps during training (0: never)
     limit: int | None = None  # evaluate on the first N held-out problems only
+    every_limit: int = Field(200, gt=0)  # held-out problems used by the evals during training
     k: int = Field(8, ge=0)  # samples per problem for pass@k (0: greedy pass@1 only)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_completions: int = Field(512, gt=0)

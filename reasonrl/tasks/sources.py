@@ -39,9 +39,29 @@ def read_jsonl_samples(path: str | Path) -> list[Sample]:
             row = json.loads(line)
             prompt, answer = row.pop("prompt"), row.pop("answer")
         except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise ConfigError(f"{path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
+            msg = f"{path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})"
+            raise ConfigError(msg) from e
         samples.append(Sample(str(prompt), str(answer), row))
     return samples
+
+
+def read_sft_pairs(path: str | Path) -> list[tuple[Sample, str]]:
+    """(sample, completion) pairs from JSONL lines with ``prompt`` and ``completion`` fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"SFT data file not found: {path}")
+    pairs = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, completion = row.pop("prompt"), row.pop("completion")
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            msg = f"{path}:{i}: need a JSON object with 'prompt' and 'completion' ({e})"
+            raise ConfigError(msg) from e
+        pairs.append((Sample(str(prompt), str(row.pop("answer", "")), row), str(completion)))
+    return pairs
 
 
 def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:

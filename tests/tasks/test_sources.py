@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from reasonrl.config import ConfigError, TaskConfig
+from reasonrl.tasks import Sample, load_splits, render_prompt
+from reasonrl.tasks.sources import read_jsonl_samples, read_sft_pairs
+from reasonrl.tasks.traces import chain_trace, solution_text
+
+
+def test_reasoning_gym_splits_are_disjoint_and_fixed_by_seed():
+    cfg = TaskConfig(
+        name="chain_sum", params={"min_digits": 1, "max_digits": 1}, train_size=300, eval_size=50
+    )
+    train, held_out = load_splits(cfg)
+    assert len(held_out) == 50 and 0 < len(train) <= 300
+    assert not {s.prompt for s in train} & {s.prompt for s in held_out}
+    again, held_again = load_splits(cfg)
+    assert [s.prompt for s in again] == [s.prompt for s in train]
+    assert [s.prompt for s in held_again] == [s.prompt for s in held_out]
+    other, _ = load_splits(cfg.model_copy(update={"split_seed": 99}))
+    assert [s.prompt for s in other] != [s.prompt for s in train]
+
+
+def test_unknown_reasoning_gym_task_is_a_config_error():
+    with pytest.raises(ConfigError, match="no_such_task"):
+        load_splits(TaskConfig(name="no_such_task"))
+
+
+def test_jsonl_source(tmp_path):
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text(
+        '{"prompt": "1+1", "answer": 2, "level": 1}\n\n{"prompt": "2+2", "answer": "4"}\n'
+    )
+    held.write_text(
+        json.dumps({"prompt": "1+1", "answer": "2"})
+        + "\n"
+        + json.dumps({"prompt": "3+3", "answer": "6"})
+    )
+    cfg = TaskConfig(source="jsonl", train_path=str(train), eval_path=str(held))
+    tr, ho = load_splits(cfg)
+    assert [s.prompt for s in tr] == ["2+2"]  # "1+1" is held out
+    assert ho[1] == Sample("3+3", "6", {})
+
+
+def test_jsonl_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match="missing.jsonl"):
+        read_jsonl_samples(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+        read_jsonl_samples(bad)
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text('{"prompt": "p", "completion": "c"}\n')
+    assert read_sft_pairs(sft)[0][1] == "c"
+
+
+@pytest.mark.parametrize(
+    ("expression", "steps", "result"),
+    [
+        ("4 - 1", ["4-1=3"], 3),
+        ("57 + 87 - 70", ["57+87=144", "144-70=74"], 74),
+        ("5 - 9 - 3", ["5-9=-4", "-4-3=-7"], -7),
+    ],
+)
+def test_chain_trace(expression, steps, result):
+    assert chain_trace(expression) == (steps, result)
+
+
+def test_solution_text_and_bad_expression():
+    s = Sample("q", "74", {"expression": "57 + 87 - 70"})
+    assert solution_text(s) == "<think>57+87=144, 144-70=74</think> <answer>74</answer>"
+    with pytest.raises(ValueError):
+        chain_trace("3 * 4")
+
+
+class _NoTemplate:
+    chat_template = None
+
+
+def test_prompt_without_chat_template_uses_the_r1_preamble():
+    text = render_prompt(Sample("What is 2+2?", "4"), _NoTemplate())
+    assert text.startswith("A conversation between User and Assistant")
+    assert "<think>" in text and text.endswith("Assistant:")
+    assert render_prompt(Sample("Q", "4"), _NoTemplate(), style="plain") == "User: Q\nAssistant:"
+    with pytest.raises(ValueError):
+        render_prompt(Sample("Q", "4"), _NoTemplate(), chat="on")

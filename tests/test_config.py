@@ -1,0 +1,138 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reasonrl.config import ConfigError, RunConfig, dump_config, load_config, parse_override
+
+
+def test_override_sets_nested_value_and_parses_scientific_floats():
+    cfg = load_config(None, ["rl.learning_rate=5e-6", "seed=3", "task.params={min_terms: 2}"])
+    assert cfg.rl.learning_rate == 5e-6
+    assert cfg.seed == 3
+    assert cfg.task.params == {"min_terms": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("a.b=1", ["a", "b"], 1),
+        ("x=true", ["x"], True),
+        ("y=.5", ["y"], 0.5),
+        ("z=abc", ["z"], "abc"),
+    ],
+)
+def test_parse_override(text, keys, value):
+    assert parse_override(text) == (keys, value)
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["rl.learning_rate"])
+
+
+def test_unknown_override_key_names_full_path_and_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["rl.learning_rat=1e-5"])
+    assert "rl.learning_rat" in str(e.value)
+    assert "did you mean 'rl.learning_rate'" in str(e.value)
+
+
+def test_unknown_key_in_recipe_file_names_path_and_suggestion(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rl:\n  completions_per_promt: 4\neval:\n  sampling:\n    temprature: 0.7\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe)
+    msg = str(e.value)
+    assert "rl.completions_per_promt" in msg and "rl.completions_per_prompt" in msg
+    assert "eval.sampling.temprature" in msg and "eval.sampling.temperature" in msg
+    assert str(recipe) in msg
+
+
+def test_bad_value_is_reported_with_its_path():
+    with pytest.raises(ConfigError, match="rl.steps"):
+        load_config(None, ["rl.steps=-1"])
+
+
+def test_micro_batch_must_divide_the_step():
+    with pytest.raises(ConfigError, match="micro_batch_completions"):
+        load_config(
+            None,
+            [
+                "rl.prompts_per_step=3",
+                "rl.completions_per_prompt=4",
+                "rl.micro_batch_completions=8",
+            ],
+        )
+
+
+def test_missing_recipe_names_the_path_and_a_bundled_neighbour():
+    with pytest.raises(ConfigError) as e:
+        load_config("quickstrat.yaml")
+    assert "quickstrat.yaml" in str(e.value)
+    assert "quickstart" in str(e.value)
+
+
+def test_bundled_recipes_validate():
+    for name in ("quickstart", "tiny-cold-start"):
+        assert isinstance(load_config(name), RunConfig)
+
+
+def test_derived_sizes_are_in_named_units():
+    cfg = load_config(
+        None,
+        [
+            "rl.prompts_per_step=4",
+            "rl.completions_per_prompt=8",
+            "rl.micro_batch_completions=16",
+            "rl.steps=10",
+        ],
+    )
+    assert cfg.derived_sizes() == {
+        "completions_per_step": 32,
+        "accumulation_steps": 2,
+        "total_prompts": 40,
+        "total_completions": 320,
+    }
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config("quickstart", ["seed=7"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_config_module_does_not_import_torch():
+    code = "import sys, reasonrl.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_typo_fails_fast_with_the_suggestion():
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "reasonrl", "run", "quickstart", "rl.learnin_rate=1e-5"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 2
+    assert "rl.learnin_rate" in out.stderr and "rl.learning_rate" in out.stderr
+    assert elapsed < 5, f"a typo took {elapsed:.1f}s to report"
+
+
+def test_cli_missing_recipe_and_model_path_name_the_path(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "reasonrl", "run", str(missing)], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and str(missing) in out.stderr
+    model = tmp_path / "no-model"
+    out = subprocess.run(
+        [sys.executable, "-m", "reasonrl", "eval", "--model", str(model)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and str(model) in out.stderr.replace("\n", "")
