@@ -1,0 +1,1 @@
+"""Training loops (SFT, RL), checkpointing and resume."""

@@ -1,0 +1,223 @@
+"""Running one recipe end to end: set up the run directory and the model, evaluate before,
+train (SFT or RL), evaluate after, write ``summary.json`` and ``report.html``.
+
+``reasonrl run RECIPE`` and ``reasonrl quickstart`` both land here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from reasonrl.config import ConfigError, RunConfig, dump_config
+from reasonrl.eval import evaluate
+from reasonrl.logging import METRICS_FILE, RunLogger
+from reasonrl.models import init_model, load_model, load_tokenizer, pick_device
+from reasonrl.models.tokenizer import train_tokenizer
+from reasonrl.rollout import HFEngine
+from reasonrl.tasks import Sample, load_splits, render_prompt
+from reasonrl.tasks.prompts import R1_INSTRUCTION
+from reasonrl.tasks.sources import read_sft_pairs
+from reasonrl.tasks.traces import solution_text
+from reasonrl.train.checkpoint import checkpoint_dir, latest_checkpoint
+
+SUMMARY_FILE = "summary.json"
+BEFORE_FILE = "eval_before.json"
+MODEL_DIR = "model"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an earlier run unless asked; ``overwrite`` clears it first."""
+    has_run = (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
+    if has_run and not (resume or overwrite):
+        raise ConfigError(
+            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
+            "replace it, or --out DIR for a new directory"
+        )
+    if resume and not has_run:
+        raise ConfigError(f"nothing to resume in {run_dir}")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
+    """(sample, target completion) for the SFT stage: generated traces or a JSONL file."""
+    if cfg.sft.data == "traces":
+        return [(s, solution_text(s)) for s in train]
+    if not cfg.sft.train_path:
+        raise ConfigError("sft.data=jsonl needs sft.train_path")
+    return read_sft_pairs(cfg.sft.train_path)
+
+
+def build_model(
+    cfg: RunConfig, train: list[Sample], resume_from: Path | None, device: torch.device
+) -> tuple[torch.nn.Module, Any]:
+    """The model to train: a checkpoint on resume, a fresh one from ``model.init``, or
+    ``model.path``."""
+    if resume_from is not None:
+        tokenizer = load_tokenizer(str(resume_from))
+        model = load_model(cfg.model.model_copy(update={"path": str(resume_from)}), device)
+        return model, tokenizer
+    if cfg.model.init is not None:
+        corpus = [
+            f"user\n{s.prompt}\n{R1_INSTRUCTION}\nassistant\n{solution_text(s)}"
+            for s in train[:5000]
+        ]
+        tokenizer = train_tokenizer(corpus, cfg.model.init.vocab_size)
+        return init_model(cfg.model.init, tokenizer, cfg.model.dtype).to(device), tokenizer
+    return load_model(cfg.model, device), load_tokenizer(cfg.model.path)
+
+
+def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
+    table = Table(title=f"{cfg.name}: {cfg.stage} → {run_dir}", show_header=False)
+    for key, value in cfg.derived_sizes().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The before/after table."""
+    table = Table(title="held-out accuracy")
+    for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
+        table.add_column(col)
+    for phase in ("before", "after"):
+        res = summary.get(phase)
+        if not res:
+            continue
+        passk = ", ".join(f"@{k} {100 * v:.1f}%" for k, v in res.get("pass_at_k", {}).items())
+        table.add_row(
+            phase,
+            f"{100 * res['accuracy']:.1f}% [{100 * res['ci_low']:.1f}, {100 * res['ci_high']:.1f}]",
+            str(res["n"]),
+            passk,
+        )
+    if summary.get("before") and summary.get("after"):
+        delta = 100 * (summary["after"]["accuracy"] - summary["before"]["accuracy"])
+        table.add_row("change", f"{delta:+.1f} pts", "", "")
+    console.print(table)
+
+
+def run(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json."""
+    console = console or Console()
+    t0 = time.time()
+    prepare_run_dir(run_dir, resume, overwrite)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    _print_sizes(console, cfg, run_dir)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    resume_from = latest_checkpoint(run_dir) if resume else None
+
+    train, held_out = load_splits(cfg.task)
+    model, tokenizer = build_model(cfg, train, resume_from, device)
+    console.print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}; "
+        f"{len(train)} train / {len(held_out)} held-out problems"
+    )
+    render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
+    eval_prompts = [render(s) for s in held_out]
+    engine = HFEngine(model, tokenizer, cfg.rollout.batch_completions)
+    eval_engine = HFEngine(model, tokenizer, cfg.eval.batch_completions)
+
+    def run_eval(tag: str) -> dict[str, Any]:
+        with console.status(
+            f"evaluating ({tag}) on {cfg.eval.limit or len(held_out)} held-out problems"
+        ):
+            return evaluate(eval_engine, eval_prompts, held_out, cfg.eval)
+
+    before_path = run_dir / BEFORE_FILE
+    before = None
+    if cfg.eval.before and cfg.model.init is None:
+        if before_path.exists():
+            before = json.loads(before_path.read_text())
+        else:
+            before = run_eval("before")
+            before_path.write_text(json.dumps(before, indent=2))
+        print_summary(console, {"before": before})
+
+    def on_step(step: int) -> None:
+        if cfg.eval.every and step % cfg.eval.every == 0:
+            quick = evaluate(
+                eval_engine,
+                eval_prompts,
+                held_out,
+                cfg.eval.model_copy(update={"k": 0, "limit": cfg.eval.every_limit}),
+            )
+            logger.log(step, {"eval/accuracy": quick["accuracy"]})
+
+    start_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    with RunLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=start_step) as logger:
+        if before is not None and start_step is None:
+            logger.log(0, {"eval/accuracy": before["accuracy"]})
+        if cfg.stage == "sft":
+            from reasonrl.train.sft import train_sft
+
+            pairs = [(render(s), c) for s, c in sft_pairs(cfg, train)]
+            steps = train_sft(cfg, model, tokenizer, pairs, run_dir, logger, resume_from, on_step)
+        else:
+            from reasonrl.train.rl import train_rl
+
+            ref = None
+            if cfg.rl.beta > 0:
+                ref = copy.deepcopy(model) if resume_from is None else load_model(cfg.model, device)
+                ref.eval().requires_grad_(False)
+            prompts = [render(s) for s in train]
+            steps = train_rl(
+                cfg,
+                model,
+                ref,
+                tokenizer,
+                engine,
+                prompts,
+                train,
+                run_dir,
+                logger,
+                resume_from,
+                on_step,
+            )
+        model.save_pretrained(run_dir / MODEL_DIR)
+        tokenizer.save_pretrained(run_dir / MODEL_DIR)
+        after = run_eval("after") if cfg.eval.after else None
+        if after is not None:
+            logger.log(steps, {"eval/accuracy": after["accuracy"]})
+
+    summary = {
+        "name": cfg.name,
+        "stage": cfg.stage,
+        "steps": steps,
+        "before": before,
+        "after": after,
+        "wall_s": time.time() - t0,
+        "model_dir": str(run_dir / MODEL_DIR),
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    print_summary(console, summary)
+    from reasonrl.report import build_report
+
+    report = build_report(run_dir)
+    console.print(f"report: {report}")
+    return summary

@@ -1,0 +1,132 @@
+"""Supervised fine-tuning (the cold-start stage): next-token loss on completion tokens only.
+
+CPU: ``reasonrl run recipes/tiny-cold-start.yaml`` trains the bundled model from scratch.
+GPU: the same command; ``model.device=auto`` picks CUDA. Leaves out: packing, LoRA (issue [4]).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonrl.algos import sft_loss
+from reasonrl.config import RunConfig
+from reasonrl.logging import RunLogger, training_progress
+from reasonrl.train.checkpoint import load_trainer_state, rng_state, save_checkpoint
+from reasonrl.train.data import step_indices
+from reasonrl.train.forward import completion_logprobs
+from reasonrl.train.optim import build_optimizer, warmup_cosine
+
+
+def pack_pairs(
+    prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay out (prompt, completion) id lists as ``[prompt left-padded | completion right-padded]``.
+
+    Returns input_ids [B, P + C], attention_mask [B, P + C], completion_mask [B, C].
+    """
+    p = max(len(x) for x in prompts)
+    c = max(len(x) for x in completions)
+    ids = torch.full((len(prompts), p + c), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, (pr, co) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, p - len(pr) : p] = torch.tensor(pr)
+        ids[i, p : p + len(co)] = torch.tensor(co)
+        attn[i, p - len(pr) : p + len(co)] = 1
+    return ids, attn, attn[:, p:].clone()
+
+
+def train_sft(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    run_dir: Path,
+    logger: RunLogger,
+    resume_from: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Train on (prompt, completion) text pairs; returns the number of steps done.
+
+    Completions get the tokenizer's EOS appended, so the model learns to stop.
+    """
+    s = cfg.sft
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    enc_prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    enc_completions = [
+        ids + [eos]
+        for ids in tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    ]
+    optimizer = build_optimizer(model.parameters(), s.learning_rate, s.weight_decay)
+    scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
+    start = 0
+    if resume_from is not None:
+        start, _ = load_trainer_state(resume_from, optimizer, scheduler)
+    model.train()
+    done = start
+    step_rng = rng_state()
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir,
+            done,
+            model,
+            tokenizer,
+            optimizer,
+            scheduler,
+            rng=step_rng,
+            keep=cfg.log.keep_checkpoints,
+        )
+
+    try:
+        with training_progress(s.steps, "sft", start) as bar:
+            for step in range(start, s.steps):
+                t0 = time.perf_counter()
+                idx = step_indices(len(pairs), s.examples_per_step, step, cfg.seed)
+                step_tokens = sum(len(enc_completions[i]) for i in idx)
+                total = 0.0
+                for m in range(0, len(idx), s.micro_batch_examples):
+                    rows = idx[m : m + s.micro_batch_examples]
+                    ids, attn, cmask = pack_pairs(
+                        [enc_prompts[i] for i in rows],
+                        [enc_completions[i] for i in rows],
+                        tokenizer.pad_token_id,
+                    )
+                    ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
+                    logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
+                    loss = sft_loss(logp, cmask, step_tokens)
+                    loss.backward()
+                    total += loss.item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                step_rng = rng_state()  # what a resume from step `done` must start with
+                dt = time.perf_counter() - t0
+                if done % cfg.log.every == 0 or done == s.steps:
+                    logger.log(
+                        done,
+                        {
+                            "loss/sft": total,
+                            "grad_norm": float(grad_norm),
+                            "lr": lr,
+                            "perf/step_s": dt,
+                            "perf/tokens_per_s": step_tokens / dt,
+                        },
+                    )
+                bar.update(done, loss=total)
+                if on_step is not None:
+                    on_step(done)
+                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
+                    checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    return done

@@ -1,0 +1,140 @@
+"""End-to-end runs of the RL loop on the bundled model (CPU, seconds)."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from reasonrl.config import ModelConfig, load_config
+from reasonrl.logging import read_jsonl
+from reasonrl.models import load_model
+from reasonrl.train.run import run
+
+# A trivially learnable task: whatever the question, the answer is 1.
+PROMPTS = [
+    f"State the final answer to the following arithmetic problem: {a} - {b} ="
+    for a in range(2, 9)
+    for b in range(1, 8)
+]
+
+
+def _task(tmp_path):
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(json.dumps({"prompt": p, "answer": "1"}) + "\n" for p in PROMPTS[:40]))
+    held.write_text("".join(json.dumps({"prompt": p, "answer": "1"}) + "\n" for p in PROMPTS[40:]))
+    return ["task.source=jsonl", f"task.train_path={train}", f"task.eval_path={held}"]
+
+
+TINY = [
+    "rl.prompts_per_step=4",
+    "rl.completions_per_prompt=8",
+    "rl.micro_batch_completions=16",
+    "rollout.max_new_tokens=24",
+    "eval.sampling.max_new_tokens=24",
+    "log.samples_every=1",
+]
+
+
+def test_end_to_end_run_learns_and_writes_every_artifact(tmp_path):
+    overrides = (
+        _task(tmp_path)
+        + TINY
+        + [
+            "rl.steps=12",
+            "rl.learning_rate=2e-3",
+            "rl.warmup_steps=0",
+            "rewards={answer: 1.0}",
+            "eval.k=2",
+            "log.checkpoint_every=6",
+        ]
+    )
+    cfg = load_config("quickstart", overrides)
+    run_dir = tmp_path / "run"
+    summary = run(cfg, run_dir)
+
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    first = sum(m["reward/mean"] for m in metrics[:3]) / 3
+    last = sum(m["reward/mean"] for m in metrics[-3:]) / 3
+    assert last > first + 0.2, (first, last)
+    assert all(math.isfinite(m["loss/total"]) and m["kl/mean"] >= 0 for m in metrics)
+
+    trained = load_model(ModelConfig(path=str(run_dir / "model"), device="cpu"))
+    start = load_model(ModelConfig(path="bundled", device="cpu"))
+    changed = [
+        not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters(), strict=True)
+    ]
+    assert all(changed)
+
+    assert summary["after"]["accuracy"] > summary["before"]["accuracy"]
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert {"accuracy", "n"} <= set(saved["before"]) and saved["wall_s"] > 0
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    assert {"prompt", "completion", "reward", "answer"} <= set(samples[0])
+    assert (run_dir / "report.html").stat().st_size > 1000
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert load_config(run_dir / "config.yaml") == cfg
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-12", "step-6"]
+
+
+def _cli(run_dir, overrides, *extra):
+    cmd = [
+        sys.executable,
+        "-m",
+        "reasonrl",
+        "run",
+        "quickstart",
+        *overrides,
+        "--out",
+        str(run_dir),
+        *extra,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    overrides = (
+        _task(tmp_path)
+        + TINY
+        + [
+            "rl.steps=6",
+            "eval.before=false",
+            "eval.after=false",
+            "log.checkpoint_every=0",
+            "log.tensorboard=false",
+        ]
+    )
+    full = _cli(tmp_path / "full", overrides)
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+
+    part = _cli(tmp_path / "part", overrides)
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(read_jsonl(metrics)) >= 2):
+        time.sleep(0.05)
+    part.send_signal(signal.SIGINT)
+    _, err = part.communicate(timeout=120)
+    assert part.returncode == 130, err
+    assert "--resume" in err
+    done = len(read_jsonl(metrics))
+    assert 2 <= done < 6
+    resumed = _cli(tmp_path / "part", overrides, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+
+    a = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    b = read_jsonl(metrics)
+    assert [m["step"] for m in b] == [m["step"] for m in a] == list(range(1, 7))
+    for x, y in zip(a, b, strict=True):
+        for key in (
+            "loss/total",
+            "loss/policy",
+            "reward/mean",
+            "kl/mean",
+            "response/length_mean",
+            "grad_norm",
+        ):
+            assert abs(x[key] - y[key]) <= 1e-6, (x["step"], key, x[key], y[key])
