@@ -1,0 +1,5 @@
+"""``python -m reasonrl`` is the ``reasonrl`` command."""
+
+from reasonrl.cli import app
+
+app()

@@ -1,0 +1,184 @@
+"""The ``reasonrl`` command line: argument plumbing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from reasonrl.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(
+    help="Post-train language models with RL: SFT, GRPO, checked rewards, one YAML recipe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides of recipe keys, e.g. rl.learning_rate=5e-6 seed=1."),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Run directory (default: runs/<recipe name>).")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from the run directory's latest checkpoint.")
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier run in the run directory.")
+]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _load(recipe: str | None, overrides: list[str] | None) -> RunConfig:
+    try:
+        return load_config(recipe, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+        raise  # unreachable; keeps type checkers happy
+
+
+def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> None:
+    from reasonrl.train.run import run
+
+    run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
+    try:
+        run(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
+    except ConfigError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err_console.print(
+            f"\ninterrupted: checkpoint saved in {run_dir}/checkpoints; continue with --resume"
+        )
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="A recipe file, or a bundled recipe's name.")],
+    overrides: Overrides = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run a recipe: evaluate, train (SFT or RL), evaluate again, write the report."""
+    _run(_load(recipe, overrides), out, resume, overwrite)
+
+
+@app.command()
+def quickstart(
+    overrides: Overrides = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """GRPO on the bundled tiny model for chained arithmetic, on CPU in minutes.
+
+    Evaluates the model on 500 held-out problems, trains, evaluates again and prints the
+    before/after table; everything lands in runs/quickstart (or --out).
+    """
+    _run(_load("quickstart", overrides), out, resume, overwrite)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[
+        str, typer.Option(help="'bundled', a model directory (e.g. RUN_DIR/model) or a hub id.")
+    ] = "bundled",
+    recipe: Annotated[
+        str, typer.Option(help="Recipe whose task and eval settings to use.")
+    ] = "quickstart",
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k."""
+    import json
+
+    from reasonrl.eval import evaluate
+    from reasonrl.models import load_model, load_tokenizer, pick_device
+    from reasonrl.rollout import HFEngine
+    from reasonrl.tasks import load_splits, render_prompt
+    from reasonrl.train.run import print_summary
+
+    cfg = _load(recipe, [*(overrides or []), f"model.path={model}"])
+    try:
+        tokenizer = load_tokenizer(cfg.model.path)
+        policy = load_model(cfg.model, pick_device(cfg.model.device))
+        _, held_out = load_splits(cfg.task)
+    except ConfigError as e:
+        _fail(str(e))
+    prompts = [
+        render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
+    ]
+    engine = HFEngine(policy, tokenizer, cfg.eval.batch_completions)
+    with console.status(f"evaluating {model} on {cfg.eval.limit or len(held_out)} problems"):
+        result = evaluate(engine, prompts, held_out, cfg.eval)
+    print_summary(console, {"after": result})
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds metrics.jsonl).")],
+    compare: Annotated[
+        list[Path] | None, typer.Option(help="Other run directories to plot alongside.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write a comparison report.")] = None,
+) -> None:
+    """Rebuild RUN_DIR/report.html (plots and the before/after table) from its files."""
+    from reasonrl.report import build_comparison_report, build_report
+
+    dirs = [run_dir, *(compare or [])]
+    for d in dirs:
+        if not (d / "metrics.jsonl").exists():
+            _fail(f"no metrics.jsonl in {d}: not a run directory")
+    if compare:
+        path = build_comparison_report(dirs, out or run_dir / "comparison.html")
+    else:
+        path = build_report(run_dir)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def classic(
+    algo: Annotated[
+        str,
+        typer.Argument(
+            help="value-iteration | policy-iteration | q-learning | sarsa | reinforce | "
+            "actor-critic"
+        ),
+    ],
+    env: Annotated[str, typer.Option(help="gymnasium env id, e.g. FrozenLake-v1, CartPole-v1")] = (
+        "FrozenLake-v1"
+    ),
+    episodes: Annotated[
+        int | None, typer.Option(help="Training episodes (default per algo).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/classic-…).")
+    ] = None,
+) -> None:
+    """Classic RL on gymnasium: planning on the MDP, tabular TD control, policy gradients."""
+    from reasonrl.classic.cli import run_classic
+
+    try:
+        run_classic(algo, env, episodes, seed, out or Path(f"runs/classic-{algo}-{env}"))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
