@@ -2,25 +2,55 @@
 
 Nothing here touches a model, an optimizer or a file: callers pass tensors in and get
 tensors out, which is what makes every function testable with hand-worked examples.
-Functions that have alternatives are picked by name from the registries below.
+Functions that have alternatives are picked by name from the registries below; each
+algorithm's choices are data in ``presets.ALGORITHM_DEFAULTS`` (docs/algorithms.md).
 """
 
-from reasonrl.algos.advantages import ADVANTAGES, grpo_advantages
+from reasonrl.algos.advantages import (
+    ADVANTAGES,
+    dr_grpo_advantages,
+    grpo_advantages,
+    rloo_advantages,
+)
 from reasonrl.algos.aggregate import AGGREGATIONS, aggregate
-from reasonrl.algos.kl import KL_ESTIMATORS, kl_estimate
+from reasonrl.algos.kl import KL_ESTIMATORS, kl_estimate, kl_in_loss, kl_in_reward
 from reasonrl.algos.logprobs import token_entropy, token_logprobs
-from reasonrl.algos.policy import clipped_surrogate
+from reasonrl.algos.policy import (
+    IMPORTANCE_RATIOS,
+    clipped_surrogate,
+    entropy_bonus,
+    importance_ratio,
+)
+from reasonrl.algos.presets import ALGORITHM_DEFAULTS, AlgorithmDefaults
+from reasonrl.algos.returns import gae, reinforce_pp_advantages
 from reasonrl.algos.sft import sft_loss
+from reasonrl.algos.value import value_loss
+from reasonrl.algos.whiten import masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "ALGORITHM_DEFAULTS",
+    "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
+    "AlgorithmDefaults",
     "aggregate",
     "clipped_surrogate",
+    "dr_grpo_advantages",
+    "entropy_bonus",
+    "gae",
     "grpo_advantages",
+    "importance_ratio",
     "kl_estimate",
+    "kl_in_loss",
+    "kl_in_reward",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
     "sft_loss",
     "token_entropy",
     "token_logprobs",
+    "value_loss",
 ]

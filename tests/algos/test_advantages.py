@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from reasonrl.algos import grpo_advantages
+from reasonrl.algos import dr_grpo_advantages, grpo_advantages, rloo_advantages
 
 NAN = math.nan
 
@@ -60,3 +60,42 @@ def test_vectorised_matches_loop():
     r[torch.rand(16, 8, generator=gen) < 0.15] = NAN
     expected = torch.tensor(_loop_grpo(r.tolist(), 1e-4), dtype=torch.float64)
     torch.testing.assert_close(grpo_advantages(r, eps=1e-4), expected)
+
+
+def test_dr_grpo_by_hand():
+    # mean 0.5, no std division; [2, NaN, 4]: mean 3 over the valid two
+    adv = dr_grpo_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, NAN, 4.0, NAN]]))
+    torch.testing.assert_close(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [-1.0, 0.0, 1.0, 0.0]]))
+
+
+def test_rloo_by_hand():
+    # [1, 0, 0, 1]: a 1 is compared with (0 + 0 + 1) / 3, a 0 with (1 + 0 + 1) / 3
+    # [3, NaN, 1, 2]: 3 − (1 + 2)/2 = 1.5, 1 − (3 + 2)/2 = −1.5, 2 − (3 + 1)/2 = 0
+    # [NaN, 5, NaN, NaN]: a single valid reward has no baseline → 0
+    adv = rloo_advantages(
+        torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, NAN, 1.0, 2.0], [NAN, 5.0, NAN, NAN]])
+    )
+    expected = torch.tensor(
+        [[2 / 3, -2 / 3, -2 / 3, 2 / 3], [1.5, 0.0, -1.5, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    torch.testing.assert_close(adv, expected)
+
+
+def _loop_rloo(rewards: list[list[float]]) -> list[list[float]]:
+    out = []
+    for group in rewards:
+        row = []
+        for i, x in enumerate(group):
+            others = [y for j, y in enumerate(group) if j != i and not math.isnan(y)]
+            row.append(0.0 if math.isnan(x) or not others else x - sum(others) / len(others))
+        out.append(row)
+    return out
+
+
+def test_rloo_vectorised_matches_loop():
+    gen = torch.Generator().manual_seed(1)
+    r = torch.rand(16, 8, generator=gen, dtype=torch.float64)
+    r[torch.rand(16, 8, generator=gen) < 0.2] = NAN
+    r[0, 1:] = NAN  # a group with one valid reward
+    expected = torch.tensor(_loop_rloo(r.tolist()), dtype=torch.float64)
+    torch.testing.assert_close(rloo_advantages(r), expected)
