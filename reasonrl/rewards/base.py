@@ -12,7 +12,8 @@ Status = Literal["ok", "wrong", "unparsed", "timeout", "error"]
 
 @dataclass(frozen=True)
 class RewardResult:
-    """score: the reward, or None when it could not be computed; status says why."""
+    """score: the reward, or None when it could not be computed (the checker timed out or
+    failed: status ``timeout`` or ``error``); status says why; details are for the logs."""
 
     score: float | None
     status: Status
@@ -20,4 +21,11 @@ class RewardResult:
 
 
 class Verifier(Protocol):
+    """``verifier(completion, sample) -> RewardResult``.
+
+    Optional extras that :func:`reasonrl.rewards.score_batch` uses when present: a keyword
+    argument ``n_tokens`` (the completion's length in tokens), and a method
+    ``batch(completions, samples) -> list[RewardResult]`` that scores many at once.
+    """
+
     def __call__(self, completion: str, sample: Sample) -> RewardResult: ...

@@ -1,43 +1,130 @@
-"""Combining several verifiers into one reward per completion, by weight."""
+"""The reward of a completion: weighted verifier scores, NaN-aware, with optional gating.
+
+A term whose verifier could not score (None) makes the completion's total NaN, which the
+advantage computation masks out of its group statistics; it is counted, never scored 0.
+A gated term counts only where its gate term scored at least ``gate_min`` (e.g. format reward
+only for correct answers), so a policy cannot farm it on wrong answers.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from reasonrl.config import ConfigError
-from reasonrl.rewards.base import RewardResult
-from reasonrl.rewards.builtin import VERIFIERS
+from pydantic import TypeAdapter
+
+from reasonrl.config import Rewards, RewardSpec
+from reasonrl.rewards.base import RewardResult, Verifier
+from reasonrl.rewards.registry import get_verifier
 from reasonrl.tasks.base import Sample
+
+_REWARDS = TypeAdapter(Rewards)
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    """One weighted verifier of a recipe's ``rewards``."""
+
+    name: str
+    verifier: Verifier
+    weight: float
+    gate: str | None = None
+    gate_min: float = 1.0
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """total: weighted sum per completion (NaN if a component is missing);
-    components: each verifier's scores (NaN where None); results: the raw RewardResults."""
+    """For N completions: ``total`` [N], the weighted (and gated) sum, NaN where a weighted
+    term is missing; ``components`` name → [N], each term's own score (NaN where None);
+    ``results`` name → [N] RewardResults."""
 
     total: list[float]
     components: dict[str, list[float]]
     results: dict[str, list[RewardResult]]
 
+    def metrics(self) -> dict[str, float]:
+        """``reward/<term>`` (mean over computed scores), ``reward/<term>/uncomputed`` (count of
+        None scores) for every term, and ``reward/uncomputed`` (completions with a NaN total)."""
+        out: dict[str, float] = {}
+        for name, scores in self.components.items():
+            valid = [s for s in scores if not math.isnan(s)]
+            out[f"reward/{name}"] = sum(valid) / len(valid) if valid else math.nan
+            out[f"reward/{name}/uncomputed"] = float(len(scores) - len(valid))
+        out["reward/uncomputed"] = float(sum(math.isnan(t) for t in self.total))
+        return out
+
+
+def build_terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
+    """The recipe's ``rewards`` (name → weight or :class:`RewardSpec`) as verifiers."""
+    terms = []
+    for name, spec in _REWARDS.validate_python(dict(specs)).items():
+        verifier = get_verifier(spec.verifier or name, **spec.options)
+        terms.append(RewardTerm(name, verifier, spec.weight, spec.gate, spec.gate_min))
+    return terms
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_terms(key: str) -> list[RewardTerm]:
+    return build_terms(json.loads(key))
+
+
+def _terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
+    plain = {k: RewardSpec.model_validate(v).model_dump() for k, v in specs.items()}
+    return _cached_terms(json.dumps(plain, sort_keys=True, default=str))
+
+
+def _takes_tokens(verifier: Verifier) -> bool:
+    try:
+        return "n_tokens" in inspect.signature(verifier).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _score(
+    verifier: Verifier,
+    completions: Sequence[str],
+    samples: Sequence[Sample],
+    lengths: Sequence[int] | None,
+) -> list[RewardResult]:
+    if lengths is not None and _takes_tokens(verifier):
+        triples = zip(completions, samples, lengths, strict=True)
+        return [verifier(c, s, n_tokens=int(n)) for c, s, n in triples]
+    batch = getattr(verifier, "batch", None)
+    if batch is not None:
+        return batch(completions, samples)
+    return [verifier(c, s) for c, s in zip(completions, samples, strict=True)]
+
 
 def score_batch(
-    completions: Sequence[str], samples: Sequence[Sample], weights: Mapping[str, float]
+    completions: Sequence[str],
+    samples: Sequence[Sample],
+    weights: Mapping[str, float | RewardSpec],
+    lengths: Sequence[int] | None = None,
 ) -> ScoredBatch:
-    """Score every completion with every weighted verifier and sum by weight."""
-    unknown = [name for name in weights if name not in VERIFIERS]
-    if unknown:
-        raise ConfigError(f"unknown reward {unknown[0]!r}; built-in rewards: {list(VERIFIERS)}")
-    results = {
-        name: [VERIFIERS[name](c, s) for c, s in zip(completions, samples, strict=True)]
-        for name in weights
-    }
+    """Score N completions (``samples[i]`` is the problem of ``completions[i]``) with every
+    term of ``weights`` (a recipe's ``rewards``; verifiers are built once and cached).
+    ``lengths`` [N]: completion lengths in tokens, for the length penalties."""
+    if len(completions) != len(samples):
+        raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
+    terms = _terms(weights)
+    results = {t.name: _score(t.verifier, completions, samples, lengths) for t in terms}
     components = {
         name: [math.nan if r.score is None else r.score for r in rs] for name, rs in results.items()
     }
-    total = [
-        sum(weights[name] * components[name][i] for name in weights)
-        for i in range(len(completions))
-    ]
+    total = []
+    for i in range(len(completions)):
+        value = 0.0
+        for t in terms:
+            if t.weight == 0:
+                continue
+            term = t.weight * components[t.name][i]
+            if t.gate is not None:
+                gate = components[t.gate][i]
+                term = math.nan if math.isnan(gate) else term if gate >= t.gate_min else 0.0
+            value += term
+        total.append(value)
     return ScoredBatch(total, components, results)

@@ -1,0 +1,96 @@
+"""``code``: run the completion's program against the sample's tests in the sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from pydantic import ValidationError
+
+from reasonrl.config import ConfigError
+from reasonrl.rewards.base import RewardResult
+from reasonrl.rewards.extract import last_code_block
+from reasonrl.sandbox import (
+    EvaluateRequest,
+    Sandbox,
+    SandboxClient,
+    SandboxUnavailable,
+    isolation_problem,
+)
+from reasonrl.sandbox.schema import MAX_CODE_CHARS
+from reasonrl.tasks.base import Sample
+
+
+class CodeVerifier:
+    """1 if the program passes ``sample.meta["tests"]`` (a sandbox ``/evaluate`` test spec),
+    else 0; with ``partial``, the fraction of io cases passed.
+
+    The program is ``sample.meta["code_prefix"]`` (HumanEval: the prompt, for its imports and
+    helpers) followed by the last fenced python block of the completion (``extract="fenced"``)
+    or the whole completion (``"raw"``: a base model continuing the prompt).
+
+    ``url``: a sandbox server (``reasonrl sandbox serve``; token from ``token`` or
+    ``REASONRL_SANDBOX_TOKEN``); without one, jails run in-process (root needed, as for the
+    server). ``timeout``: seconds per run; ``workers``: concurrent runs in :meth:`batch`.
+
+    A program that runs out of time scores 0 (status ``wrong``, ``details["verdict"]`` timeout):
+    that is the program's fault. Only a sandbox failure scores None (status ``error``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        workers: int = 2,
+        extract: Literal["fenced", "raw"] = "fenced",
+        partial: bool = False,
+    ) -> None:
+        self.timeout, self.workers, self.extract, self.partial = timeout, workers, extract, partial
+        self.executor: Sandbox | SandboxClient
+        if url:
+            self.executor = SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
+        else:
+            problem = isolation_problem()
+            if problem is not None:
+                msg = f"the code reward has no sandbox url and cannot run jails here: {problem}"
+                raise ConfigError(msg)
+            self.executor = Sandbox()
+
+    def __call__(self, completion: str, sample: Sample) -> RewardResult:
+        code = last_code_block(completion) if self.extract == "fenced" else completion
+        if not code or not code.strip():
+            return RewardResult(0.0, "unparsed")
+        prefix = sample.meta.get("code_prefix", "")
+        program = prefix + ("\n" if prefix and not prefix.endswith("\n") else "") + code
+        if len(program) > MAX_CODE_CHARS:
+            return RewardResult(0.0, "unparsed", {"reason": "program too long"})
+        try:
+            request = EvaluateRequest(
+                code=program, tests=sample.meta["tests"], timeout=self.timeout
+            )
+        except (KeyError, ValidationError) as e:
+            return RewardResult(None, "error", {"reason": f"bad tests in the sample: {e}"})
+        try:
+            verdict = self.executor.evaluate(request)
+        except (SandboxUnavailable, OSError) as e:
+            return RewardResult(None, "error", {"reason": str(e)[:500]})
+        details = {
+            "verdict": verdict.status,
+            "passed": verdict.passed,
+            "total": verdict.total,
+            "reason": verdict.details[0].reason if verdict.details else "",
+        }
+        if verdict.status == "error":
+            return RewardResult(None, "error", details)
+        if verdict.status == "passed":
+            return RewardResult(1.0, "ok", details)
+        score = verdict.passed / verdict.total if self.partial else 0.0
+        return RewardResult(score, "wrong", details)
+
+    def batch(self, completions: Sequence[str], samples: Sequence[Sample]) -> list[RewardResult]:
+        """``[self(c, s) for c, s in zip(...)]``, ``workers`` at a time."""
+        with ThreadPoolExecutor(self.workers) as ex:
+            return list(ex.map(self, completions, samples))

@@ -1,0 +1,46 @@
+"""Pulling the graded part out of a completion: <answer>, the last \\boxed{}, a code block."""
+
+from __future__ import annotations
+
+import re
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text of the only <answer>…</answer> pair, stripped; None if there is not exactly one."""
+    found = _ANSWER_RE.findall(completion)
+    return found[0].strip() if len(found) == 1 else None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) with balanced braces; None if
+    there is none or it is never closed."""
+    starts = [m.end() for m in _BOXED_RE.finditer(text)]
+    if not starts:
+        return None
+    depth, start = 1, starts[-1]
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i].strip()
+    return None
+
+
+def math_answer(completion: str) -> str | None:
+    """The answer of a math completion: the <answer> tag if there is exactly one, else the last
+    ``\\boxed{}``."""
+    answer = extract_answer(completion)
+    return answer if answer is not None else last_boxed(completion)
+
+
+def last_code_block(text: str) -> str | None:
+    """The body of the last fenced code block whose language is python, py or unset."""
+    blocks = [
+        body
+        for lang, body in _FENCE_RE.findall(text)
+        if lang.lower() in ("", "python", "python3", "py")
+    ]
+    return blocks[-1] if blocks else None

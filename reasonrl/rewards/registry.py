@@ -1,0 +1,82 @@
+"""Verifiers by name: the built-ins, or a user's by import path (``my_pkg.module:fn``)."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from reasonrl.config import ConfigError
+from reasonrl.rewards.base import Verifier
+from reasonrl.rewards.code import CodeVerifier
+from reasonrl.rewards.fmt import (
+    length_penalty,
+    overlong,
+    repetition,
+    tag_count,
+    think_answer_format,
+)
+from reasonrl.rewards.gym import reasoning_gym_score
+from reasonrl.rewards.math import MathVerifier
+from reasonrl.rewards.numeric import exact_answer, numeric
+
+# Functions take their options as keyword arguments; classes take them in their constructor.
+BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
+    "answer": exact_answer,
+    "numeric": numeric,
+    "math": MathVerifier,
+    "reasoning_gym": reasoning_gym_score,
+    "format": think_answer_format,
+    "tag_count": tag_count,
+    "overlong": overlong,
+    "length": length_penalty,
+    "repetition": repetition,
+    "code": CodeVerifier,
+}
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"cannot import verifier {name!r}: {e}") from e
+        if not callable(target):
+            raise ConfigError(f"verifier {name!r} is not callable")
+        return target
+    if name not in BUILTIN_VERIFIERS:
+        hint = difflib.get_close_matches(name, list(BUILTIN_VERIFIERS), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"unknown verifier {name!r}{extra} (built-in: {sorted(BUILTIN_VERIFIERS)}; "
+            "or give an import path such as my_pkg.rewards:brevity)"
+        )
+    return BUILTIN_VERIFIERS[name]
+
+
+def get_verifier(name: str, **cfg: Any) -> Verifier:
+    """The verifier called ``name`` (built-in, or ``module:attr``) configured with ``cfg``.
+
+    A function ``fn(completion, sample, *, option=…)`` gets ``cfg`` bound as keyword arguments;
+    a class is instantiated with ``cfg`` and its instances are the verifiers. Unknown names and
+    options raise :class:`ConfigError` naming the valid ones.
+    """
+    target = _resolve(name)
+    signature = inspect.signature(target)
+    try:
+        if isinstance(target, type):
+            signature.bind(**cfg)
+        else:
+            signature.bind("", None, **cfg)
+    except TypeError as e:
+        options = [p for p in signature.parameters if p not in ("completion", "sample", "n_tokens")]
+        raise ConfigError(f"verifier {name!r}: {e} (options: {options})") from e
+    if isinstance(target, type):
+        return target(**cfg)
+    return functools.partial(target, **cfg) if cfg else target

@@ -1,0 +1,78 @@
+"""The code-execution sandbox: run untrusted Python and judge it by what only we can produce.
+
+``reasonrl sandbox serve`` exposes it over HTTP (:mod:`reasonrl.sandbox.server`);
+:class:`SandboxClient` talks to it; :class:`Sandbox` runs the same jails in-process.
+
+What every run gets (:mod:`reasonrl.sandbox.jail` builds it, the server must start as root):
+
+- its own PID, network, mount, IPC and UTS namespaces (util-linux ``unshare``), and its own
+  process group; the candidate is PID 1 of its namespace, so when it ends or is killed every
+  process it started (a fork bomb, a background daemon) dies with it;
+- no network at all: only a loopback device that is down (the server itself is unreachable);
+- an empty environment (nothing of the server's), a random unprivileged uid and no groups,
+  ``no_new_privs``, nosuid mounts, and a chroot (inside which the kernel refuses to create
+  user namespaces, so the mounts cannot be undone);
+- a new root on a size-capped tmpfs: read-only ``/usr``, ``/lib*`` and the Python standard
+  library, every site-packages directory hidden, a private ``/proc``, a ``/dev`` with null,
+  zero, random and urandom only, a writable ``/tmp`` and working directory ``/sandbox`` that
+  vanish with the namespace; the host's files (``/home``, ``/root``, ``/work``, the data sets
+  in site-packages, the tests) are not in it;
+- rlimits on address space, CPU seconds, processes (threads included), file size, open files,
+  core dumps (0);
+- stdout and stderr read with a byte cap (the jail is killed on excess) and a wall-clock
+  deadline after which PID 1 of the namespace is killed, which takes every process with it.
+
+How a verdict is reached (``/evaluate``):
+
+- ``asserts``: the tests run in a second jail (the harness) with its own uid and namespaces;
+  the candidate's functions are called across a pipe with plain data only (builtin types,
+  rebuilt from ``marshal`` and checked to be of exact builtin types, so an ``__eq__`` that is
+  always true cannot come back; a solution's function named like a builtin, ``abs`` say, is
+  not passed to the tests, so it cannot shadow the one they use). The harness writes a
+  per-request nonce with its verdict after the tests finish; the server accepts "passed" only
+  from that line and a zero exit status of the harness. The candidate can print anything,
+  exit early, or patch its own interpreter: none of it reaches the verdict.
+- ``io``: the server compares stdout with the expected output; the expected output never
+  enters a jail.
+- a jail that could not be built says so through a pipe before any candidate code runs;
+  ``error`` (a reward of None) comes only from that or from the server, never from the
+  candidate; a candidate that runs out of time gets ``timeout``, which rewards count as wrong.
+
+Not covered:
+
+- CPU and memory of the jail as a whole are bounded only per process times the process cap
+  (no cgroups); a fork bomb holds the CPUs until the deadline, slowing other runs;
+- the kernel is shared and system calls are not filtered (no seccomp): a kernel exploit
+  escapes any namespace (use a VM for hostile users);
+- tests in ``asserts`` mode that reference helpers defined by the solution (HumanEval's
+  ``poly``) call the candidate's versions of them; values that are not plain data (objects,
+  callbacks, generators) cannot cross, and in-place changes to arguments are not seen;
+- only Python; no packages beyond the standard library inside the jail.
+"""
+
+from reasonrl.sandbox.client import SandboxClient, SandboxUnavailable
+from reasonrl.sandbox.runner import Limits, Sandbox, isolation_problem
+from reasonrl.sandbox.schema import (
+    AssertTests,
+    EvaluateRequest,
+    EvaluateResponse,
+    IOCase,
+    IOTests,
+    RunCodeRequest,
+    RunCodeResponse,
+)
+
+__all__ = [
+    "AssertTests",
+    "EvaluateRequest",
+    "EvaluateResponse",
+    "IOCase",
+    "IOTests",
+    "Limits",
+    "RunCodeRequest",
+    "RunCodeResponse",
+    "Sandbox",
+    "SandboxClient",
+    "SandboxUnavailable",
+    "isolation_problem",
+]

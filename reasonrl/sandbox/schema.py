@@ -1,0 +1,130 @@
+"""Request and response bodies of the sandbox API (shared by the server, client and runner).
+
+``/run_code`` follows SandboxFusion's shape so that its clients work unchanged; fields of theirs
+that this sandbox does not implement (``compile_timeout``, ``fetch_files``, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_TIMEOUT_S = 60.0
+MAX_MEMORY_MB = 4096
+MAX_CODE_CHARS = 1_000_000
+MAX_FILES_BYTES = 16 << 20
+
+
+class RunCodeRequest(BaseModel):
+    """Run one Python program. ``files``: extra files for the working directory, by relative
+    path, base64-encoded (SandboxFusion's convention)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    code: str = Field(max_length=MAX_CODE_CHARS)
+    language: Literal["python"] = "python"
+    stdin: str | None = Field(None, max_length=MAX_CODE_CHARS)
+    run_timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)  # seconds of wall clock
+    memory_limit_MB: int | None = Field(None, gt=0, le=MAX_MEMORY_MB)  # address space
+    files: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("files")
+    @classmethod
+    def _relative_base64(cls, files: dict[str, str]) -> dict[str, str]:
+        size = 0
+        for name, data in files.items():
+            path = PurePosixPath(name)
+            if path.is_absolute() or ".." in path.parts or not path.parts or name == "main.py":
+                raise ValueError(
+                    f"file name {name!r} must be a relative path in the work dir, not main.py"
+                )
+            try:
+                size += len(base64.b64decode(data, validate=True))
+            except binascii.Error as e:
+                raise ValueError(f"file {name!r} is not base64: {e}") from e
+        if size > MAX_FILES_BYTES:
+            raise ValueError(f"files total {size} bytes; at most {MAX_FILES_BYTES}")
+        return files
+
+
+class RunResult(BaseModel):
+    """How the program ended. ``return_code`` is None when the sandbox killed it (time limit,
+    output cap); ``execution_time`` is wall-clock seconds including the jail's setup."""
+
+    status: Literal["Finished", "Error", "TimeLimitExceeded"]
+    return_code: int | None
+    stdout: str
+    stderr: str
+    execution_time: float
+
+
+class RunCodeResponse(BaseModel):
+    """``Success``: exited 0; ``Failed``: anything else the program did; ``SandboxError``: the
+    sandbox could not run it (then ``run_result`` is None)."""
+
+    status: Literal["Success", "Failed", "SandboxError"]
+    message: str = ""
+    run_result: RunResult | None = None
+
+
+class AssertTests(BaseModel):
+    """Python test code run in a separate harness against the solution's functions. If
+    ``entry_point`` is set and the test code defines ``check``, ``check(entry_point)`` is called
+    (HumanEval's convention); otherwise the test code's top-level asserts are the test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["asserts"]
+    test_code: str = Field(max_length=MAX_CODE_CHARS)
+    entry_point: str | None = None
+
+
+class IOCase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stdin: str = ""
+    expected_stdout: str
+
+
+class IOTests(BaseModel):
+    """Run the program once per case; a case passes when it exits 0 and its stdout equals the
+    expected one up to trailing whitespace on each line and trailing blank lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["io"]
+    cases: list[IOCase] = Field(min_length=1, max_length=256)
+
+
+class EvaluateRequest(BaseModel):
+    """``timeout``: wall-clock seconds for each run (the whole test program, or one io case)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(max_length=MAX_CODE_CHARS)
+    tests: Annotated[AssertTests | IOTests, Field(discriminator="kind")]
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
+
+
+Verdict = Literal["passed", "failed", "timeout", "error"]
+
+
+class CaseResult(BaseModel):
+    """One test program (asserts) or one case (io): its verdict and why."""
+
+    status: Verdict
+    reason: str = ""
+
+
+class EvaluateResponse(BaseModel):
+    """``passed``/``total``: test programs or io cases. ``error`` means the sandbox failed (the
+    candidate is not to blame); a candidate that runs past its deadline gets ``timeout``."""
+
+    status: Verdict
+    passed: int
+    total: int
+    details: list[CaseResult] = Field(default_factory=list)

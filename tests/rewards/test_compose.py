@@ -1,0 +1,108 @@
+import math
+import sys
+import types
+
+import pytest
+
+from reasonrl.config import ConfigError, RewardSpec
+from reasonrl.rewards import RewardResult, score_batch
+from reasonrl.tasks import Sample
+
+S = Sample("What is 57 + 87 - 70?", "74")
+
+
+def test_plain_weights():
+    scored = score_batch(
+        ["<think>t</think> <answer>74</answer>", "<answer>74</answer>", "junk"],
+        [S, S, S],
+        {"answer": 1.0, "format": 0.1},
+    )
+    assert scored.components["answer"] == [1.0, 1.0, 0.0]
+    assert scored.components["format"] == [1.0, 0.0, 0.0]
+    assert [round(x, 6) for x in scored.total] == [1.1, 1.0, 0.0]
+
+
+def test_gating_counts_format_only_when_correct():
+    rewards = {
+        "answer": RewardSpec(weight=1.0),
+        "format": RewardSpec(weight=0.5, gate="answer"),
+    }
+    completions = ["<think>t</think> <answer>74</answer>", "<think>t</think> <answer>7</answer>"]
+    scored = score_batch(completions, [S, S], rewards)
+    assert scored.components["format"] == [1.0, 1.0]  # logged ungated
+    assert scored.total == [1.5, 0.0]  # counted gated
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    """``flaky:verifier``: None for completions containing "?", else 1."""
+    module = types.ModuleType("flaky")
+
+    def verifier(completion: str, sample: Sample) -> RewardResult:
+        if "?" in completion:
+            return RewardResult(None, "timeout")
+        return RewardResult(1.0, "ok")
+
+    module.verifier = verifier
+    monkeypatch.setitem(sys.modules, "flaky", module)
+
+
+def test_none_is_masked_and_counted_never_zero(flaky):
+    rewards = {
+        "answer": 1.0,
+        "check": RewardSpec(weight=0.5, verifier="flaky:verifier"),
+        "logged": RewardSpec(weight=0.0, verifier="flaky:verifier"),
+    }
+    scored = score_batch(["<answer>74</answer>", "<answer>74</answer>?"], [S, S], rewards)
+    assert scored.total[0] == 1.5
+    assert math.isnan(scored.total[1])
+    assert math.isnan(scored.components["check"][1])
+    assert scored.results["check"][1].status == "timeout"
+    metrics = scored.metrics()
+    assert metrics["reward/check"] == 1.0  # mean over the computed ones
+    assert metrics["reward/check/uncomputed"] == 1.0
+    assert metrics["reward/answer/uncomputed"] == 0.0
+    assert metrics["reward/uncomputed"] == 1.0
+
+
+def test_a_zero_weight_term_is_logged_but_does_not_mask(flaky):
+    rewards = {"answer": 1.0, "logged": RewardSpec(weight=0.0, verifier="flaky:verifier")}
+    scored = score_batch(["<answer>74</answer>?"], [S], rewards)
+    assert scored.total == [1.0]
+    assert math.isnan(scored.components["logged"][0])
+
+
+def test_gate_on_an_uncomputed_term_is_uncomputed(flaky):
+    rewards = {
+        "check": RewardSpec(weight=0.0, verifier="flaky:verifier"),
+        "format": RewardSpec(weight=1.0, gate="check"),
+    }
+    scored = score_batch(["<think>?</think> <answer>74</answer>"], [S], rewards)
+    assert math.isnan(scored.total[0])
+
+
+def test_token_lengths_reach_length_verifiers():
+    rewards = {"overlong": RewardSpec(options={"max_length": 100, "buffer": 40})}
+    scored = score_batch(["a", "b"], [S, S], rewards, lengths=[50, 80])
+    assert scored.total == [0.0, -0.5]
+    without = score_batch(["a"], [S], rewards)
+    assert math.isnan(without.total[0])
+    assert without.results["overlong"][0].status == "error"
+
+
+def test_two_terms_can_share_a_verifier():
+    rewards = {
+        "short": RewardSpec(verifier="length", options={"max_length": 10, "unit": "chars"}),
+        "long": RewardSpec(verifier="length", options={"max_length": 100, "unit": "chars"}),
+    }
+    scored = score_batch(["x" * 10], [S], rewards)
+    assert scored.components == {"short": [-1.0], "long": [-0.1]}
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="answr"):
+        score_batch(["x"], [S], {"answr": 1.0})
+    with pytest.raises(ValueError, match="gated on"):
+        score_batch(["x"], [S], {"format": RewardSpec(gate="answer")})
+    with pytest.raises(ValueError, match="2 completions for 1 samples"):
+        score_batch(["x", "y"], [S], {"answer": 1.0})
