@@ -8,6 +8,7 @@ training split is drawn from a different seed and filtered against the held-out 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held_out) for a task config; the held-out questions never occur in train."""
     if cfg.source == "jsonl":
         train, held_out = read_jsonl_samples(cfg.train_path), read_jsonl_samples(cfg.eval_path)
+    elif cfg.source == "humaneval":
+        from reasonrl.tasks.humaneval import humaneval_samples
+
+        problems = humaneval_samples()
+        random.Random(cfg.split_seed).shuffle(problems)
+        held_out, train = problems[: cfg.eval_size], problems[cfg.eval_size :]
     else:
         held_out = reasoning_gym_samples(cfg.name, cfg.eval_size, cfg.split_seed, cfg.params)
         # Oversample, then drop anything that is also a held-out question.

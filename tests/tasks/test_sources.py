@@ -85,3 +85,11 @@ def test_prompt_without_chat_template_uses_the_r1_preamble():
     assert render_prompt(Sample("Q", "4"), _NoTemplate(), style="plain") == "User: Q\nAssistant:"
     with pytest.raises(ValueError):
         render_prompt(Sample("Q", "4"), _NoTemplate(), chat="on")
+
+
+def test_humaneval_source_splits_by_seed():
+    train, held_out = load_splits(TaskConfig(source="humaneval", eval_size=40))
+    assert len(held_out) == 40 and len(train) == 124
+    assert not {s.meta["task_id"] for s in train} & {s.meta["task_id"] for s in held_out}
+    with pytest.raises(ConfigError, match="empty"):
+        load_splits(TaskConfig(source="humaneval"))  # all 164 held out
