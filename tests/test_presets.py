@@ -4,16 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from reasonrl.algos import (
-    ADVANTAGES,
-    AGGREGATIONS,
-    ALGORITHM_DEFAULTS,
-    IMPORTANCE_RATIOS,
-    KL_ESTIMATORS,
-    AlgorithmDefaults,
-)
+from reasonrl.algos import ADVANTAGES, AGGREGATIONS, IMPORTANCE_RATIOS, KL_ESTIMATORS
+from reasonrl.presets import ALGORITHM_DEFAULTS, AlgorithmDefaults
 
-DOC = Path(__file__).parents[2] / "docs" / "algorithms.md"
+DOC = Path(__file__).parents[1] / "docs" / "algorithms.md"
 
 
 def _cell(text: str) -> object:

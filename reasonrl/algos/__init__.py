@@ -3,7 +3,7 @@
 Nothing here touches a model, an optimizer or a file: callers pass tensors in and get
 tensors out, which is what makes every function testable with hand-worked examples.
 Functions that have alternatives are picked by name from the registries below; each
-algorithm's choices are data in ``presets.ALGORITHM_DEFAULTS`` (docs/algorithms.md).
+algorithm's choices are data in ``reasonrl.presets.ALGORITHM_DEFAULTS`` (docs/algorithms.md).
 """
 
 from reasonrl.algos.advantages import (
@@ -21,7 +21,6 @@ from reasonrl.algos.policy import (
     entropy_bonus,
     importance_ratio,
 )
-from reasonrl.algos.presets import ALGORITHM_DEFAULTS, AlgorithmDefaults
 from reasonrl.algos.returns import gae, reinforce_pp_advantages
 from reasonrl.algos.sft import sft_loss
 from reasonrl.algos.value import value_loss
@@ -30,10 +29,8 @@ from reasonrl.algos.whiten import masked_mean, masked_var, masked_whiten
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
-    "ALGORITHM_DEFAULTS",
     "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
-    "AlgorithmDefaults",
     "aggregate",
     "clipped_surrogate",
     "dr_grpo_advantages",

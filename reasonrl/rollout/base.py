@@ -15,7 +15,8 @@ class Rollout:
     prompt_ids, prompt_mask: [B, P]; completion_ids, completion_mask: [B, C], the mask is 1 on
     generated tokens up to and including the first EOS; logprobs: [B, C] float32, log p of each
     sampled token under the temperature-scaled distribution it was drawn from (0 where masked);
-    texts: the B decoded completions (special tokens dropped).
+    texts: the B decoded completions (special tokens dropped); finished: [B] bool, True where
+    the completion ended with EOS, False where it was cut at ``max_new_tokens``.
     """
 
     prompt_ids: torch.Tensor
@@ -24,6 +25,7 @@ class Rollout:
     completion_mask: torch.Tensor
     logprobs: torch.Tensor
     texts: list[str]
+    finished: torch.Tensor
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -43,15 +45,17 @@ class Rollout:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def select(self, rows: slice) -> Rollout:
-        """A sub-batch of rows (micro-batching)."""
+    def select(self, rows: slice | list[int]) -> Rollout:
+        """A sub-batch: a slice of rows (micro-batching) or a list of row indices."""
+        texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows]
         return Rollout(
             self.prompt_ids[rows],
             self.prompt_mask[rows],
             self.completion_ids[rows],
             self.completion_mask[rows],
             self.logprobs[rows],
-            self.texts[rows],
+            texts,
+            self.finished[rows],
         )
 
 
@@ -76,6 +80,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([_pad(r.completion_mask, c, 0, False) for r in parts]),
         torch.cat([_pad(r.logprobs, c, 0.0, False) for r in parts]),
         [t for r in parts for t in r.texts],
+        torch.cat([r.finished for r in parts]),
     )
 
 

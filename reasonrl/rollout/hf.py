@@ -104,4 +104,5 @@ class HFEngine:
         texts = self.tokenizer.batch_decode(
             ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
         )
-        return Rollout(enc["input_ids"], enc["attention_mask"], ids, mask, logp, texts)
+        finished = torch.isin(ids, torch.tensor(self.eos_ids, device=ids.device)).any(-1)
+        return Rollout(enc["input_ids"], enc["attention_mask"], ids, mask, logp, texts, finished)

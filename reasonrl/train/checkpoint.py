@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,14 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     keep: int = 2,
     rng: dict[str, Any] | None = None,
+    save_more: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints.
 
     ``rng`` is the RNG state to restore on resume: the state at the start of step ``step + 1``
     (by default the current one). A trainer interrupted mid-step passes the state it saved
-    when that step began, so the resumed run redraws the same samples.
+    when that step began, so the resumed run redraws the same samples. ``save_more(dir)`` writes
+    anything else (a critic) into the checkpoint before it is moved into place.
     """
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step}"
@@ -75,6 +78,8 @@ def save_checkpoint(
         },
         tmp / STATE_FILE,
     )
+    if save_more is not None:
+        save_more(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in list_checkpoints(run_dir)[:-keep]:

@@ -1,88 +1,239 @@
-"""The RL loop (GRPO): sample groups of completions, score them, update the policy.
+"""The RL loop for the GRPO family, RLOO, REINFORCE++ and PPO: sample, score, update.
 
-CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes). One GPU: the same
-recipe with ``model.device=cuda``. Leaves out (later issues): PPO/critic, several updates per
-batch, dynamic sampling, the fast engine, LoRA, Ray.
+CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes); any algorithm with
+``algo.name=ppo|rloo|dapo|…``. One GPU: the same recipe, ``model.device=auto`` picks CUDA.
+Leaves out (later issues): the fast engine, LoRA, Ray.
 
 One step, top to bottom:
-  prompts (P) → engine.generate (P × G completions) → rewards → group-normalised advantages
-  → for each micro-batch: log-probs, clipped surrogate + β·k3 KL to the frozen reference,
-  aggregated over the step's tokens → one optimizer step.
+  prompts (P) → engine.generate (P × G completions) → rewards (DAPO: drop groups whose rewards
+  are all equal and draw more) → old / reference log-probs, critic values → advantages
+  (group-normalised, leave-one-out, REINFORCE++ returns or GAE) → ``ppo_epochs`` passes over
+  mini-batches: clipped surrogate (+ β·KL in the loss) aggregated over the mini-batch's tokens,
+  one optimizer update each; PPO's critic is updated on the same mini-batches.
+The algorithms' choices are data (``AlgoConfig``, docs/algorithms.md); the maths is in ``algos``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reasonrl.algos import aggregate, clipped_surrogate, grpo_advantages, kl_estimate
-from reasonrl.config import RunConfig
+from reasonrl.algos import (
+    ADVANTAGES,
+    aggregate,
+    clipped_surrogate,
+    entropy_bonus,
+    gae,
+    importance_ratio,
+    kl_estimate,
+    kl_in_loss,
+    kl_in_reward,
+    masked_whiten,
+    reinforce_pp_advantages,
+    value_loss,
+)
+from reasonrl.config import AlgoConfig, RunConfig
 from reasonrl.logging import RunLogger, training_progress
+from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
-from reasonrl.rollout.base import Rollout, RolloutEngine
+from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import load_trainer_state, rng_state, save_checkpoint
 from reasonrl.train.data import step_indices
-from reasonrl.train.forward import completion_logprobs
+from reasonrl.train.forward import completion_logprobs, position_ids
 from reasonrl.train.optim import build_optimizer, warmup_cosine
+
+CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """The completions of one RL step, grouped by prompt (G consecutive rows per prompt)."""
+
+    rollout: Rollout
+    samples: list[Sample]
+    rewards: torch.Tensor  # [P, G] weighted total, NaN where a component could not be computed
+    components: dict[str, list[float]]  # each reward component per completion
+    rounds: int  # generation rounds used (more than 1 only with dynamic sampling)
+
+
+def collect(
+    cfg: RunConfig,
+    engine: RolloutEngine,
+    prompts: Sequence[str],
+    samples: Sequence[Sample],
+    step: int,
+    pad_id: int,
+) -> StepBatch:
+    """Generate and score the step's groups. With ``algo.dynamic_sampling`` (DAPO), groups whose
+    valid rewards are all equal carry no signal: they are dropped and more prompts drawn, up to
+    ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it has."""
+    r, ro, algo = cfg.rl, cfg.rollout, cfg.algo
+    group, want = r.completions_per_prompt, r.prompts_per_step
+    parts: list[Rollout] = []
+    kept_samples: list[Sample] = []
+    kept_rewards: list[torch.Tensor] = []
+    components: dict[str, list[float]] = {}
+    rounds = 0
+    while rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
+        # Round k > 0 draws from its own deterministic stream, so resume stays exact.
+        idx = step_indices(len(samples), want, step, cfg.seed + 7919 * rounds)
+        batch = [samples[i] for i in idx for _ in range(group)]
+        rollout = engine.generate(
+            [prompts[i] for i in idx for _ in range(group)],
+            max_new_tokens=ro.max_new_tokens,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+        )
+        scored = score_batch(rollout.texts, batch, cfg.rewards, rollout.lengths.tolist())
+        rewards = torch.tensor(scored.total, dtype=torch.float32).view(-1, group)
+        keep = list(range(len(idx)))
+        if algo.dynamic_sampling:
+            keep = [g for g in keep if _has_signal(rewards[g])][: want - len(kept_rewards)]
+        rows = [g * group + j for g in keep for j in range(group)]
+        parts.append(rollout.select(rows))
+        kept_samples += [batch[i] for i in rows]
+        kept_rewards += [rewards[g] for g in keep]
+        for name, values in scored.components.items():
+            components.setdefault(name, []).extend(values[i] for i in rows)
+        rounds += 1
+        if len(kept_rewards) >= want:
+            break
+    if not kept_rewards:  # every group was degenerate: train on the last round (zero advantage)
+        return StepBatch(rollout, batch, rewards, scored.components, rounds)
+    return StepBatch(
+        concat_rollouts(parts, pad_id), kept_samples, torch.stack(kept_rewards), components, rounds
+    )
+
+
+def _has_signal(group_rewards: torch.Tensor) -> bool:
+    valid = group_rewards[~torch.isnan(group_rewards)]
+    return valid.numel() > 1 and bool((valid != valid[0]).any())
+
+
+def loss_mask(batch: StepBatch, algo: AlgoConfig) -> torch.Tensor:
+    """Completion tokens that carry loss: [B, C]. Token-level estimators also drop completions
+    whose reward is missing; DAPO's overlong filter drops truncated ones (no EOS)."""
+    ro = batch.rollout
+    mask = ro.completion_mask.to(torch.float32)
+    if algo.advantage in ("reinforce_pp", "gae"):
+        missing = torch.isnan(batch.rewards.flatten()).to(mask.device)
+        mask = mask * (~missing).unsqueeze(-1)
+    if algo.overlong_filter:
+        mask = mask * ro.finished.to(mask.device).unsqueeze(-1)
+    return mask
+
+
+def token_advantages(
+    batch: StepBatch,
+    algo: AlgoConfig,
+    mask: torch.Tensor,
+    reward_kl: torch.Tensor | None,
+    values: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages per completion token [B, C] and, for PPO, the critic's returns [B, C].
+
+    reward_kl: [B, C] KL of the sampling policy to the reference when ``kl_in=reward``."""
+    b, c = mask.shape
+    penalty = algo.beta if reward_kl is not None else 0.0
+    returns = None
+    if algo.advantage in ("grpo", "dr_grpo", "rloo"):
+        rewards = batch.rewards.to(mask.device)
+        if reward_kl is not None:  # the sequence reward minus β·Σ kl over its tokens
+            rewards = rewards - penalty * (reward_kl * mask).sum(-1).view_as(rewards)
+        fn = ADVANTAGES[algo.advantage]
+        if algo.advantage == "grpo":
+            adv = fn(rewards, algo.scale_rewards, algo.std_eps)
+        else:
+            adv = fn(rewards)
+        adv = adv.reshape(b, 1).expand(b, c)
+    else:
+        outcome = torch.nan_to_num(batch.rewards.flatten().to(mask.device), nan=0.0)
+        token_rewards = kl_in_reward(outcome, mask, reward_kl, penalty)
+        if algo.advantage == "reinforce_pp":
+            adv = reinforce_pp_advantages(token_rewards, mask, algo.gamma or 1.0, algo.std_eps)
+        else:
+            adv, returns = gae(token_rewards, values, mask, algo.gamma or 1.0, algo.lam or 1.0)
+            if algo.whiten:
+                adv = masked_whiten(adv, mask, algo.std_eps or 1e-8)
+    if algo.whiten and algo.advantage in ("grpo", "dr_grpo", "rloo"):
+        adv = masked_whiten(adv, mask, algo.std_eps or 1e-8)
+    return adv * mask, returns
+
+
+def policy_loss(
+    policy: torch.nn.Module,
+    mb: Rollout,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    cfg: RunConfig,
+    mini_tokens: int,
+    mini_seqs: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy loss of one micro-batch, scaled so that summing it over a mini-batch's
+    micro-batches gives the loss of the whole mini-batch (``mini_tokens``/``mini_seqs`` are the
+    mini-batch's totals of loss tokens and sequences).
+
+    mask, advantages, old_logp, ref_logp: [b, C]; old_logp None means on-policy (the current
+    log-probs, detached). Returns (loss, statistics summed over the micro-batch).
+    """
+    algo, c = cfg.algo, mb.completion_ids.shape[1]
+    logp, entropy = completion_logprobs(
+        policy, mb.input_ids, mb.attention_mask, c, cfg.rollout.temperature, with_entropy=True
+    )
+    mask, advantages = mask.to(logp.dtype), advantages.to(logp.dtype)
+    old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
+    pg, clipped = clipped_surrogate(
+        logp,
+        old,
+        advantages,
+        algo.clip_eps_low,
+        algo.clip_eps_high,
+        mask=mask,
+        ratio_level=algo.ratio,
+        dual_clip=algo.dual_clip,
+        log_ratio_clamp=algo.log_ratio_clamp,
+    )
+    per_token = pg
+    stats = {}
+    if ref_logp is not None and algo.kl_in == "loss" and algo.beta > 0:
+        kl = kl_estimate(algo.kl, logp, ref_logp.to(logp.dtype))
+        ratio = (
+            importance_ratio(logp, old, mask, algo.ratio, algo.log_ratio_clamp)
+            if algo.kl_ratio_weighted
+            else None
+        )
+        per_token = per_token + kl_in_loss(kl, algo.beta, ratio)
+    if algo.entropy_coef:
+        per_token = per_token + entropy_bonus(entropy, algo.entropy_coef)
+    norm_len = cfg.rollout.max_new_tokens
+    loss = aggregate(algo.aggregation, per_token, mask, mini_tokens, mini_seqs, norm_len)
+    stats["loss/policy"] = loss.item()
+    stats["entropy/mean"] = float((entropy * mask).sum())
+    stats["clip/fraction"] = float((clipped.to(mask.dtype) * mask).sum())
+    return loss, stats
+
+
+def completion_values(critic: ValueModel, mb: Rollout) -> torch.Tensor:
+    """The critic's V before each completion token. → [b, C]."""
+    c = mb.completion_ids.shape[1]
+    attn = mb.attention_mask
+    values = critic(mb.input_ids, attn, position_ids(attn))
+    return values[:, -c - 1 : -1]
 
 
 @torch.no_grad()
-def reference_logprobs(
-    ref_model: torch.nn.Module, rollout: Rollout, micro_batch: int, temperature: float
-) -> torch.Tensor:
-    """Log-probs of the completions under the frozen reference. → [B, C]."""
-    c = rollout.completion_ids.shape[1]
-    parts = []
-    for m in range(0, len(rollout), micro_batch):
-        mb = rollout.select(slice(m, m + micro_batch))
-        logp, _ = completion_logprobs(ref_model, mb.input_ids, mb.attention_mask, c, temperature)
-        parts.append(logp)
-    return torch.cat(parts)
-
-
-def grpo_loss(
-    policy: torch.nn.Module,
-    mb: Rollout,
-    advantages: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    cfg: RunConfig,
-    step_tokens: int,
-    step_seqs: int,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss of one micro-batch, scaled so that summing it over the step's micro-batches
-    gives the loss of the whole step (``step_tokens``/``step_seqs`` are the step's totals).
-
-    advantages: [b]; ref_logp: [b, C] or None (no KL term). Returns (loss, summed statistics).
-    """
-    r, temperature = cfg.rl, cfg.rollout.temperature
-    c = mb.completion_ids.shape[1]
-    mask = mb.completion_mask.to(torch.float32)
-    logp, entropy = completion_logprobs(
-        policy, mb.input_ids, mb.attention_mask, c, temperature, with_entropy=True
-    )
-    mask = mask.to(logp.dtype)
-    # One update per batch: the "old" policy is this one, so the ratio is 1 in value while its
-    # gradient is the policy gradient.
-    pg, clipped = clipped_surrogate(
-        logp, logp.detach(), advantages.to(logp.dtype), r.clip_eps_low, r.clip_eps_high
-    )
-    per_token = pg
-    stats = {"kl/mean": 0.0}
-    if ref_logp is not None:
-        kl = kl_estimate("k3", logp, ref_logp.to(logp.dtype))
-        per_token = pg + r.beta * kl
-        stats["kl/mean"] = float((kl.detach() * mask).sum()) / step_tokens
-    loss = aggregate(r.loss_agg, per_token, mask, step_tokens, step_seqs)
-    stats["loss/total"] = loss.item()
-    stats["loss/policy"] = float(aggregate(r.loss_agg, pg.detach(), mask, step_tokens, step_seqs))
-    stats["entropy/mean"] = float((entropy * mask).sum()) / step_tokens
-    stats["clip/fraction"] = float((clipped.to(mask.dtype) * mask).sum()) / step_tokens
-    return loss, stats
+def _forward_all(fn: Callable[[Rollout], torch.Tensor], ro: Rollout, micro: int) -> torch.Tensor:
+    return torch.cat([fn(ro.select(slice(m, m + micro))) for m in range(0, len(ro), micro)])
 
 
 def train_rl(
@@ -97,18 +248,31 @@ def train_rl(
     logger: RunLogger,
     resume_from: Path | None = None,
     on_step: Callable[[int], None] | None = None,
+    critic: ValueModel | None = None,
 ) -> int:
-    """GRPO on ``samples`` (rendered as ``prompts``); returns the number of steps done."""
-    r, ro = cfg.rl, cfg.rollout
-    group = r.completions_per_prompt
+    """Train ``policy`` on ``samples`` (rendered as ``prompts``); returns the steps done."""
+    r, algo, temperature = cfg.rl, cfg.algo, cfg.rollout.temperature
+    micro = r.micro_batch_completions
     optimizer = build_optimizer(policy.parameters(), r.learning_rate, r.weight_decay, r.adam_betas)
     scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps, r.min_lr_ratio)
+    critic_opt = None
+    if critic is not None:
+        critic_opt = build_optimizer(
+            critic.parameters(), algo.critic_learning_rate, r.weight_decay, r.adam_betas
+        )
     start = 0
     if resume_from is not None:
         start, _ = load_trainer_state(resume_from, optimizer, scheduler)
+        if critic_opt is not None:
+            critic_opt.load_state_dict(torch.load(resume_from / CRITIC_OPTIMIZER))
     policy.train()
     done = start
     step_rng = rng_state()
+
+    def save_critic(path: Path) -> None:
+        if critic is not None and critic_opt is not None:
+            critic.save_pretrained(path / CRITIC_DIR)
+            torch.save(critic_opt.state_dict(), path / CRITIC_OPTIMIZER)
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -120,92 +284,107 @@ def train_rl(
             scheduler,
             rng=step_rng,
             keep=cfg.log.keep_checkpoints,
+            save_more=save_critic,
         )
 
+    def logp_of(model: torch.nn.Module) -> Callable[[Rollout], torch.Tensor]:
+        return lambda mb: completion_logprobs(
+            model, mb.input_ids, mb.attention_mask, mb.completion_ids.shape[1], temperature
+        )[0]
+
     try:
-        with training_progress(r.steps, "grpo", start) as bar:
+        with training_progress(r.steps, algo.name, start) as bar:
             for step in range(start, r.steps):
                 t0 = time.perf_counter()
-                idx = step_indices(len(samples), r.prompts_per_step, step, cfg.seed)
-                batch = [samples[i] for i in idx for _ in range(group)]
-                rollout = engine.generate(
-                    [prompts[i] for i in idx for _ in range(group)],
-                    max_new_tokens=ro.max_new_tokens,
-                    temperature=ro.temperature,
-                    top_p=ro.top_p,
-                    top_k=ro.top_k,
-                )
+                batch = collect(cfg, engine, prompts, samples, step, engine_pad_id(tokenizer))
+                ro = batch.rollout
                 t_gen = time.perf_counter() - t0
-                scored = score_batch(rollout.texts, batch, cfg.rewards)
-                rewards = torch.tensor(scored.total, dtype=torch.float32).view(-1, group)
-                adv = grpo_advantages(rewards, r.scale_rewards, r.std_eps).flatten()
-                adv = adv.to(rollout.completion_ids.device)
-                ref_logp = (
-                    reference_logprobs(
-                        ref_model, rollout, r.micro_batch_completions, ro.temperature
-                    )
-                    if ref_model is not None and r.beta > 0
-                    else None
-                )
-                step_tokens = int(rollout.completion_mask.sum())
+                mask = loss_mask(batch, algo)
+                policy.eval()  # no dropout while scoring the batch
+                needs_old = algo.ppo_epochs > 1 or algo.kl_in == "reward"
+                old_logp = _forward_all(logp_of(policy), ro, micro) if needs_old else None
+                ref_logp = None
+                if ref_model is not None and algo.beta > 0:
+                    ref_logp = _forward_all(logp_of(ref_model), ro, micro)
+                reward_kl = None
+                if algo.kl_in == "reward" and ref_logp is not None:
+                    reward_kl = kl_estimate(algo.kl, old_logp, ref_logp)
+                old_values = None
+                if critic is not None:
+                    old_values = _forward_all(lambda mb: completion_values(critic, mb), ro, micro)
+                policy.train()
+                adv, returns = token_advantages(batch, algo, mask, reward_kl, old_values)
+
                 stats: dict[str, float] = {}
-                for m in range(0, len(rollout), r.micro_batch_completions):
-                    rows = slice(m, m + r.micro_batch_completions)
-                    loss, mb_stats = grpo_loss(
-                        policy,
-                        rollout.select(rows),
-                        adv[rows],
-                        None if ref_logp is None else ref_logp[rows],
-                        cfg,
-                        step_tokens,
-                        len(rollout),
-                    )
-                    loss.backward()
-                    for key, value in mb_stats.items():
-                        stats[key] = stats.get(key, 0.0) + value
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
+                b = len(ro)
+                mini = min(r.mini_batch_completions or b, b)
+                updates = algo.ppo_epochs * math.ceil(b / mini)
+                train_policy = critic is None or step >= algo.critic_warmup_steps
+                for _ in range(algo.ppo_epochs):
+                    order = torch.randperm(b).tolist() if algo.ppo_epochs > 1 else list(range(b))
+                    for m in range(0, b, mini):
+                        rows_mini = order[m : m + mini]
+                        tokens = max(1, int(mask[rows_mini].sum()))
+                        for u in range(0, len(rows_mini), micro):
+                            rows = rows_mini[u : u + micro]
+                            mb = ro.select(rows)
+                            if train_policy:
+                                loss, mb_stats = policy_loss(
+                                    policy,
+                                    mb,
+                                    mask[rows],
+                                    adv[rows],
+                                    None
+                                    if old_logp is None or algo.ppo_epochs == 1
+                                    else old_logp[rows],
+                                    ref_logp[rows] if ref_logp is not None else None,
+                                    cfg,
+                                    tokens,
+                                    len(rows_mini),
+                                )
+                                loss.backward()
+                                _accumulate(stats, mb_stats)
+                            if critic is not None:
+                                v = completion_values(critic, mb)
+                                vl, _ = value_loss(
+                                    v, old_values[rows], returns[rows], algo.value_clip
+                                )
+                                vloss = aggregate(
+                                    "token_mean", vl, mask[rows], tokens, len(rows_mini)
+                                )
+                                vloss.backward()
+                                _accumulate(stats, {"loss/value": vloss.item()})
+                        if train_policy:
+                            stats["grad_norm"] = float(
+                                torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
+                            )
+                            optimizer.step()
+                            optimizer.zero_grad(set_to_none=True)
+                        if critic is not None and critic_opt is not None:
+                            torch.nn.utils.clip_grad_norm_(critic.parameters(), r.max_grad_norm)
+                            critic_opt.step()
+                            critic_opt.zero_grad(set_to_none=True)
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 done = step + 1
                 step_rng = rng_state()  # what a resume from step `done` must start with
                 dt = time.perf_counter() - t0
-                metrics = {
-                    "reward/mean": rewards.nanmean().item(),
-                    "reward/std": float(torch.tensor(scored.total).std()),
-                    **{
-                        f"reward/{k}": float(torch.tensor(v).nanmean())
-                        for k, v in scored.components.items()
-                    },
-                    "reward/uncomputed": sum(x != x for x in scored.total),
-                    "groups/all_equal": float((rewards.std(-1) == 0).float().mean()),
-                    **stats,
-                    "response/length_mean": float(rollout.lengths.float().mean()),
-                    "grad_norm": float(grad_norm),
-                    "lr": lr,
-                    "perf/step_s": dt,
-                    "perf/generate_s": t_gen,
-                    "perf/tokens_per_s": step_tokens / dt,
-                }
+                for key in ("loss/policy", "loss/value"):
+                    if key in stats:
+                        stats[key] /= updates  # a mean over the step's optimizer updates
+                metrics = step_metrics(batch, mask, stats, ref_logp, old_logp, algo)
+                metrics.update(
+                    {
+                        "lr": lr,
+                        "perf/step_s": dt,
+                        "perf/generate_s": t_gen,
+                        "perf/tokens_per_s": float(ro.lengths.sum()) / dt,
+                    }
+                )
                 if done % cfg.log.every == 0 or done == r.steps:
                     logger.log(done, metrics)
                 if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
-                    logger.log_samples(
-                        done,
-                        [
-                            {
-                                "prompt": batch[i].prompt,
-                                "answer": batch[i].answer,
-                                "completion": rollout.texts[i],
-                                "reward": scored.total[i],
-                                **{k: v[i] for k, v in scored.components.items()},
-                            }
-                            for i in range(0, len(batch), group)[
-                                : cfg.log.samples_per_log
-                            ]  # one per prompt
-                        ],
-                    )
+                    logger.log_samples(done, sample_records(batch, cfg))
                 bar.update(done, reward=metrics["reward/mean"], kl=metrics["kl/mean"])
                 if on_step is not None:
                     on_step(done)
@@ -215,3 +394,79 @@ def train_rl(
         checkpoint()
         raise
     return done
+
+
+def engine_pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id
+
+
+def _accumulate(stats: dict[str, float], more: dict[str, float]) -> None:
+    for key, value in more.items():
+        stats[key] = stats.get(key, 0.0) + value
+
+
+def step_metrics(
+    batch: StepBatch,
+    mask: torch.Tensor,
+    stats: dict[str, float],
+    ref_logp: torch.Tensor | None,
+    old_logp: torch.Tensor | None,
+    algo: AlgoConfig,
+) -> dict[str, float]:
+    """What one step logs (namespaced keys; token statistics are means over loss tokens)."""
+    rewards = batch.rewards
+    tokens = max(1.0, float(mask.sum())) * algo.ppo_epochs
+    cmask = batch.rollout.completion_mask.to(torch.float32)
+    kl = float("nan")
+    if ref_logp is not None:
+        logp = old_logp if old_logp is not None else batch.rollout.logprobs
+        kl = float((kl_estimate("k3", logp, ref_logp) * cmask).sum() / cmask.sum().clamp(min=1))
+    flat = rewards.flatten()
+    valid = flat[~torch.isnan(flat)]
+    metrics = {
+        "reward/mean": float(valid.mean()) if valid.numel() else float("nan"),
+        "reward/std": float(valid.std()) if valid.numel() > 1 else 0.0,
+        **{f"reward/{k}": _nanmean(v) for k, v in batch.components.items()},
+        **{
+            f"reward/{k}/uncomputed": sum(math.isnan(x) for x in v)
+            for k, v in batch.components.items()
+        },
+        "reward/uncomputed": int(torch.isnan(flat).sum()),
+        "groups/all_equal": float(
+            sum(not _has_signal(g) for g in rewards) / max(1, rewards.shape[0])
+        ),
+        "sampling/rounds": batch.rounds,
+        "kl/mean": kl,
+        "response/length_mean": float(batch.rollout.lengths.float().mean()),
+        "loss/total": stats.get("loss/policy", 0.0) + stats.get("loss/value", 0.0),
+        "loss/policy": stats.get("loss/policy", 0.0),
+        "entropy/mean": stats.get("entropy/mean", 0.0) / tokens,
+        "clip/fraction": stats.get("clip/fraction", 0.0) / tokens,
+    }
+    if "grad_norm" in stats:
+        metrics["grad_norm"] = stats["grad_norm"]
+    if "loss/value" in stats:
+        metrics["loss/value"] = stats["loss/value"]
+    return metrics
+
+
+def _nanmean(values: list[float]) -> float:
+    valid = [v for v in values if not math.isnan(v)]
+    return sum(valid) / len(valid) if valid else float("nan")
+
+
+def sample_records(batch: StepBatch, cfg: RunConfig) -> list[dict[str, Any]]:
+    """One logged completion per prompt, with every reward component."""
+    group = cfg.rl.completions_per_prompt
+    flat = batch.rewards.flatten().tolist()
+    return [
+        {
+            "prompt": batch.samples[i].prompt,
+            "answer": batch.samples[i].answer,
+            "completion": batch.rollout.texts[i],
+            "reward": flat[i],
+            **{k: v[i] for k, v in batch.components.items()},
+        }
+        for i in range(0, len(batch.samples), group)[: cfg.log.samples_per_log]
+    ]

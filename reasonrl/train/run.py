@@ -22,7 +22,13 @@ from rich.table import Table
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.eval import evaluate
 from reasonrl.logging import METRICS_FILE, RunLogger
-from reasonrl.models import init_model, load_model, load_tokenizer, pick_device
+from reasonrl.models import (
+    init_model,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    resolve_model_path,
+)
 from reasonrl.models.tokenizer import train_tokenizer
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import Sample, load_splits, render_prompt
@@ -60,7 +66,8 @@ def seed_everything(seed: int) -> None:
 def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
     """(sample, target completion) for the SFT stage: generated traces or a JSONL file."""
     if cfg.sft.data == "traces":
-        return [(s, solution_text(s)) for s in train]
+        rng = random.Random(cfg.seed)
+        return [(s, solution_text(s, rng.random() < cfg.sft.shortcut_fraction)) for s in train]
     if not cfg.sft.train_path:
         raise ConfigError("sft.data=jsonl needs sft.train_path")
     return read_sft_pairs(cfg.sft.train_path)
@@ -83,6 +90,21 @@ def build_model(
         tokenizer = train_tokenizer(corpus, cfg.model.init.vocab_size)
         return init_model(cfg.model.init, tokenizer, cfg.model.dtype).to(device), tokenizer
     return load_model(cfg.model, device), load_tokenizer(cfg.model.path)
+
+
+def build_critic(cfg: RunConfig, resume_from: Path | None, device: torch.device) -> Any:
+    """PPO's value model: from the checkpoint on resume, else ``algo.critic_path`` or the policy's
+    starting weights with a new scalar head. None for critic-free algorithms."""
+    if cfg.algo.name != "ppo":
+        return None
+    from reasonrl.models.value import ValueModel
+    from reasonrl.train.rl import CRITIC_DIR
+
+    if resume_from is not None:
+        path = str(resume_from / CRITIC_DIR)
+    else:
+        path = resolve_model_path(cfg.algo.critic_path or cfg.model.path)
+    return ValueModel.from_pretrained(path, getattr(torch, cfg.model.dtype)).to(device)
 
 
 def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
@@ -182,9 +204,10 @@ def run(
             from reasonrl.train.rl import train_rl
 
             ref = None
-            if cfg.rl.beta > 0:
+            if cfg.algo.beta > 0:
                 ref = copy.deepcopy(model) if resume_from is None else load_model(cfg.model, device)
                 ref.eval().requires_grad_(False)
+            critic = build_critic(cfg, resume_from, device)
             prompts = [render(s) for s in train]
             steps = train_rl(
                 cfg,
@@ -198,6 +221,7 @@ def run(
                 logger,
                 resume_from,
                 on_step,
+                critic,
             )
         model.save_pretrained(run_dir / MODEL_DIR)
         tokenizer.save_pretrained(run_dir / MODEL_DIR)
