@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from reasonrl.config import ConfigError, RunConfig, load_config
+from reasonrl.sandbox.cli import sandbox_app
 
 app = typer.Typer(
     help="Post-train language models with RL: SFT, GRPO, checked rewards, one YAML recipe.",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(sandbox_app, name="sandbox", help="The code-execution sandbox server.")
 console = Console()
 err_console = Console(stderr=True)
 
