@@ -1,7 +1,10 @@
-"""Step-by-step reasoning traces for chained + / − problems (the cold-start SFT data).
+"""Reasoning traces for chained + / − problems (the cold-start SFT data).
 
-A trace keeps a running total from left to right, one operation per step:
-``<think>57+87=144, 144-70=74</think> <answer>74</answer>``.
+A step-by-step trace keeps a running total from left to right, one operation per step:
+``<think>57+87=144, 144-70=74</think> <answer>74</answer>``. A shortcut trace evaluates the
+whole chain in one step: ``<think>57+87-70=74</think> <answer>74</answer>`` (the same text for
+two terms). A cold start that mixes both leaves a model that sometimes takes the shortcut, which
+a small model gets wrong far more often: RL on checked answers teaches it to work step by step.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ def chain_trace(expression: str) -> tuple[list[str], int]:
     return steps, total
 
 
-def solution_text(sample: Sample) -> str:
-    """The completion the cold-start SFT teaches for one sample."""
+def solution_text(sample: Sample, shortcut: bool = False) -> str:
+    """The completion the cold-start SFT teaches for one sample (``shortcut``: in one step)."""
     expression = sample.meta.get("expression")
     if expression is None:
         raise ValueError("traces need samples with an 'expression' in their metadata")
     steps, result = chain_trace(expression)
+    if shortcut:
+        steps = [f"{expression.replace(' ', '')}={result}"]
     return f"<think>{', '.join(steps)}</think> <answer>{result}</answer>"

@@ -72,6 +72,9 @@ def test_solution_text_and_bad_expression():
     assert solution_text(s) == "<think>57+87=144, 144-70=74</think> <answer>74</answer>"
     with pytest.raises(ValueError):
         chain_trace("3 * 4")
+    assert solution_text(s, shortcut=True) == "<think>57+87-70=74</think> <answer>74</answer>"
+    two = Sample("q", "3", {"expression": "4 - 1"})
+    assert solution_text(two, shortcut=True) == solution_text(two)
 
 
 class _NoTemplate:

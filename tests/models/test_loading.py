@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from reasonrl.config import ConfigError, ModelConfig, ModelInit
+from reasonrl.models import (
+    bundled_model_dir,
+    init_model,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
+from reasonrl.models.tokenizer import train_tokenizer
+
+
+def test_missing_model_path_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="no-such-model"):
+        resolve_model_path(str(tmp_path / "no-such-model"))
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub id passes through
+
+
+def test_bundled_model_is_small_and_loads_in_hf_format():
+    files = {p.name: p.stat().st_size for p in bundled_model_dir().iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    assert sum(files.values()) <= 20 * 2**20
+    model = load_model(ModelConfig(path="bundled", device="cpu", dtype="bfloat16"))
+    assert model.config.model_type == "qwen2"
+    assert next(model.parameters()).dtype == torch.bfloat16
+    tok = load_tokenizer("bundled")
+    assert tok.chat_template and tok.padding_side == "left"
+
+
+def test_tokenizer_splits_digits_and_round_trips():
+    tok = train_tokenizer(["12 + 345 = 357", "<think>1+2=3</think> <answer>3</answer>"] * 10, 300)
+    ids = tok("<think>907-58=849</think>", add_special_tokens=False)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert (
+        pieces[0] == "<think>"
+        and "9" in pieces
+        and "849" not in "".join(p for p in pieces if len(p) > 1)
+    )
+    assert tok.decode(ids) == "<think>907-58=849</think>"
+
+
+def test_saved_model_loads_from_a_local_directory(tmp_path):
+    tok = train_tokenizer(["1 + 2 = 3"] * 10, 280)
+    model = init_model(
+        ModelInit(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32),
+        tok,
+    )
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = load_model(ModelConfig(path=str(tmp_path), device="cpu"))
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert load_tokenizer(str(tmp_path)).encode("1 + 2") == tok.encode("1 + 2")
