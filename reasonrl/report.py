@@ -29,22 +29,28 @@ Series = dict[str, list[tuple[int, float]]]  # metric key -> [(step, value)] sor
 
 @dataclass(frozen=True)
 class _Group:
-    """One plot: the named keys first (in this order), then every key under ``prefix``."""
+    """One plot: the named keys first (in this order), then every key under ``prefix`` except
+    those ending in one of ``skip`` (counts and spreads that would flatten the scale)."""
 
     stem: str
     title: str
     keys: tuple[str, ...] = ()
     prefix: str | None = None
+    skip: tuple[str, ...] = ()
 
     def select(self, available: Sequence[str]) -> list[str]:
         chosen = [k for k in self.keys if k in available]
         if self.prefix is not None:
-            chosen += sorted(k for k in available if k.startswith(self.prefix) and k not in chosen)
+            chosen += sorted(
+                k
+                for k in available
+                if k.startswith(self.prefix) and k not in chosen and not k.endswith(self.skip)
+            )
         return chosen
 
 
 GROUPS = (
-    _Group("reward", "Reward", ("reward/mean",), "reward/"),
+    _Group("reward", "Reward", ("reward/mean",), "reward/", ("uncomputed", "/std")),
     _Group("accuracy", "Accuracy", ("eval/accuracy", "reward/accuracy")),
     _Group("kl", "KL", ("kl/mean",)),
     _Group("response_length", "Response length (tokens)", ("response/length_mean",)),

@@ -169,3 +169,17 @@ def test_comparison_disambiguates_runs_with_the_same_name(tmp_path: Path) -> Non
     page = build_comparison_report([run_a, run_b], tmp_path / "compare").read_text()
 
     assert "<td>seed0/run</td>" in page and "<td>seed1/run</td>" in page
+
+
+def test_reward_plot_leaves_out_counts_and_spread():
+    from reasonrl.report import GROUPS
+
+    reward = next(g for g in GROUPS if g.stem == "reward")
+    keys = [
+        "reward/mean",
+        "reward/std",
+        "reward/answer",
+        "reward/answer/uncomputed",
+        "reward/uncomputed",
+    ]
+    assert reward.select(keys) == ["reward/mean", "reward/answer"]
