@@ -44,7 +44,12 @@ from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
-from reasonrl.train.checkpoint import load_trainer_state, rng_state, save_checkpoint
+from reasonrl.train.checkpoint import (
+    ignoring_interrupts,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs, position_ids
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -391,7 +396,8 @@ def train_rl(
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
                     checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        with ignoring_interrupts():
+            checkpoint()
         raise
     return done
 

@@ -16,7 +16,12 @@ import torch
 from reasonrl.algos import sft_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
-from reasonrl.train.checkpoint import load_trainer_state, rng_state, save_checkpoint
+from reasonrl.train.checkpoint import (
+    ignoring_interrupts,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -127,6 +132,7 @@ def train_sft(
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
                     checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        with ignoring_interrupts():
+            checkpoint()
         raise
     return done
