@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +28,38 @@ def reasoning_gym_samples(name: str, size: int, seed: int, params: dict[str, Any
     return [Sample(x["question"], str(x["answer"]), dict(x["metadata"])) for x in ds]
 
 
-def read_jsonl_samples(path: str | Path) -> list[Sample]:
-    """Samples from a JSONL file whose lines have ``prompt`` and ``answer`` (other keys → meta)."""
+def _jsonl_rows(path: str | Path, fields: tuple[str, str], what: str) -> Iterator[tuple[Any, ...]]:
+    """(*the two ``fields``, the rest of the row) for each non-blank line of a JSONL file;
+    a missing file or a bad line is a ConfigError naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"task file not found: {path}")
-    samples = []
+        raise ConfigError(f"{what} not found: {path}")
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            prompt, answer = row.pop("prompt"), row.pop("answer")
+            values = tuple(row.pop(f) for f in fields)
         except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            msg = f"{path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})"
-            raise ConfigError(msg) from e
-        samples.append(Sample(str(prompt), str(answer), row))
-    return samples
+            names = " and ".join(f"'{f}'" for f in fields)
+            raise ConfigError(f"{path}:{i}: need a JSON object with {names} ({e})") from e
+        yield (*values, row)
+
+
+def read_jsonl_samples(path: str | Path) -> list[Sample]:
+    """Samples from a JSONL file whose lines have ``prompt`` and ``answer`` (other keys → meta)."""
+    return [
+        Sample(str(prompt), str(answer), row)
+        for prompt, answer, row in _jsonl_rows(path, ("prompt", "answer"), "task file")
+    ]
 
 
 def read_sft_pairs(path: str | Path) -> list[tuple[Sample, str]]:
     """(sample, completion) pairs from JSONL lines with ``prompt`` and ``completion`` fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"SFT data file not found: {path}")
-    pairs = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt, completion = row.pop("prompt"), row.pop("completion")
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            msg = f"{path}:{i}: need a JSON object with 'prompt' and 'completion' ({e})"
-            raise ConfigError(msg) from e
-        pairs.append((Sample(str(prompt), str(row.pop("answer", "")), row), str(completion)))
-    return pairs
+    return [
+        (Sample(str(prompt), str(row.pop("answer", "")), row), str(completion))
+        for prompt, completion, row in _jsonl_rows(path, ("prompt", "completion"), "SFT data file")
+    ]
 
 
 def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
