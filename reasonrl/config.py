@@ -48,6 +48,18 @@ class ModelInit(_Strict):
     vocab_size: int = 384  # target size of the BPE tokenizer trained on the SFT corpus
 
 
+class LoRAConfig(_Strict):
+    """Low-rank adapters (peft) instead of full fine-tuning; the reference policy is then the
+    base model with the adapters disabled, not a second copy of the weights."""
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"  # e.g. [q_proj, v_proj]
+    save: Literal["merged", "adapter"] = "merged"  # the stage's model/: merged weights, or
+    # the adapter alone (with the base model's path in its adapter_config.json)
+
+
 class ModelConfig(_Strict):
     path: str = (
         "bundled"  # "bundled" (the packaged tiny checkpoint), a local directory, or a hub id
@@ -55,6 +67,8 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init: ModelInit | None = None  # set to train a new model (and tokenizer) from scratch
+    lora: LoRAConfig | None = None  # train low-rank adapters instead of every weight
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
 
 
 class TaskConfig(_Strict):
@@ -177,7 +191,7 @@ class AlgoConfig(_Strict):
 
 class SFTConfig(_Strict):
     data: Literal["traces", "jsonl"] = "traces"  # traces: step-by-step solutions of the task
-    shortcut_fraction: float = Field(0.0, ge=0, le=1)  # traces that skip the steps (traces.py)
+    estimate_fraction: float = Field(0.0, ge=0, le=1)  # hasty rounded traces (tasks/traces.py)
     train_path: str | None = None  # JSONL with "prompt" and "completion" (data: jsonl)
     steps: int = Field(1000, ge=0)
     examples_per_step: int = Field(64, gt=0)
@@ -213,6 +227,67 @@ class LogConfig(_Strict):
     checkpoint_every: int = Field(50, ge=0)  # 0: only at the end and on Ctrl-C
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
+
+
+class PreferenceDataConfig(_Strict):
+    """Chosen/rejected pairs for reward-model training and DPO."""
+
+    source: Literal["generated", "jsonl", "dataset"] = "generated"  # generated: pairs made
+    # from the task's problems (reasonrl/tasks/preferences.py); jsonl: files of pairs;
+    # dataset: datasets.load_dataset(train_path) — a hub id or a local dataset directory/file
+    train_path: str | None = None
+    eval_path: str | None = None  # jsonl: a second file; dataset: unused (see eval_split)
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_size: int = Field(4000, gt=0)  # pairs generated (or at most read) for training
+    eval_size: int = Field(500, gt=0)  # held-out pairs
+    max_length: int = Field(256, gt=0)  # prompt + response tokens; longer pairs are truncated
+    # from the left of the prompt and counted in the log, never silently
+
+    @model_validator(mode="after")
+    def _paths(self) -> PreferenceDataConfig:
+        if self.source == "jsonl" and not (self.train_path and self.eval_path):
+            raise ValueError("prefs source=jsonl needs train_path and eval_path")
+        if self.source == "dataset" and not self.train_path:
+            raise ValueError("prefs source=dataset needs train_path (a hub id or local path)")
+        return self
+
+
+class PairTrainingConfig(_Strict):
+    """Sizes, schedule and optimizer of a stage that trains on preference pairs."""
+
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    steps: int = Field(300, ge=0)
+    pairs_per_step: int = Field(32, gt=0)
+    micro_batch_pairs: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    eval_every: int = Field(50, ge=0)  # held-out pairwise metrics every N steps (0: at the end)
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> PairTrainingConfig:
+        if self.pairs_per_step % self.micro_batch_pairs:
+            raise ValueError("micro_batch_pairs must divide pairs_per_step")
+        return self
+
+
+class RMConfig(PairTrainingConfig):
+    """Bradley-Terry reward model: -log σ(r(chosen) - r(rejected) - margin)."""
+
+    head: Literal["value", "classification"] = "value"  # value: the causal LM's decoder with a
+    # scalar head (reasonrl.models.value); classification: AutoModelForSequenceClassification
+    margin: float = Field(0.0, ge=0)  # required score gap (Llama-2's margin loss); 0: plain BT
+
+
+class DPOConfig(PairTrainingConfig):
+    """Direct preference optimisation against a frozen reference (the starting model)."""
+
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO; ipo: IPO's squared loss
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
 
 
 class RewardSpec(_Strict):
@@ -252,7 +327,7 @@ Rewards = Annotated[dict[str, RewardSpec], AfterValidator(_check_gates)]
 
 class RunConfig(_Strict):
     name: str = "run"
-    stage: Literal["rl", "sft"] = "rl"
+    stage: Literal["rl", "sft", "rm", "dpo"] = "rl"
     seed: int = 0
     out: str | None = None  # run directory; default runs/<name>
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -264,6 +339,8 @@ class RunConfig(_Strict):
     rl: RLConfig = Field(default_factory=RLConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    rm: RMConfig = Field(default_factory=RMConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -275,6 +352,13 @@ class RunConfig(_Strict):
                 "examples_per_step": s.examples_per_step,
                 "accumulation_steps": s.examples_per_step // s.micro_batch_examples,
                 "total_examples": s.steps * s.examples_per_step,
+            }
+        if self.stage in ("rm", "dpo"):
+            pt = self.rm if self.stage == "rm" else self.dpo
+            return {
+                "pairs_per_step": pt.pairs_per_step,
+                "accumulation_steps": pt.pairs_per_step // pt.micro_batch_pairs,
+                "total_pairs": pt.steps * pt.pairs_per_step,
             }
         r = self.rl
         per_step = r.prompts_per_step * r.completions_per_prompt

@@ -1,10 +1,11 @@
 """Reasoning traces for chained + / − problems (the cold-start SFT data).
 
-A step-by-step trace keeps a running total from left to right, one operation per step:
-``<think>57+87=144, 144-70=74</think> <answer>74</answer>``. A shortcut trace evaluates the
-whole chain in one step: ``<think>57+87-70=74</think> <answer>74</answer>`` (the same text for
-two terms). A cold start that mixes both leaves a model that sometimes takes the shortcut, which
-a small model gets wrong far more often: RL on checked answers teaches it to work step by step.
+A careful trace keeps a running total from left to right, one operation per step:
+``<think>57+87=144, 144-70=74</think> <answer>74</answer>``. A hasty trace estimates instead:
+it rounds every term to the nearest ten and answers with the rounded result,
+``<think>~60+90-70=80</think> <answer>80</answer>``, which is right only when the rounding
+errors cancel. A cold start that mixes both leaves a model that picks one of the two habits at
+the first token of its reasoning; RL on checked answers teaches it to pick the careful one.
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ def chain_trace(expression: str) -> tuple[list[str], int]:
     return steps, total
 
 
-def solution_text(sample: Sample, shortcut: bool = False) -> str:
-    """The completion the cold-start SFT teaches for one sample (``shortcut``: in one step)."""
+def round_to_ten(value: int) -> int:
+    """Nearest multiple of ten, halves away from zero (5 → 10, -15 → -20)."""
+    sign = -1 if value < 0 else 1
+    return sign * ((abs(value) + 5) // 10 * 10)
+
+
+def estimate_trace(expression: str) -> tuple[str, int]:
+    """The hasty step (every term rounded to ten, then summed) and its result."""
+    parts = expression.split()
+    rounded = [p if i % 2 else str(round_to_ten(int(p))) for i, p in enumerate(parts)]
+    _, result = chain_trace(" ".join(rounded))
+    return f"~{''.join(rounded)}={result}", result
+
+
+def solution_text(sample: Sample, estimate: bool = False) -> str:
+    """The completion the cold-start SFT teaches for one sample (``estimate``: the hasty one)."""
     expression = sample.meta.get("expression")
     if expression is None:
         raise ValueError("traces need samples with an 'expression' in their metadata")
+    if estimate:
+        step, result = estimate_trace(expression)
+        return f"<think>{step}</think> <answer>{result}</answer>"
     steps, result = chain_trace(expression)
-    if shortcut:
-        steps = [f"{expression.replace(' ', '')}={result}"]
     return f"<think>{', '.join(steps)}</think> <answer>{result}</answer>"

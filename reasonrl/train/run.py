@@ -67,7 +67,7 @@ def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
     """(sample, target completion) for the SFT stage: generated traces or a JSONL file."""
     if cfg.sft.data == "traces":
         rng = random.Random(cfg.seed)
-        return [(s, solution_text(s, rng.random() < cfg.sft.shortcut_fraction)) for s in train]
+        return [(s, solution_text(s, rng.random() < cfg.sft.estimate_fraction)) for s in train]
     if not cfg.sft.train_path:
         raise ConfigError("sft.data=jsonl needs sft.train_path")
     return read_sft_pairs(cfg.sft.train_path)
@@ -84,8 +84,8 @@ def build_model(
         return model, tokenizer
     if cfg.model.init is not None:
         corpus = [
-            f"user\n{s.prompt}\n{R1_INSTRUCTION}\nassistant\n{solution_text(s)}"
-            for s in train[:5000]
+            f"user\n{s.prompt}\n{R1_INSTRUCTION}\nassistant\n{completion}"
+            for s, completion in sft_pairs(cfg, train[:5000])[:5000]
         ]
         tokenizer = train_tokenizer(corpus, cfg.model.init.vocab_size)
         return init_model(cfg.model.init, tokenizer, cfg.model.dtype).to(device), tokenizer

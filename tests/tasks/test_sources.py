@@ -5,7 +5,7 @@ import pytest
 from reasonrl.config import ConfigError, TaskConfig
 from reasonrl.tasks import Sample, load_splits, render_prompt
 from reasonrl.tasks.sources import read_jsonl_samples, read_sft_pairs
-from reasonrl.tasks.traces import chain_trace, solution_text
+from reasonrl.tasks.traces import chain_trace, round_to_ten, solution_text
 
 
 def test_reasoning_gym_splits_are_disjoint_and_fixed_by_seed():
@@ -72,9 +72,17 @@ def test_solution_text_and_bad_expression():
     assert solution_text(s) == "<think>57+87=144, 144-70=74</think> <answer>74</answer>"
     with pytest.raises(ValueError):
         chain_trace("3 * 4")
-    assert solution_text(s, shortcut=True) == "<think>57+87-70=74</think> <answer>74</answer>"
-    two = Sample("q", "3", {"expression": "4 - 1"})
-    assert solution_text(two, shortcut=True) == solution_text(two)
+    assert solution_text(s, estimate=True) == "<think>~60+90-70=80</think> <answer>80</answer>"
+    negative = Sample("q", "-20", {"expression": "-15 + 4 - 9"})
+    hasty = "<think>~-20+0-10=-30</think> <answer>-30</answer>"
+    assert solution_text(negative, estimate=True) == hasty
+
+
+@pytest.mark.parametrize(
+    ("value", "rounded"), [(0, 0), (4, 0), (5, 10), (14, 10), (95, 100), (-5, -10), (-14, -10)]
+)
+def test_round_to_ten(value, rounded):
+    assert round_to_ten(value) == rounded
 
 
 class _NoTemplate:
