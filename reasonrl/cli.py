@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from reasonrl.config import ConfigError, RunConfig, load_config
+from reasonrl.config import ConfigError, RunConfig, load_config, read_recipe
 from reasonrl.sandbox.cli import sandbox_app
 
 app = typer.Typer(
@@ -73,8 +73,30 @@ def run(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run a recipe: evaluate, train (SFT or RL), evaluate again, write the report."""
-    _run(_load(recipe, overrides), out, resume, overwrite)
+    """Run a recipe: evaluate, train (SFT, RL, reward model or DPO), evaluate again, write the
+    report. A multi-stage recipe (one with ``stages``) runs its stages in order; override a
+    stage's key with STAGE.key=value."""
+    from reasonrl.pipeline import is_pipeline, run_pipeline
+
+    try:
+        pipeline = is_pipeline(recipe)
+    except ConfigError as e:
+        _fail(str(e))
+    if not pipeline:
+        _run(_load(recipe, overrides), out, resume, overwrite)
+        return
+    run_dir = out or Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
+    try:
+        run_pipeline(
+            recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console
+        )
+    except ConfigError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err_console.print(
+            f"\ninterrupted: checkpoints saved under {run_dir}; continue with --resume"
+        )
+        raise typer.Exit(130) from None
 
 
 @app.command()

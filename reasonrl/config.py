@@ -467,16 +467,27 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     data: dict[str, Any] = {}
     source = "overrides"
     if recipe is not None:
-        path = resolve_recipe_path(recipe)
+        data, path = read_recipe(recipe)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"recipe {path} must be a mapping of keys to values")
-        data = loaded or {}
-    data = apply_overrides(data, overrides or [])
+        if "stages" in data:
+            raise ConfigError(f"{path} is a multi-stage recipe: run it with `reasonrl run`")
+    return validate_config(apply_overrides(data, overrides or []), source)
+
+
+def read_recipe(recipe: str | Path) -> tuple[dict[str, Any], Path]:
+    """The raw mapping of a recipe (path or bundled name) and the file it came from."""
+    path = resolve_recipe_path(recipe)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of keys to values")
+    return loaded or {}, path
+
+
+def validate_config(data: dict[str, Any], source: str) -> RunConfig:
+    """A RunConfig from a recipe mapping; ConfigError naming ``source`` and every bad key."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

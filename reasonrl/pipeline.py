@@ -1,0 +1,278 @@
+"""Multi-stage recipes: ``sft``, ``rl``, ``rm`` and ``dpo`` stages run in order, each one
+starting from an earlier stage's model.
+
+A multi-stage recipe has a ``stages`` list; every other top-level key (``task``, ``eval``,
+``seed``…) is a default that each stage's own keys override::
+
+    name: qwq-style
+    task: {name: chain_sum}
+    stages:
+      - {name: cold-start, stage: sft, sft: {steps: 200}}
+      - {name: reasoning, stage: rl}                  # starts from cold-start's model
+      - {name: rm, stage: rm, model: {path: "@cold-start"}}
+      - name: general
+        stage: rl
+        rewards: {rm: {verifier: reward_model, options: {path: "@rm"}}}
+
+``"@name"`` anywhere in a stage stands for stage ``name``'s saved model directory; a stage
+without ``model.path`` starts from the last policy stage (not ``rm``) before it. Stage ``i``
+runs in ``RUN_DIR/<i>-<name>``; on ``--resume`` finished stages (those with a
+``summary.json``) are skipped and an interrupted one continues from its checkpoint.
+Overrides address a stage by its name (``general.rl.steps=20``) or every stage (``seed=1``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from reasonrl.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    read_recipe,
+    validate_config,
+)
+
+PIPELINE_FILE = "pipeline.yaml"
+SUMMARY_FILE = "summary.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_REF_RE = re.compile(r"^@([A-Za-z0-9_-]+)$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cfg: RunConfig
+    dir: Path
+
+
+def is_pipeline(recipe: str | Path) -> bool:
+    """Whether ``recipe`` (a path or bundled name) is a multi-stage recipe."""
+    data, _ = read_recipe(recipe)
+    return "stages" in data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings merged key by key; anything else in ``top`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve_refs(value: Any, models: dict[str, Path], where: str) -> Any:
+    """Replace every ``"@name"`` string with the model directory of the stage ``name``."""
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, models, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, models, where) for v in value]
+    match = _REF_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    if match[1] not in models:
+        known = ", ".join(models) or "none"
+        raise ConfigError(
+            f"{where}: '@{match[1]}' is not an earlier stage (earlier stages: {known})"
+        )
+    return str(models[match[1]])
+
+
+def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list]]:
+    """Overrides for every stage, and per stage name (``name.key=value``)."""
+    shared: list[str] = []
+    per_stage: dict[str, list[str]] = {n: [] for n in names}
+    for text in overrides:
+        head, dot, rest = text.partition(".")
+        if dot and head in per_stage:
+            per_stage[head].append(rest)
+        else:
+            shared.append(text)
+    return shared, per_stage
+
+
+def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> list[Stage]:
+    """The validated stages of a multi-stage recipe, with ``@name`` resolved under ``run_dir``.
+
+    Every stage is validated before anything runs, so a typo in the last stage fails at once.
+    """
+    data, path = read_recipe(recipe)
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list of stage mappings")
+    names = []
+    for i, raw in enumerate(stages):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"{path}: stage {i} needs a 'name' of letters, digits, - or _")
+        if name in names:
+            raise ConfigError(f"{path}: two stages are called {name!r}")
+        names.append(name)
+    shared, per_stage = _split_overrides(overrides, names)
+    defaults = {k: v for k, v in data.items() if k not in ("stages", "name", "out")}
+    defaults = apply_overrides(defaults, shared)
+    pipeline_name = str(data.get("name", path.stem))
+
+    out: list[Stage] = []
+    models: dict[str, Path] = {}
+    last_policy: str | None = None
+    for i, raw in enumerate(stages):
+        name = raw["name"]
+        where = f"{path} stage '{name}'"
+        merged = _merge(defaults, {k: v for k, v in raw.items() if k != "name"})
+        merged = apply_overrides(merged, per_stage[name])
+        merged["name"] = f"{pipeline_name}/{name}"
+        has_path = "path" in (merged.get("model") or {})
+        if not has_path and "init" not in (merged.get("model") or {}) and last_policy:
+            merged.setdefault("model", {})["path"] = f"@{last_policy}"
+        cfg = validate_config(_resolve_refs(merged, models, where), where)
+        stage_dir = run_dir / f"{i}-{name}"
+        out.append(Stage(name, cfg, stage_dir))
+        models[name] = stage_dir / "model"
+        if cfg.stage != "rm":
+            last_policy = name
+    return out
+
+
+def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    has_run = (run_dir / PIPELINE_FILE).exists()
+    if has_run and not (resume or overwrite):
+        raise ConfigError(
+            f"{run_dir} already holds a pipeline run: pass --resume to continue it, "
+            "--overwrite to replace it, or --out DIR for a new directory"
+        )
+    if resume and not has_run:
+        raise ConfigError(f"nothing to resume in {run_dir}")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _stage_row(stage: Stage, summary: dict[str, Any]) -> dict[str, Any]:
+    row = {
+        "name": stage.name,
+        "stage": stage.cfg.stage,
+        "dir": str(stage.dir),
+        "steps": summary.get("steps"),
+        "wall_s": summary.get("wall_s"),
+    }
+    for phase in ("before", "after"):
+        res = summary.get(phase) or {}
+        row[phase] = {k: res.get(k) for k in ("accuracy", "n", "ci_low", "ci_high") if k in res}
+    if summary.get("eval"):  # reward-model stages: held-out pairwise metrics
+        row["eval"] = summary["eval"]
+    return row
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "–"
+
+
+def print_pipeline(console: Console, rows: list[dict[str, Any]]) -> None:
+    """One line per stage: held-out accuracy before → after (or the RM's pairwise accuracy)."""
+    table = Table(title="stages")
+    for col in ("stage", "kind", "steps", "before", "after", "change", "wall"):
+        table.add_column(col)
+    for r in rows:
+        before, after = r["before"].get("accuracy"), r["after"].get("accuracy")
+        change = "–"
+        if isinstance(before, float) and isinstance(after, float):
+            change = f"{100 * (after - before):+.1f} pts"
+        if r.get("eval"):
+            after_text = f"pairwise {_pct(r['eval'].get('pairwise_accuracy'))}"
+        else:
+            after_text = _pct(after)
+        wall = r.get("wall_s")
+        table.add_row(
+            r["name"],
+            r["stage"],
+            str(r.get("steps", "–")),
+            _pct(before),
+            after_text,
+            change,
+            f"{wall:.0f}s" if isinstance(wall, int | float) else "–",
+        )
+    console.print(table)
+
+
+def run_pipeline(
+    recipe: str | Path,
+    overrides: list[str],
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary."""
+    from reasonrl.report import build_comparison_report
+    from reasonrl.train.run import run
+
+    console = console or Console()
+    t0 = time.time()
+    stages = load_pipeline(recipe, overrides, run_dir)
+    _prepare(run_dir, resume, overwrite)
+    resolved = {s.name: yaml.safe_load(dump_config(s.cfg)) for s in stages}
+    (run_dir / PIPELINE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    rows = []
+    for i, stage in enumerate(stages):
+        summary_path = stage.dir / SUMMARY_FILE
+        if resume and summary_path.exists():
+            console.print(f"[bold]stage {i} {stage.name}[/]: done, skipped")
+        else:
+            console.rule(f"stage {i}/{len(stages) - 1}: {stage.name} ({stage.cfg.stage})")
+            started = stage.dir.exists() and any(stage.dir.iterdir())
+            if not started and i > 0:
+                _reuse_eval(stages[i - 1], stage)
+            # Resume only a stage that had begun; a stage that never ran starts clean.
+            run(
+                stage.cfg,
+                stage.dir,
+                resume=resume and _has_checkpoint(stage.dir),
+                overwrite=started and not (resume and _has_checkpoint(stage.dir)),
+                console=console,
+            )
+        rows.append(_stage_row(stage, json.loads(summary_path.read_text())))
+
+    combined = {"name": run_dir.name, "stages": rows, "wall_s": time.time() - t0}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(combined, indent=2))
+    print_pipeline(console, rows)
+    report = build_comparison_report([s.dir for s in stages], run_dir)
+    console.print(f"report: {report}")
+    return combined
+
+
+def _reuse_eval(prev: Stage, stage: Stage) -> None:
+    """Seed ``stage``'s before-evaluation with ``prev``'s after-evaluation when it is the same
+    model on the same held-out problems with the same settings (saves one evaluation)."""
+    from reasonrl.train.run import BEFORE_FILE
+
+    summary_path = prev.dir / SUMMARY_FILE
+    if not summary_path.exists() or stage.cfg.model.path != str(prev.dir / "model"):
+        return
+    after = json.loads(summary_path.read_text()).get("after")
+    same = prev.cfg.task == stage.cfg.task and prev.cfg.eval == stage.cfg.eval
+    if after and same and stage.cfg.model.init is None:
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        (stage.dir / BEFORE_FILE).write_text(json.dumps(after, indent=2))
+
+
+def _has_checkpoint(stage_dir: Path) -> bool:
+    from reasonrl.train.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(stage_dir) is not None
