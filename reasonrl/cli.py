@@ -114,6 +114,36 @@ def quickstart(
     _run(_load("quickstart", overrides), out, resume, overwrite)
 
 
+@app.command()
+def rm(
+    recipe: Annotated[
+        str, typer.Argument(help="A reward-model recipe file, or a bundled recipe's name.")
+    ] = "tiny-rm",
+    overrides: Overrides = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a Bradley-Terry reward model on chosen/rejected pairs (the recipe's ``rm``
+    section); reports held-out pairwise accuracy and saves the model in HF format."""
+    _run(_load(recipe, [*(overrides or []), "stage=rm"]), out, resume, overwrite)
+
+
+@app.command()
+def dpo(
+    recipe: Annotated[
+        str, typer.Argument(help="A DPO recipe file, or a bundled recipe's name.")
+    ] = "tiny-dpo",
+    overrides: Overrides = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Direct preference optimisation (or IPO, ``dpo.loss_type=ipo``) on chosen/rejected pairs
+    against the frozen starting model; evaluates held-out accuracy before and after."""
+    _run(_load(recipe, [*(overrides or []), "stage=dpo"]), out, resume, overwrite)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[

@@ -9,7 +9,7 @@ runner = CliRunner()
 
 
 def test_every_command_has_useful_help():
-    for command in ("run", "quickstart", "eval", "report", "classic"):
+    for command in ("run", "quickstart", "rm", "dpo", "eval", "report", "classic"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert "Usage" in result.output and len(result.output) > 200

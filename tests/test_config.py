@@ -4,7 +4,14 @@ import time
 
 import pytest
 
-from reasonrl.config import ConfigError, RunConfig, dump_config, load_config, parse_override
+from reasonrl.config import (
+    ConfigError,
+    RunConfig,
+    bundled_recipes,
+    dump_config,
+    load_config,
+    parse_override,
+)
 
 
 def test_override_sets_nested_value_and_parses_scientific_floats():
@@ -74,9 +81,16 @@ def test_missing_recipe_names_the_path_and_a_bundled_neighbour():
     assert "quickstart" in str(e.value)
 
 
-def test_bundled_recipes_validate():
-    for name in ("quickstart", "tiny-cold-start"):
-        assert isinstance(load_config(name), RunConfig)
+def test_bundled_recipes_validate(tmp_path):
+    from reasonrl.pipeline import is_pipeline, load_pipeline
+
+    recipes = bundled_recipes()
+    assert {"quickstart", "tiny-cold-start"} <= set(recipes)
+    for name in recipes:
+        if is_pipeline(name):
+            assert all(isinstance(s.cfg, RunConfig) for s in load_pipeline(name, [], tmp_path))
+        else:
+            assert isinstance(load_config(name), RunConfig)
 
 
 def test_derived_sizes_are_in_named_units():
