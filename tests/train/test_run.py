@@ -44,14 +44,14 @@ from reasonrl.rewards import RewardResult
 
 
 def stepwise(completion, sample):
-    # 1 for a trace that works in steps ("a+b=c, c-d=e"), 0 for one that takes the chain at once
+    # 1 for a careful trace ("a+b=c, c-d=e"), 0 for a hasty one ("~a+b-c=d")
     return RewardResult(1.0 if ", " in completion else 0.0, "ok")
 """
 
 
 def test_end_to_end_run_learns_and_writes_every_artifact(tmp_path, monkeypatch):
     # Trivially learnable: on 3-term problems the bundled model works step by step about half
-    # the time; a user verifier (by import path) pays for doing so.
+    # the time and estimates otherwise; a user verifier (by import path) pays for the steps.
     (tmp_path / "my_rewards.py").write_text(STEPWISE)
     monkeypatch.syspath_prepend(str(tmp_path))
     overrides = TINY + [
