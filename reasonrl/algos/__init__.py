@@ -22,6 +22,7 @@ from reasonrl.algos.policy import (
     importance_ratio,
 )
 from reasonrl.algos.returns import gae, reinforce_pp_advantages
+from reasonrl.algos.reward import bradley_terry_loss
 from reasonrl.algos.sft import sft_loss
 from reasonrl.algos.value import value_loss
 from reasonrl.algos.whiten import masked_mean, masked_var, masked_whiten
@@ -32,6 +33,7 @@ __all__ = [
     "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
     "aggregate",
+    "bradley_terry_loss",
     "clipped_surrogate",
     "dr_grpo_advantages",
     "entropy_bonus",

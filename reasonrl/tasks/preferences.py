@@ -1,14 +1,26 @@
 """Preference pairs (a prompt, a chosen and a rejected response) for reward models and DPO.
 
 ``prompt`` is the text the policy sees, chat template already applied; ``chosen`` and
-``rejected`` are the two responses as plain text.
+``rejected`` are the two responses as plain text. Pairs are generated from chain_sum problems
+(a careful correct trace against a wrong or malformed one) or read from JSONL files and
+``datasets`` datasets in the common layouts (prompt/chosen/rejected, TRL conversational,
+Anthropic/hh-rlhf), with the tokenizer's chat template applied to the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from reasonrl.config import ConfigError, PreferenceDataConfig
+from reasonrl.tasks.base import Sample
+from reasonrl.tasks.prompts import render_prompt
+from reasonrl.tasks.traces import chain_trace, estimate_trace, solution_text
 
 
 @dataclass(frozen=True)
@@ -56,3 +68,229 @@ def encode_pairs(
         truncated += len(prompt) < len(p) or len(c2) < len(c) or len(r2) < len(r)
         out.append(EncodedPair(prompt, c2, r2))
     return out, truncated
+
+
+# --------------------------------------------------------------------------- generated pairs
+
+REJECTION_KINDS = ("estimate", "slip", "mismatch", "malformed")
+_SLIPS = (-10, -2, -1, 1, 2, 10)  # how far a slipped step or a mismatched answer is off
+
+
+def _slipped_trace(expression: str, at: int, delta: int) -> str:
+    """A careful trace whose step ``at`` is off by ``delta``; later steps carry the error on
+    correctly, so only one step is wrong and so is the final answer."""
+    parts = expression.split()
+    total = int(parts[0])
+    steps = []
+    for i, (op, raw) in enumerate(zip(parts[1::2], parts[2::2], strict=True)):
+        value = int(raw)
+        new = (total + value if op == "+" else total - value) + (delta if i == at else 0)
+        steps.append(f"{total}{op}{value}={new}")
+        total = new
+    return f"<think>{', '.join(steps)}</think> <answer>{total}</answer>"
+
+
+def rejected_response(sample: Sample, kind: str, rng: random.Random) -> str:
+    """A worse response than the careful correct trace, of one of :data:`REJECTION_KINDS`:
+    ``estimate``: the hasty rounded trace (only sensible where its answer is wrong);
+    ``slip``: an arithmetic slip in one step, carried to a wrong answer;
+    ``mismatch``: the correct chain with an <answer> that disagrees with it;
+    ``malformed``: the correct chain without its <answer> tag, or the answer without <think>."""
+    expression = sample.meta["expression"]
+    steps, result = chain_trace(expression)
+    if kind == "estimate":
+        return solution_text(sample, estimate=True)
+    if kind == "slip":
+        return _slipped_trace(expression, rng.randrange(len(steps)), rng.choice(_SLIPS))
+    if kind == "mismatch":
+        return f"<think>{', '.join(steps)}</think> <answer>{result + rng.choice(_SLIPS)}</answer>"
+    if kind == "malformed":
+        if rng.random() < 0.5:
+            return f"<think>{', '.join(steps)}</think> {result}"
+        return f"<answer>{result}</answer>"
+    raise ValueError(f"unknown rejection kind {kind!r} (one of {REJECTION_KINDS})")
+
+
+def generated_pairs(
+    samples: Sequence[Sample], render: Callable[[Sample], str], seed: int
+) -> list[PreferencePair]:
+    """One pair per chain_sum sample: the careful correct trace against a rejected response
+    whose kind is drawn by ``random.Random(seed)`` (the hasty estimate only where it is wrong).
+    ``render(sample)`` is the prompt text, chat template applied."""
+    rng = random.Random(seed)
+    pairs = []
+    for sample in samples:
+        if "expression" not in sample.meta:
+            raise ConfigError(
+                "generated preference pairs need chain_sum problems (an 'expression' in each "
+                "sample's metadata); use prefs source jsonl or dataset for other tasks"
+            )
+        estimate_wrong = estimate_trace(sample.meta["expression"])[1] != int(sample.answer)
+        kinds = REJECTION_KINDS if estimate_wrong else REJECTION_KINDS[1:]
+        rejected = rejected_response(sample, rng.choice(kinds), rng)
+        pairs.append(PreferencePair(render(sample), solution_text(sample), rejected))
+    return pairs
+
+
+# --------------------------------------------------------------------------- real data
+
+Messages = list[dict[str, str]]
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_conversation(text: str, where: str) -> Messages:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` → user/assistant messages (Anthropic/hh-rlhf)."""
+    pieces = _HH_TURN.split(text)
+    if pieces[0].strip() or len(pieces) < 3:
+        raise ConfigError(f"{where}: not a '\\n\\nHuman: …\\n\\nAssistant: …' conversation")
+    roles, contents = pieces[1::2], pieces[2::2]
+    return [
+        {"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)
+    ]
+
+
+def _split_hh(text: str, where: str) -> tuple[str, str]:
+    """(the conversation up to the last Assistant turn, that turn's response)."""
+    cut = text.rfind("\n\nAssistant:")
+    if cut < 0:
+        raise ConfigError(f"{where}: no '\\n\\nAssistant:' turn")
+    return text[:cut], text[cut + len("\n\nAssistant:") :].strip()
+
+
+def _messages(value: Any, where: str, field: str) -> Messages:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    )
+    if not ok or not value:
+        raise ConfigError(f"{where}: '{field}' must be a string or a list of {{role, content}}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _response(value: Any, where: str, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n\n".join(m["content"] for m in _messages(value, where, field))
+
+
+def render_messages(messages: Messages, tokenizer: Any) -> str:
+    """The prompt text for ``messages``: the tokenizer's chat template with the generation
+    prompt when it has one, else ``Human: …\\n\\nAssistant:`` plain text."""
+    if getattr(tokenizer, "chat_template", None) is not None:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    names = {"user": "Human", "assistant": "Assistant"}
+    turns = [f"{names.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
+    return "\n\n".join([*turns, "Assistant:"])
+
+
+def pair_from_row(row: Any, tokenizer: Any, where: str) -> PreferencePair:
+    """A pair from one row in any supported layout; ``where`` (file:line) names it in errors.
+
+    Layouts: ``prompt``/``chosen``/``rejected`` strings (the prompt is one user message);
+    TRL conversational (``prompt`` a list of {role, content}, ``chosen``/``rejected`` lists of
+    messages); no ``prompt``: full conversations, either hh-rlhf text or message lists, split
+    at the last assistant turn (both must share what comes before it)."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: need an object with 'chosen' and 'rejected'")
+    for field in ("chosen", "rejected"):
+        if row.get(field) is None:  # a datasets table fills a row's missing fields with None
+            raise ConfigError(f"{where}: missing field '{field}'")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if row.get("prompt") is not None:
+        messages = _messages(row["prompt"], where, "prompt")
+        chosen_text = _response(chosen, where, "chosen")
+        rejected_text = _response(rejected, where, "rejected")
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        conversation, chosen_text = _split_hh(chosen, where)
+        rejected_conversation, rejected_text = _split_hh(rejected, where)
+        if rejected_conversation != conversation:
+            raise ConfigError(f"{where}: chosen and rejected differ before the last Assistant turn")
+        messages = parse_hh_conversation(conversation, where)
+    else:
+        chosen_msgs = _messages(chosen, where, "chosen")
+        rejected_msgs = _messages(rejected, where, "rejected")
+        if chosen_msgs[:-1] != rejected_msgs[:-1] or len(chosen_msgs) < 2:
+            raise ConfigError(
+                f"{where}: without a 'prompt', chosen and rejected must be conversations that "
+                "differ only in their last message"
+            )
+        messages = chosen_msgs[:-1]
+        chosen_text, rejected_text = chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
+    return PreferencePair(render_messages(messages, tokenizer), chosen_text, rejected_text)
+
+
+def read_preference_jsonl(
+    path: str | Path, tokenizer: Any, limit: int | None = None
+) -> list[PreferencePair]:
+    """Pairs from a JSONL file (at most ``limit``); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"preference file not found: {path}")
+    pairs = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if limit is not None and len(pairs) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not JSON ({e})") from e
+        pairs.append(pair_from_row(row, tokenizer, f"{path}:{i}"))
+    return pairs
+
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_preference_dataset(
+    path: str, split: str, tokenizer: Any, limit: int | None = None
+) -> list[PreferencePair]:
+    """Pairs from ``datasets.load_dataset(path, split=split)`` (at most ``limit``): a hub id, a
+    local dataset directory (``train.jsonl``/``test.jsonl`` give the splits), or one local
+    file (its only split is ``train``). Errors name the path, split and row."""
+    import datasets
+
+    local = Path(path).expanduser()
+    suffixes = [s for s in local.suffixes if s != ".gz"]
+    try:
+        if local.is_file() and suffixes and suffixes[-1] in _FILE_BUILDERS:
+            builder = _FILE_BUILDERS[suffixes[-1]]
+            ds = datasets.load_dataset(builder, data_files=str(local), split=split)
+        else:
+            ds = datasets.load_dataset(path, split=split)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not load split {split!r} of dataset {path!r}: {e}") from e
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return [pair_from_row(row, tokenizer, f"{path} [{split}] row {i}") for i, row in enumerate(ds)]
+
+
+def load_preference_pairs(
+    cfg: PreferenceDataConfig,
+    tokenizer: Any,
+    task_train: Sequence[Sample],
+    task_held_out: Sequence[Sample],
+    render: Callable[[Sample], str] | None = None,
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out) pairs for ``cfg.source``: generated from the task's train and held-out
+    problems (so held-out prompts never occur in training; ``render`` defaults to
+    ``render_prompt(sample, tokenizer)``), or read from JSONL files or a ``datasets`` dataset."""
+    if cfg.source == "generated":
+        render = render or (lambda s: render_prompt(s, tokenizer))
+        return (
+            generated_pairs(task_train[: cfg.train_size], render, seed=0),
+            generated_pairs(task_held_out[: cfg.eval_size], render, seed=1),
+        )
+    if cfg.source == "jsonl":
+        return (
+            read_preference_jsonl(cfg.train_path, tokenizer, cfg.train_size),
+            read_preference_jsonl(cfg.eval_path, tokenizer, cfg.eval_size),
+        )
+    return (
+        load_preference_dataset(cfg.train_path, cfg.train_split, tokenizer, cfg.train_size),
+        load_preference_dataset(cfg.train_path, cfg.eval_split, tokenizer, cfg.eval_size),
+    )
