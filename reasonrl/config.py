@@ -99,7 +99,8 @@ class SamplingConfig(_Strict):
 
 
 class RolloutConfig(SamplingConfig):
-    engine: Literal["hf"] = "hf"  # transformers.generate
+    engine: Literal["hf", "fast"] = "hf"  # hf: transformers.generate; fast: reasonrl's own
+    # decode loop (group-shared prefill, static KV cache, CUDA graphs on GPU; rollout/fast.py)
     batch_completions: int = Field(256, gt=0)  # completions generated per generate() call
 
 
