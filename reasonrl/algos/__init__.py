@@ -13,6 +13,7 @@ from reasonrl.algos.advantages import (
     rloo_advantages,
 )
 from reasonrl.algos.aggregate import AGGREGATIONS, aggregate
+from reasonrl.algos.dpo import DPO_LOSS_TYPES, dpo_loss
 from reasonrl.algos.kl import KL_ESTIMATORS, kl_estimate, kl_in_loss, kl_in_reward
 from reasonrl.algos.logprobs import token_entropy, token_logprobs
 from reasonrl.algos.policy import (
@@ -30,11 +31,13 @@ from reasonrl.algos.whiten import masked_mean, masked_var, masked_whiten
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "DPO_LOSS_TYPES",
     "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
     "aggregate",
     "bradley_terry_loss",
     "clipped_surrogate",
+    "dpo_loss",
     "dr_grpo_advantages",
     "entropy_bonus",
     "gae",

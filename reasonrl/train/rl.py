@@ -2,7 +2,8 @@
 
 CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes); any algorithm with
 ``algo.name=ppo|rloo|dapo|…``. One GPU: the same recipe, ``model.device=auto`` picks CUDA.
-Leaves out (later issues): the fast engine, LoRA, Ray.
+With ``model.lora`` only adapters train and the reference is the adapter-disabled policy
+(``ref_model`` None). Leaves out (later issues): the fast engine, Ray.
 
 One step, top to bottom:
   prompts (P) → engine.generate (P × G completions) → rewards (DAPO: drop groups whose rewards
@@ -40,6 +41,7 @@ from reasonrl.algos import (
 )
 from reasonrl.config import AlgoConfig, RunConfig
 from reasonrl.logging import RunLogger, training_progress
+from reasonrl.models.lora import reference_model
 from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
@@ -255,7 +257,10 @@ def train_rl(
     on_step: Callable[[int], None] | None = None,
     critic: ValueModel | None = None,
 ) -> int:
-    """Train ``policy`` on ``samples`` (rendered as ``prompts``); returns the steps done."""
+    """Train ``policy`` on ``samples`` (rendered as ``prompts``); returns the steps done.
+
+    The KL reference is ``ref_model``, or for a LoRA policy without one, the policy with its
+    adapters disabled."""
     r, algo, temperature = cfg.rl, cfg.algo, cfg.rollout.temperature
     micro = r.micro_batch_completions
     optimizer = build_optimizer(policy.parameters(), r.learning_rate, r.weight_decay, r.adam_betas)
@@ -309,8 +314,9 @@ def train_rl(
                 needs_old = algo.ppo_epochs > 1 or algo.kl_in == "reward"
                 old_logp = _forward_all(logp_of(policy), ro, micro) if needs_old else None
                 ref_logp = None
-                if ref_model is not None and algo.beta > 0:
-                    ref_logp = _forward_all(logp_of(ref_model), ro, micro)
+                with reference_model(policy, ref_model) as ref:
+                    if ref is not None and algo.beta > 0:
+                        ref_logp = _forward_all(logp_of(ref), ro, micro)
                 reward_kl = None
                 if algo.kl_in == "reward" and ref_logp is not None:
                     reward_kl = kl_estimate(algo.kl, old_logp, ref_logp)

@@ -29,6 +29,12 @@ from reasonrl.models import (
     pick_device,
     resolve_model_path,
 )
+from reasonrl.models.lora import (
+    apply_lora,
+    enable_activation_checkpointing,
+    load_base,
+    save_model,
+)
 from reasonrl.models.tokenizer import train_tokenizer
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import Sample, load_splits, render_prompt
@@ -77,19 +83,29 @@ def build_model(
     cfg: RunConfig, train: list[Sample], resume_from: Path | None, device: torch.device
 ) -> tuple[torch.nn.Module, Any]:
     """The model to train: a checkpoint on resume, a fresh one from ``model.init``, or
-    ``model.path``."""
-    if resume_from is not None:
+    ``model.path``; with ``model.lora``, that model (a LoRA checkpoint: its base) wrapped in the
+    adapters (a LoRA checkpoint's own)."""
+    lora = cfg.model.lora
+    if lora is not None and cfg.model.init is not None:
+        raise ConfigError("model.lora adapts pretrained weights: it cannot go with model.init")
+    if resume_from is not None and lora is None:
         tokenizer = load_tokenizer(str(resume_from))
         model = load_model(cfg.model.model_copy(update={"path": str(resume_from)}), device)
-        return model, tokenizer
-    if cfg.model.init is not None:
+    elif cfg.model.init is not None:
         corpus = [
             f"user\n{s.prompt}\n{R1_INSTRUCTION}\nassistant\n{completion}"
             for s, completion in sft_pairs(cfg, train[:5000])[:5000]
         ]
         tokenizer = train_tokenizer(corpus, cfg.model.init.vocab_size)
-        return init_model(cfg.model.init, tokenizer, cfg.model.dtype).to(device), tokenizer
-    return load_model(cfg.model, device), load_tokenizer(cfg.model.path)
+        model = init_model(cfg.model.init, tokenizer, cfg.model.dtype).to(device)
+    else:
+        model = load_base(cfg.model, device)
+        tokenizer = load_tokenizer(str(resume_from or cfg.model.path))
+    if cfg.model.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    if lora is not None:
+        model = apply_lora(model, lora, resume_from)
+    return model, tokenizer
 
 
 def build_critic(cfg: RunConfig, resume_from: Path | None, device: torch.device) -> Any:
@@ -200,12 +216,27 @@ def run(
 
             pairs = [(render(s), c) for s, c in sft_pairs(cfg, train)]
             steps = train_sft(cfg, model, tokenizer, pairs, run_dir, logger, resume_from, on_step)
+        elif cfg.stage == "dpo":
+            from reasonrl.tasks.preferences import encode_pairs, load_preference_pairs
+            from reasonrl.train.dpo import train_dpo
+
+            data = cfg.dpo.data
+            train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
+            train_enc, cut_train = encode_pairs(train_text, tokenizer, data.max_length)
+            eval_enc, cut_eval = encode_pairs(eval_text, tokenizer, data.max_length)
+            console.print(
+                f"preference pairs: {len(train_enc)} train ({cut_train} truncated), "
+                f"{len(eval_enc)} held-out ({cut_eval} truncated) at max_length {data.max_length}"
+            )
+            steps = train_dpo(
+                cfg, model, tokenizer, train_enc, eval_enc, run_dir, logger, resume_from, on_step
+            )
         else:
             from reasonrl.train.rl import train_rl
 
-            ref = None
-            if cfg.algo.beta > 0:
-                ref = copy.deepcopy(model) if resume_from is None else load_model(cfg.model, device)
+            ref = None  # under LoRA the reference is the policy with its adapters disabled
+            if cfg.algo.beta > 0 and cfg.model.lora is None:
+                ref = copy.deepcopy(model) if resume_from is None else load_base(cfg.model, device)
                 ref.eval().requires_grad_(False)
             critic = build_critic(cfg, resume_from, device)
             prompts = [render(s) for s in train]
@@ -223,8 +254,7 @@ def run(
                 on_step,
                 critic,
             )
-        model.save_pretrained(run_dir / MODEL_DIR)
-        tokenizer.save_pretrained(run_dir / MODEL_DIR)
+        save_model(model, tokenizer, run_dir / MODEL_DIR, cfg.model.lora)
         after = run_eval("after") if cfg.eval.after else None
         if after is not None:
             logger.log(steps, {"eval/accuracy": after["accuracy"]})

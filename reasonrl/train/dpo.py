@@ -1,0 +1,207 @@
+"""Direct preference optimisation (DPO, or IPO with ``dpo.loss_type=ipo``) on chosen/rejected
+pairs, against the frozen starting model as the reference.
+
+CPU: ``reasonrl run tiny-dpo`` (the bundled model on generated chain_sum pairs, minutes).
+One GPU: the same; ``model.lora={r: 16}`` trains adapters only.
+
+The reference never changes, so its log-probs of every pair are computed once, from the model
+before its first update (under LoRA the new adapters are zero, so that is the adapter-disabled
+base), and stored in each checkpoint: no second copy of the weights is kept, and a resumed run
+uses exactly the reference the interrupted one did. One step: ``pairs_per_step`` pairs in
+micro-batches whose rows are ``[chosen…, rejected…]`` behind a shared prompt; the per-pair
+losses are summed and divided by the step's pairs (so accumulation does not change the loss).
+Leaves out: the reference-free and length-normalised variants (SimPO, ORPO), label smoothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonrl.algos import dpo_loss
+from reasonrl.config import RunConfig
+from reasonrl.logging import RunLogger, training_progress
+from reasonrl.tasks.preferences import EncodedPair
+from reasonrl.train.checkpoint import (
+    ignoring_interrupts,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
+from reasonrl.train.data import step_indices
+from reasonrl.train.forward import completion_logprobs
+from reasonrl.train.optim import build_optimizer, warmup_cosine
+from reasonrl.train.sft import pack_pairs
+
+
+def pair_logprobs(
+    model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (sums over response tokens) of each pair's responses, in one forward
+    pass over rows ``[chosen…, rejected…]``. → (chosen [b], rejected [b])."""
+    device = next(model.parameters()).device
+    ids, attn, cmask = pack_pairs(
+        [p.prompt for p in pairs] * 2,
+        [p.chosen for p in pairs] + [p.rejected for p in pairs],
+        pad_id,
+    )
+    ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
+    logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
+    chosen, rejected = (logp * cmask).sum(-1).chunk(2)
+    return chosen, rejected
+
+
+def response_tokens(pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response lengths (IPO averages log-ratios over them). → (chosen [b], rejected [b])."""
+    return (
+        torch.tensor([len(p.chosen) for p in pairs], dtype=torch.float32),
+        torch.tensor([len(p.rejected) for p in pairs], dtype=torch.float32),
+    )
+
+
+@torch.no_grad()
+def score_pairs(
+    model: torch.nn.Module, pairs: Sequence[EncodedPair], micro_batch: int, pad_id: int
+) -> torch.Tensor:
+    """Sequence log-probs of every pair in eval mode (no dropout), on the CPU. → [N, 2]
+    (column 0 chosen, 1 rejected)."""
+    was_training = model.training
+    model.eval()
+    parts = [
+        torch.stack(pair_logprobs(model, pairs[m : m + micro_batch], pad_id), dim=-1).cpu()
+        for m in range(0, len(pairs), micro_batch)
+    ]
+    model.train(was_training)
+    return torch.cat(parts).float()
+
+
+def pair_metrics(
+    policy: torch.Tensor,
+    ref: torch.Tensor,
+    pairs: Sequence[EncodedPair],
+    beta: float,
+    loss_type: str,
+) -> dict[str, float]:
+    """Mean loss, reward accuracy (β·Δ_chosen > β·Δ_rejected) and margin — how much more the
+    policy prefers chosen over rejected than the reference did, in nats — of scored pairs.
+    policy, ref: [N, 2] sequence log-probs (chosen, rejected)."""
+    nc, nr = response_tokens(pairs)
+    (pc, pr), (rc, rr) = policy.unbind(-1), ref.unbind(-1)
+    loss, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta, loss_type, nc, nr)
+    return {
+        "loss": float(loss.mean()),
+        "margin": float(((chosen - rejected) / beta).mean()),
+        "reward_accuracy": float((chosen > rejected).float().mean()),
+    }
+
+
+def train_dpo(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train_pairs: Sequence[EncodedPair],
+    eval_pairs: Sequence[EncodedPair],
+    run_dir: Path,
+    logger: RunLogger,
+    resume_from: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Train ``model`` on ``train_pairs``; held-out metrics on ``eval_pairs`` every
+    ``dpo.eval_every`` steps and at the end. Returns the number of steps done."""
+    d = cfg.dpo
+    pad = tokenizer.pad_token_id
+    optimizer = build_optimizer(model.parameters(), d.learning_rate, d.weight_decay)
+    scheduler = warmup_cosine(optimizer, d.warmup_steps, d.steps, d.min_lr_ratio)
+    start = 0
+    if resume_from is not None:
+        start, extra = load_trainer_state(resume_from, optimizer, scheduler)
+        ref_train, ref_eval = extra["ref_train"], extra["ref_eval"]
+        if (len(ref_train), len(ref_eval)) != (len(train_pairs), len(eval_pairs)):
+            raise ValueError(f"{resume_from} was trained on other preference pairs")
+    else:  # the model before its first update is the reference
+        ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad)
+        ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
+    model.train()
+    done = start
+    step_rng = rng_state()
+
+    def held_out() -> dict[str, float]:
+        policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
+        stats = pair_metrics(policy, ref_eval, eval_pairs, d.beta, d.loss_type)
+        return {f"eval/dpo_{k}": v for k, v in stats.items()}
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir,
+            done,
+            model,
+            tokenizer,
+            optimizer,
+            scheduler,
+            extra={"ref_train": ref_train, "ref_eval": ref_eval},
+            keep=cfg.log.keep_checkpoints,
+            rng=step_rng,
+        )
+
+    if start == 0 and eval_pairs:
+        logger.log(0, held_out())
+    try:
+        with training_progress(d.steps, f"dpo ({d.loss_type})", start) as bar:
+            for step in range(start, d.steps):
+                t0 = time.perf_counter()
+                idx = step_indices(len(train_pairs), d.pairs_per_step, step, cfg.seed)
+                policy_rows, tokens = [], 0
+                total = 0.0
+                for m in range(0, len(idx), d.micro_batch_pairs):
+                    rows = idx[m : m + d.micro_batch_pairs]
+                    pairs = [train_pairs[i] for i in rows]
+                    pc, pr = pair_logprobs(model, pairs, pad)
+                    ref = ref_train[rows].to(pc.device)
+                    nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
+                    loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
+                    loss = loss.sum() / d.pairs_per_step
+                    loss.backward()
+                    total += loss.item()
+                    policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
+                    tokens += int(nc.sum() + nr.sum())
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                step_rng = rng_state()  # what a resume from step `done` must start with
+                dt = time.perf_counter() - t0
+                batch = [train_pairs[i] for i in idx]
+                stats = pair_metrics(
+                    torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type
+                )
+                if done % cfg.log.every == 0 or done == d.steps:
+                    logger.log(
+                        done,
+                        {
+                            "loss/dpo": total,
+                            "dpo/reward_accuracy": stats["reward_accuracy"],
+                            "dpo/margin": stats["margin"],
+                            "grad_norm": float(grad_norm),
+                            "lr": lr,
+                            "perf/step_s": dt,
+                            "perf/tokens_per_s": tokens / dt,
+                        },
+                    )
+                if eval_pairs and (done == d.steps or (d.eval_every and done % d.eval_every == 0)):
+                    logger.log(done, held_out())
+                bar.update(done, loss=total, acc=stats["reward_accuracy"])
+                if on_step is not None:
+                    on_step(done)
+                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
+                    checkpoint()
+    except KeyboardInterrupt:
+        with ignoring_interrupts():
+            checkpoint()
+        raise
+    return done
