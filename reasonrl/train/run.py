@@ -36,7 +36,7 @@ from reasonrl.models.lora import (
     save_model,
 )
 from reasonrl.models.tokenizer import train_tokenizer
-from reasonrl.rollout import HFEngine
+from reasonrl.rollout import ENGINES
 from reasonrl.tasks import Sample, load_splits, render_prompt
 from reasonrl.tasks.prompts import R1_INSTRUCTION
 from reasonrl.tasks.sources import read_sft_pairs
@@ -178,8 +178,9 @@ def run(
     )
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     eval_prompts = [render(s) for s in held_out]
-    engine = HFEngine(model, tokenizer, cfg.rollout.batch_completions)
-    eval_engine = HFEngine(model, tokenizer, cfg.eval.batch_completions)
+    make_engine = ENGINES[cfg.rollout.engine]  # hf or fast, for rollouts and evaluation
+    engine = make_engine(model, tokenizer, cfg.rollout.batch_completions)
+    eval_engine = make_engine(model, tokenizer, cfg.eval.batch_completions)
 
     def run_eval(tag: str) -> dict[str, Any]:
         with console.status(

@@ -1,0 +1,410 @@
+"""The ``fast`` engine: reasonrl's own decode loop around the policy's forward.
+
+What it does that ``model.generate`` does not:
+
+- **Group prefill.** Consecutive identical prompts (a GRPO group: the trainer passes each prompt
+  ``completions_per_prompt`` times in a row) are prefilled once; the prefix KV cache is copied
+  to the group's rows of the decode cache.
+- **Static KV cache.** One transformers ``StaticCache`` of ``rows × (prompt + max_new_tokens)``
+  allocated per shape and reused across calls; every decode step has the same shapes and
+  addresses, and attention sees a 4-D additive mask built on the device from the prompt mask
+  and the write offset (no mask building in Python, no host sync).
+- **Sampling on the device**: temperature, top-k, top-p and greedy with torch ops only
+  (Gumbel-max, no ``multinomial``); finished rows emit pad and are masked.
+- **CUDA graphs** (CUDA only): the whole decode step — forward, sampling, bookkeeping — is
+  captured once per (row bucket, cache-length bucket, sampling settings) and replayed; rows are
+  padded up to the bucket with finished dummy rows. The host checks "all rows done" every
+  ``sync_every`` steps instead of every step. On CPU the same step runs eagerly.
+
+It generates with the live weights of the module being trained (no copy): captured graphs read
+the parameters' storage, which the optimizer updates in place; if a parameter is re-allocated
+(``model.to``, ``load_state_dict(assign=True)``) the graphs are dropped and captured again.
+
+Needs a causal LM whose transformers cache is all full-attention ``StaticLayer``s (Llama, Qwen2,
+Mistral without sliding window, …) with ``sdpa`` or ``eager`` attention; tested with
+transformers 5.24. Returned log-probs follow the ``hf`` engine's convention: the sampled
+token's log-prob under ``softmax(logits / temperature)`` before top-k/top-p filtering
+(temperature 1 when greedy).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
+
+from reasonrl.rollout.base import Rollout, concat_rollouts
+from reasonrl.rollout.hf import completion_mask
+
+ROW_BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # CUDA: beyond 512, multiples of 256
+LENGTH_BUCKET = 128  # CUDA: cache length rounded up to a multiple of this
+MAX_DECODERS = 2  # static caches (and their graphs) kept for reuse, least recently used dropped
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return it and its log-prob under ``softmax(logits / t)``.
+
+    logits: [B, V] → (ids [B] int64, logp [B] float32). Greedy takes the argmax and scores it at
+    temperature 1. Otherwise top-k keeps the k largest logits, then top-p keeps the smallest
+    prefix of the remaining tokens (by descending probability, renormalised) whose mass reaches
+    ``top_p`` — the order and rule of transformers' warpers. The draw is Gumbel-max,
+    ``argmax(logit + Gumbel noise)``: an exact sample with no host sync (CUDA graphs) and, on
+    CPU, cheaper than ``multinomial``.
+    """
+    scaled = logits.float() / (1.0 if greedy else temperature)
+    if greedy:
+        ids = scaled.argmax(-1)
+    else:
+        k = top_k if 0 < top_k < scaled.shape[-1] else 0
+        if k == 0 and top_p >= 1.0:
+            cand, idx = scaled, None
+        elif k:
+            cand, idx = scaled.topk(k, dim=-1)  # sorted, descending
+        else:
+            cand, idx = scaled.sort(dim=-1, descending=True)
+        if top_p < 1.0:
+            probs = cand.softmax(-1)
+            before = probs.cumsum(-1) - probs  # mass of the more likely candidates
+            cand = cand.masked_fill(before >= top_p, float("-inf"))
+        gumbel = torch.rand_like(cand).clamp_(min=1e-20).log_().neg_().log_().neg_()
+        choice = (cand + gumbel).argmax(-1)
+        ids = choice if idx is None else idx.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+    picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return ids, picked - torch.logsumexp(scaled, dim=-1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One ``generate`` call's sampling settings (a key of the captured graphs)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    greedy: bool
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits: [B, V] → (ids [B], logp [B]); see ``sample_tokens``."""
+        return sample_tokens(logits, self.temperature, self.top_p, self.top_k, self.greedy)
+
+
+@dataclass
+class EngineStats:
+    """Counters summed over ``generate`` calls (the bench reads them; tests check prefill rows)."""
+
+    prefill_rows: int = 0  # sequences run through the prefill forward (one per group)
+    prefill_tokens: int = 0  # their padded length summed
+    prefill_s: float = 0.0
+    decode_steps: int = 0  # decode forwards (one token for every row of the batch)
+    decode_s: float = 0.0
+    graph_captures: int = 0
+    capture_s: float = 0.0
+
+
+@dataclass
+class _Decoder:
+    """The static tensors of one (rows, cache length) shape. R rows, L cache slots."""
+
+    cache: StaticCache
+    keep: torch.Tensor  # [R, L] bool: a real (non-padding) key at that slot
+    slots: torch.Tensor  # [L] int64: 0..L-1
+    tok: torch.Tensor  # [R, 1] int64: the token fed to the next step
+    pos: torch.Tensor  # [R, 1] int64: its position id
+    slot: torch.Tensor  # [] int64: the cache slot it is written to
+    col: torch.Tensor  # [] int64: the output column the next token goes to
+    done: torch.Tensor  # [R] bool
+    out_ids: torch.Tensor  # [R, L] int64
+    out_logp: torch.Tensor  # [R, L] float32
+    graphs: dict[Sampling, Any] = field(default_factory=dict)  # CUDA graphs of the step
+
+    def offsets(self) -> list[torch.Tensor]:
+        return [layer.cumulative_length for layer in self.cache.layers]
+
+    def snapshot(self) -> list[torch.Tensor]:
+        return [t.clone() for t in (self.tok, self.pos, self.slot, self.col, self.done)] + [
+            t.clone() for t in self.offsets()
+        ]
+
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        live = [self.tok, self.pos, self.slot, self.col, self.done, *self.offsets()]
+        for dst, src in zip(live, saved, strict=True):
+            dst.copy_(src)
+
+
+def _bucket(n: int, buckets: tuple[int, ...], step: int) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    return -(-n // step) * step
+
+
+class FastEngine:
+    """Rollouts from reasonrl's decode loop in chunks of at most ``batch_completions`` rows.
+
+    ``cuda_graphs``: capture the decode step (default: on when the model is on CUDA; never on
+    CPU). ``pad_shapes``: round rows and cache length up to buckets so that few shapes (and
+    graphs) exist (default: with graphs). ``sync_every``: decode steps between "all rows
+    finished?" checks (default 1 on CPU, 16 with graphs, where each check is a host sync).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        batch_completions: int = 256,
+        *,
+        cuda_graphs: bool | None = None,
+        pad_shapes: bool | None = None,
+        sync_every: int | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_completions = batch_completions
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
+        attn = getattr(model.config, "_attn_implementation", None)
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(f"the fast engine needs sdpa or eager attention, not {attn!r}")
+        self.device = next(model.parameters()).device
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs and on_cuda
+        self.pad_shapes = self.cuda_graphs if pad_shapes is None else pad_shapes
+        self.sync_every = sync_every or (16 if self.cuda_graphs else 1)
+        # transformers renamed ``past_key_values`` to ``cache``; pass whichever forward takes.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(type(base).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._eos = torch.tensor(self.eos_ids, device=self.device)
+        self._decoders: OrderedDict[tuple[int, int], _Decoder] = OrderedDict()
+        self._weights: tuple[int, ...] = ()
+        self._pool: Any = None
+        self.stats = EngineStats()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+    ) -> Rollout:
+        weights = tuple(p.data_ptr() for p in self.model.parameters())
+        if weights != self._weights:  # re-allocated parameters: captured graphs are stale
+            self._decoders.clear()
+            self._weights = weights
+        sampling = Sampling(temperature, top_p, top_k, greedy)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            parts = [
+                self._generate_chunk(
+                    prompts[i : i + self.batch_completions], max_new_tokens, sampling
+                )
+                for i in range(0, len(prompts), self.batch_completions)
+            ]
+        finally:
+            self.model.train(was_training)
+        return concat_rollouts(parts, self.pad_id)
+
+    def _generate_chunk(
+        self, prompts: list[str], max_new_tokens: int, sampling: Sampling
+    ) -> Rollout:
+        # Consecutive identical prompts form a group; each group is tokenized and prefilled once.
+        unique: list[str] = []
+        group_of: list[int] = []
+        for p in prompts:
+            if not unique or p != unique[-1]:
+                unique.append(p)
+            group_of.append(len(unique) - 1)
+        enc = self.tokenizer(
+            unique, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        ).to(self.device)
+        groups = torch.tensor(group_of, device=self.device)
+        b = len(prompts)
+        t0 = time.perf_counter()
+        d = self._prefill(enc["input_ids"], enc["attention_mask"], groups, max_new_tokens, sampling)
+        self._sync()
+        t1 = time.perf_counter()
+        self.stats.prefill_rows += len(unique)
+        self.stats.prefill_tokens += enc["input_ids"].numel()
+        self.stats.prefill_s += t1 - t0
+
+        captured = self.stats.capture_s
+        written = 1  # the prefill sampled the first token
+        while written < max_new_tokens:
+            if written % self.sync_every == 0 and bool(d.done[:b].all()):
+                break
+            if self.cuda_graphs:
+                self._replay(d, sampling)
+            else:
+                self._step(d, sampling)
+            written += 1
+        self._sync()
+        self.stats.decode_steps += written - 1
+        self.stats.decode_s += time.perf_counter() - t1 - (self.stats.capture_s - captured)
+
+        ids = d.out_ids[:b, :written]
+        mask = completion_mask(ids, self.eos_ids)
+        width = int(mask.sum(-1).max())  # later columns (checked late) hold only pad
+        ids, mask = ids[:, :width].clone(), mask[:, :width]
+        logp = d.out_logp[:b, :width] * mask
+        texts = self.tokenizer.batch_decode(
+            ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
+        )
+        finished = torch.isin(ids, self._eos).any(-1)
+        prompt_ids, prompt_mask = enc["input_ids"][groups], enc["attention_mask"][groups]
+        return Rollout(prompt_ids, prompt_mask, ids, mask, logp, texts, finished)
+
+    def _prefill(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        groups: torch.Tensor,
+        max_new_tokens: int,
+        sampling: Sampling,
+    ) -> _Decoder:
+        """Run the U unique prompts, copy their keys and values to their groups' rows of a
+        decoder and sample each row's first token. ids, mask: [U, P] left-padded; groups: [B],
+        the unique prompt of each row."""
+        u, p = ids.shape
+        prefix = StaticCache(config=self.model.config, max_cache_len=p)
+        logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)
+        b, length = len(groups), p + max_new_tokens
+        rows = b
+        if self.pad_shapes:
+            rows = _bucket(b, ROW_BUCKETS, 256)
+            length = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+        # Rows past b pad the batch up to its bucket: copies of group 0, finished from the start.
+        index = torch.cat([groups, groups.new_zeros(rows - b)])
+        d = self._decoder(rows, length, prefix)
+        for src, dst in zip(prefix.layers, d.cache.layers, strict=True):
+            dst.keys[:, :, :p].copy_(src.keys.index_select(0, index))
+            dst.values[:, :, :p].copy_(src.values.index_select(0, index))
+            dst.cumulative_length.fill_(p)
+        d.keep[:, :p].copy_(mask.bool().index_select(0, index))
+        d.keep[:, p:] = True
+        first, first_logp = sampling(logits.index_select(0, index))
+        d.done.copy_(torch.isin(first, self._eos))
+        d.done[b:] = True
+        d.out_ids[:, 0] = first
+        d.out_logp[:, 0] = first_logp
+        d.tok.copy_(first.unsqueeze(-1))
+        d.pos.copy_(mask.sum(-1, keepdim=True).index_select(0, index))
+        d.slot.fill_(p)
+        d.col.fill_(1)
+        return d
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: StaticCache
+    ) -> torch.Tensor:
+        """ids, pos: [R, T]; mask: [R, T] (2-D, prefill) or [R, 1, T, L] (additive) →
+        last-position logits [R, V], writing the T tokens' keys and values into ``cache``."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _decoder(self, rows: int, length: int, prefix: StaticCache) -> _Decoder:
+        """The static tensors for ``rows × length``, allocated on first use."""
+        key = (rows, length)
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
+            return self._decoders[key]
+        if len(self._decoders) >= MAX_DECODERS:
+            self._decoders.popitem(last=False)
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
+        for src, dst in zip(prefix.layers, cache.layers, strict=True):
+            if type(src) is not StaticLayer or type(dst) is not StaticLayer:
+                raise ValueError("the fast engine needs a model whose layers all attend fully")
+            shape = (rows, *src.keys.shape[1:])
+            dst.lazy_initialization(src.keys.new_empty(shape), src.values.new_empty(shape))
+        dev = self.device
+        d = _Decoder(
+            cache=cache,
+            keep=torch.zeros(rows, length, dtype=torch.bool, device=dev),
+            slots=torch.arange(length, device=dev),
+            tok=torch.zeros(rows, 1, dtype=torch.long, device=dev),
+            pos=torch.zeros(rows, 1, dtype=torch.long, device=dev),
+            slot=torch.zeros((), dtype=torch.long, device=dev),
+            col=torch.zeros((), dtype=torch.long, device=dev),
+            done=torch.zeros(rows, dtype=torch.bool, device=dev),
+            out_ids=torch.full((rows, length), self.pad_id, dtype=torch.long, device=dev),
+            out_logp=torch.zeros(rows, length, dtype=torch.float32, device=dev),
+        )
+        self._decoders[key] = d
+        return d
+
+    def _step(self, d: _Decoder, sampling: Sampling) -> None:
+        """One decode step, in place: feed ``tok`` at ``slot``, sample the next token into
+        column ``col``. Only device tensors change, so the step can be captured as a graph."""
+        dtype = d.cache.layers[0].keys.dtype
+        visible = d.keep & (d.slots <= d.slot)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device)
+        mask = mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None, None, :]
+        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache))
+        tok = tok.masked_fill(d.done, self.pad_id)
+        logp = logp.masked_fill(d.done, 0.0)
+        col = d.col.view(1)
+        d.out_ids.index_copy_(1, col, tok.unsqueeze(-1))
+        d.out_logp.index_copy_(1, col, logp.unsqueeze(-1))
+        d.done.logical_or_((tok.unsqueeze(-1) == self._eos).any(-1))  # isin may sync on CUDA
+        d.tok.copy_(tok.unsqueeze(-1))
+        d.pos.add_(1)
+        d.slot.add_(1)
+        d.col.add_(1)
+
+    def _replay(self, d: _Decoder, sampling: Sampling) -> None:
+        """Run the step as a CUDA graph, capturing it on first use for this shape and sampling.
+
+        Capture follows torch's recipe: warm up on a side stream, then record. The warm-up step
+        really runs, so the step's state (and the cache's write offsets) is restored after it;
+        the cache slot it wrote is rewritten before anything attends to it.
+        """
+        graph = d.graphs.get(sampling)
+        if graph is None:
+            t0 = time.perf_counter()
+            saved = d.snapshot()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step(d, sampling)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            d.restore(saved)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):  # records, does not run
+                self._step(d, sampling)
+            d.graphs[sampling] = graph
+            self._sync()
+            self.stats.graph_captures += 1
+            self.stats.capture_s += time.perf_counter() - t0
+        graph.replay()
