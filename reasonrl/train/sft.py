@@ -1,7 +1,8 @@
 """Supervised fine-tuning (the cold-start stage): next-token loss on completion tokens only.
 
 CPU: ``reasonrl run recipes/tiny-cold-start.yaml`` trains the bundled model from scratch.
-GPU: the same command; ``model.device=auto`` picks CUDA. Leaves out: packing, LoRA (issue [4]).
+GPU: the same command; ``model.device=auto`` picks CUDA. ``model.lora`` trains adapters only
+(reasonrl.models.lora; the optimizer sees only parameters that require grad). Leaves out: packing.
 """
 
 from __future__ import annotations

@@ -191,3 +191,32 @@ def test_lora_with_a_model_trained_from_scratch_is_refused(tmp_path):
     cfg = load_config("tiny-cold-start", ["model.lora={r: 4}", "sft.steps=1"])
     with pytest.raises(ConfigError, match="model.lora"):
         run(cfg, tmp_path / "run")
+
+
+def test_lora_sft_stage_saves_the_adapter_alone(tmp_path):
+    cfg = load_config(
+        "tiny-cold-start",
+        [
+            "model.init=null",
+            "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj], save: adapter}",
+            "task.train_size=64",
+            "task.eval_size=8",
+            "sft.steps=3",
+            "sft.examples_per_step=16",
+            "sft.micro_batch_examples=8",
+            "sft.learning_rate=1e-2",
+            "sft.warmup_steps=0",
+            "eval.before=false",
+            "eval.after=false",
+            "eval.every=0",
+            "log.tensorboard=false",
+        ],
+    )
+    run(cfg, tmp_path / "run")
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "adapter_config.json").exists()
+    assert not (model_dir / "model.safetensors").exists()
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    trained = load_base(ModelConfig(path=str(model_dir), device="cpu"))
+    assert (_logp(trained) - _logp(_bundled())).abs().max() > 1e-3
