@@ -160,7 +160,7 @@ def eval_cmd(
 
     from reasonrl.eval import evaluate
     from reasonrl.models import load_model, load_tokenizer, pick_device
-    from reasonrl.rollout import HFEngine
+    from reasonrl.rollout import ENGINES
     from reasonrl.tasks import load_splits, render_prompt
     from reasonrl.train.run import print_summary
 
@@ -174,7 +174,7 @@ def eval_cmd(
     prompts = [
         render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
     ]
-    engine = HFEngine(policy, tokenizer, cfg.eval.batch_completions)
+    engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
     with console.status(f"evaluating {model} on {cfg.eval.limit or len(held_out)} problems"):
         result = evaluate(engine, prompts, held_out, cfg.eval)
     print_summary(console, {"after": result})

@@ -3,7 +3,8 @@
 CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes); any algorithm with
 ``algo.name=ppo|rloo|dapo|…``. One GPU: the same recipe, ``model.device=auto`` picks CUDA.
 With ``model.lora`` only adapters train and the reference is the adapter-disabled policy
-(``ref_model`` None). Leaves out (later issues): the fast engine, Ray.
+(``ref_model`` None). Rollouts come from ``rollout.engine`` (``hf`` or ``fast``). Leaves out:
+Ray (several processes or machines).
 
 One step, top to bottom:
   prompts (P) → engine.generate (P × G completions) → rewards (DAPO: drop groups whose rewards
