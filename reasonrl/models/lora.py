@@ -76,16 +76,26 @@ def reference_model(
 
 def load_base(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
     """The model at ``cfg.path`` as plain weights: an adapter directory is loaded onto its base
-    model (itself possibly an adapter) and merged into it."""
+    model (itself possibly an adapter) and merged into it.
+
+    The weights are copied out of the checkpoint file. transformers maps safetensors files into
+    memory, so weights that are never written — a LoRA base, a frozen reference — would change
+    if the file were rewritten in place during the run (``cp`` over a model directory does that).
+    """
     path = resolve_model_path(cfg.path)
     adapter_config = Path(path) / ADAPTER_CONFIG
-    if not adapter_config.is_file():
-        return load_model(cfg, device)
-    base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    base = load_base(cfg.model_copy(update={"path": base_path}), device)
-    merged = PeftModel.from_pretrained(base, path).merge_and_unload()
-    merged.name_or_path = path  # what an adapter trained on top names as its base
-    return merged
+    if adapter_config.is_file():
+        base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        base = load_base(cfg.model_copy(update={"path": base_path}), device)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model.name_or_path = path  # what an adapter trained on top names as its base
+    else:
+        model = load_model(cfg, device)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu":  # on an accelerator it is a copy already
+                tensor.data = tensor.data.clone()
+    return model
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, path: Path, lora: LoRAConfig | None) -> None:

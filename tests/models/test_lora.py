@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from reasonrl.algos import sft_loss
 from reasonrl.config import ConfigError, LoRAConfig, ModelConfig, load_config
 from reasonrl.logging import read_jsonl
-from reasonrl.models import load_model, load_tokenizer
+from reasonrl.models import bundled_model_dir, load_model, load_tokenizer
 from reasonrl.models.lora import (
     apply_lora,
     enable_activation_checkpointing,
@@ -220,3 +221,19 @@ def test_lora_sft_stage_saves_the_adapter_alone(tmp_path):
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     trained = load_base(ModelConfig(path=str(model_dir), device="cpu"))
     assert (_logp(trained) - _logp(_bundled())).abs().max() > 1e-3
+
+
+def test_a_loaded_base_does_not_change_when_its_file_is_rewritten(tmp_path):
+    # transformers maps safetensors files into memory: a frozen LoRA base that is never written
+    # would follow a `cp` over its checkpoint in the middle of a run.
+    shutil.copytree(bundled_model_dir(), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    policy = apply_lora(load_base(ModelConfig(path=str(tmp_path / "m"), device="cpu")), LORA)
+    start = _logp(policy)
+    shifted = {k: v + 1.0 for k, v in load_file(weights).items()}
+    save_file(shifted, tmp_path / "other.safetensors", metadata={"format": "pt"})
+    with open(weights, "r+b") as f:  # same inode, as cp writes it
+        f.write((tmp_path / "other.safetensors").read_bytes())
+    rewritten = load_model(ModelConfig(path=str(tmp_path / "m"), device="cpu"))
+    assert (_logp(rewritten) - start).abs().max() > 0.1  # the file did change
+    torch.testing.assert_close(_logp(policy), start, rtol=0, atol=0)
