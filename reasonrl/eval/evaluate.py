@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reasonrl.config import EvalConfig
@@ -16,14 +16,23 @@ def _correct(texts: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
     return [exact_answer(t, s).score == 1.0 for t, s in zip(texts, samples, strict=True)]
 
 
+Scorer = Callable[[Sequence[str], Sequence[Sample]], list[float]]
+
+
 def evaluate(
-    engine: RolloutEngine, prompts: Sequence[str], samples: Sequence[Sample], cfg: EvalConfig
+    engine: RolloutEngine,
+    prompts: Sequence[str],
+    samples: Sequence[Sample],
+    cfg: EvalConfig,
+    scorers: Mapping[str, Scorer] | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
-    samples per problem with a normal 95% CI over problems.
+    samples per problem with a normal 95% CI over problems. ``scorers`` (name → function of
+    texts and samples, e.g. a reward model's raw score) also score the greedy completions.
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
-    "pass_at_k_ci": {k: [low, high]}, "examples": [...]}``.
+    "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
+    "examples": [...]}``.
     """
     if cfg.limit is not None:
         prompts, samples = prompts[: cfg.limit], samples[: cfg.limit]
@@ -44,6 +53,11 @@ def evaluate(
             for i in range(min(5, n))
         ],
     }
+    if scorers:
+        result["scores"] = {}
+        for name, scorer in scorers.items():
+            mean, lo, hi = mean_ci(scorer(greedy.texts, samples), clip=False)
+            result["scores"][name] = {"mean": mean, "ci_low": lo, "ci_high": hi}
     if cfg.k >= 1:
         repeated = [p for p in prompts for _ in range(cfg.k)]
         sampled = engine.generate(

@@ -29,12 +29,17 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
-    """(mean, low, high) with a normal-approximation interval on the mean of per-problem values."""
+def mean_ci(
+    values: Sequence[float], z: float = Z95, clip: bool = True
+) -> tuple[float, float, float]:
+    """(mean, low, high) with a normal-approximation interval on the mean of per-problem values;
+    ``clip`` keeps the interval inside [0, 1] (for rates such as pass@k)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return mean, mean, mean
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = z * sd / math.sqrt(n)
+    if not clip:
+        return mean, mean - half, mean + half
     return mean, max(0.0, mean - half), min(1.0, mean + half)

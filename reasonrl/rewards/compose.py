@@ -72,7 +72,8 @@ def _cached_terms(key: str) -> list[RewardTerm]:
     return build_terms(json.loads(key))
 
 
-def _terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
+def reward_terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
+    """The verifiers of a recipe's ``rewards``, built once per distinct spec and reused."""
     plain = {k: RewardSpec.model_validate(v).model_dump() for k, v in specs.items()}
     return _cached_terms(json.dumps(plain, sort_keys=True, default=str))
 
@@ -110,7 +111,7 @@ def score_batch(
     ``lengths`` [N]: completion lengths in tokens, for the length penalties."""
     if len(completions) != len(samples):
         raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
-    terms = _terms(weights)
+    terms = reward_terms(weights)
     results = {t.name: _score(t.verifier, completions, samples, lengths) for t in terms}
     components = {
         name: [math.nan if r.score is None else r.score for r in rs] for name, rs in results.items()

@@ -123,6 +123,18 @@ def build_critic(cfg: RunConfig, resume_from: Path | None, device: torch.device)
     return ValueModel.from_pretrained(path, getattr(torch, cfg.model.dtype)).to(device)
 
 
+def reward_scorers(cfg: RunConfig) -> dict[str, Any]:
+    """Raw-score functions of the recipe's learned reward terms (``reward_model`` verifiers),
+    so that evaluations report what the reward model thinks of the greedy completions."""
+    from reasonrl.rewards.compose import reward_terms
+
+    learned = {n for n, s in cfg.rewards.items() if s.verifier == "reward_model"}
+    if cfg.stage != "rl" or not learned:
+        return {}
+    # the same verifier instances the training rewards use (one copy of each reward model)
+    return {t.name: t.verifier.raw_scores for t in reward_terms(cfg.rewards) if t.name in learned}
+
+
 def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
     table = Table(title=f"{cfg.name}: {cfg.stage} → {run_dir}", show_header=False)
     for key, value in cfg.derived_sizes().items():
@@ -147,9 +159,20 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             passk,
         )
     if summary.get("before") and summary.get("after"):
-        delta = 100 * (summary["after"]["accuracy"] - summary["before"]["accuracy"])
-        table.add_row("change", f"{delta:+.1f} pts", "", "")
+        before, after = summary["before"], summary["after"]
+        delta = 100 * (after["accuracy"] - before["accuracy"])
+        ks = [k for k in after.get("pass_at_k", {}) if k in before.get("pass_at_k", {})]
+        passk = ", ".join(
+            f"@{k} {100 * (after['pass_at_k'][k] - before['pass_at_k'][k]):+.1f}" for k in ks
+        )
+        table.add_row("change", f"{delta:+.1f} pts", "", passk)
     console.print(table)
+    for phase in ("before", "after"):
+        for name, s in ((summary.get(phase) or {}).get("scores") or {}).items():
+            console.print(
+                f"{phase}: mean {name} score of the greedy completions {s['mean']:.3f} "
+                f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+            )
 
 
 def run(
@@ -161,6 +184,10 @@ def run(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json."""
+    if cfg.stage == "rm":
+        from reasonrl.train.rm import run_rm_stage
+
+        return run_rm_stage(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
     console = console or Console()
     t0 = time.time()
     prepare_run_dir(run_dir, resume, overwrite)
@@ -186,7 +213,7 @@ def run(
         with console.status(
             f"evaluating ({tag}) on {cfg.eval.limit or len(held_out)} held-out problems"
         ):
-            return evaluate(eval_engine, eval_prompts, held_out, cfg.eval)
+            return evaluate(eval_engine, eval_prompts, held_out, cfg.eval, reward_scorers(cfg))
 
     before_path = run_dir / BEFORE_FILE
     before = None

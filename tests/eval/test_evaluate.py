@@ -1,0 +1,29 @@
+import math
+
+from reasonrl.config import EvalConfig, ModelConfig, SamplingConfig
+from reasonrl.eval import evaluate
+from reasonrl.models import load_model, load_tokenizer
+from reasonrl.rollout import HFEngine
+from reasonrl.tasks import Sample, render_prompt
+
+
+def test_scorers_score_the_greedy_completions():
+    tok = load_tokenizer("bundled")
+    engine = HFEngine(load_model(ModelConfig(device="cpu")), tok)
+    samples = [Sample(f"{a} + {b} =", str(a + b), {}) for a, b in [(1, 2), (30, 4), (7, 7)]]
+    prompts = [render_prompt(s, tok) for s in samples]
+    cfg = EvalConfig(k=0, sampling=SamplingConfig(max_new_tokens=24))
+    seen = {}
+
+    def length(texts, got_samples):
+        seen["texts"], seen["samples"] = list(texts), list(got_samples)
+        return [float(len(t)) for t in texts]
+
+    result = evaluate(engine, prompts, samples, cfg, {"length": length})
+    greedy = engine.generate(prompts, max_new_tokens=24, greedy=True).texts
+    assert seen == {"texts": greedy, "samples": samples}
+    lengths = [len(t) for t in greedy]
+    score = result["scores"]["length"]
+    assert math.isclose(score["mean"], sum(lengths) / 3)
+    assert score["ci_low"] <= score["mean"] <= score["ci_high"]
+    assert "scores" not in evaluate(engine, prompts, samples, cfg)
