@@ -22,6 +22,7 @@ from reasonrl.rewards.fmt import (
 from reasonrl.rewards.gym import reasoning_gym_score
 from reasonrl.rewards.math import MathVerifier
 from reasonrl.rewards.numeric import exact_answer, numeric
+from reasonrl.rewards.reward_model import RewardModelVerifier
 
 # Functions take their options as keyword arguments; classes take them in their constructor.
 BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
@@ -35,6 +36,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
     "length": length_penalty,
     "repetition": repetition,
     "code": CodeVerifier,
+    "reward_model": RewardModelVerifier,
 }
 
 

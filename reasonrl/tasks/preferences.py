@@ -39,7 +39,9 @@ class EncodedPair:
     rejected: list[int]
 
 
-def _fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+def fit_to_length(
+    prompt: list[int], response: list[int], max_length: int
+) -> tuple[list[int], list[int]]:
     """Cut the prompt from the left, then the response from the right, to ``max_length``."""
     response = response[:max_length]
     keep = max_length - len(response)
@@ -61,8 +63,8 @@ def encode_pairs(
     rejected = [ids + [eos] for ids in enc(p.rejected for p in pairs)]
     out, truncated = [], 0
     for p, c, r in zip(prompts, chosen, rejected, strict=True):
-        pc, c2 = _fit(p, c, max_length)
-        pr, r2 = _fit(p, r, max_length)
+        pc, c2 = fit_to_length(p, c, max_length)
+        pr, r2 = fit_to_length(p, r, max_length)
         # Both responses share one prompt: keep the shorter cut so the pair stays comparable.
         prompt = pc if len(pc) <= len(pr) else pr
         truncated += len(prompt) < len(p) or len(c2) < len(c) or len(r2) < len(r)

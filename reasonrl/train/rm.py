@@ -1,0 +1,258 @@
+"""Reward-model training (the ``rm`` stage): the Bradley-Terry loss on chosen/rejected pairs.
+
+CPU: ``reasonrl run tiny-rm --out runs/tiny-rm`` trains a reward model on the bundled model
+with generated chain_sum pairs in a few minutes. One GPU: the same command (``model.device``
+auto picks CUDA); real data with ``rm.data.source=dataset rm.data.train_path=<hub id or dir>``.
+Leaves out: LoRA reward models, reward-model ensembles, one forward per shared prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from reasonrl.algos import bradley_terry_loss
+from reasonrl.config import ConfigError, RunConfig, dump_config
+from reasonrl.logging import RunLogger, training_progress
+from reasonrl.models import load_tokenizer, pick_device
+from reasonrl.models.reward import RewardModel, load_reward_model, pad_left
+from reasonrl.tasks import load_splits, render_prompt
+from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
+from reasonrl.train.checkpoint import (
+    ignoring_interrupts,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
+from reasonrl.train.data import step_indices
+from reasonrl.train.optim import build_optimizer, warmup_cosine
+from reasonrl.train.run import (
+    MODEL_DIR,
+    SUMMARY_FILE,
+    _print_sizes,
+    prepare_run_dir,
+    seed_everything,
+)
+
+
+def pair_scores(
+    rm: RewardModel, pairs: Sequence[EncodedPair], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of each pair's two responses, in one forward: (chosen [B], rejected [B])."""
+    device = next(rm.parameters()).device
+    prompts = [p.prompt for p in pairs]
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    ids, mask = pad_left(prompts + prompts, responses, pad_id)
+    scores = rm(ids.to(device), mask.to(device))
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def _accuracy(gap: torch.Tensor) -> float:
+    """Share of pairs scored chosen > rejected, a tie counting half. gap: [B] chosen − rejected."""
+    return ((gap > 0).float() + 0.5 * (gap == 0).float()).mean().item()
+
+
+@torch.no_grad()
+def evaluate_rm(
+    rm: RewardModel, pairs: Sequence[EncodedPair], pad_id: int, batch_pairs: int
+) -> dict[str, float]:
+    """Held-out ``eval/pairwise_accuracy``, ``eval/margin`` (mean chosen − rejected score),
+    ``eval/chosen_score`` and ``eval/rejected_score``."""
+    was_training = rm.training
+    rm.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), batch_pairs):
+        c, r = pair_scores(rm, pairs[i : i + batch_pairs], pad_id)
+        chosen.append(c)
+        rejected.append(r)
+    rm.train(was_training)
+    c, r = torch.cat(chosen), torch.cat(rejected)
+    return {
+        "eval/pairwise_accuracy": _accuracy(c - r),
+        "eval/margin": (c - r).mean().item(),
+        "eval/chosen_score": c.mean().item(),
+        "eval/rejected_score": r.mean().item(),
+    }
+
+
+def train_rm(
+    cfg: RunConfig,
+    rm: RewardModel,
+    tokenizer: Any,
+    train_pairs: Sequence[EncodedPair],
+    eval_pairs: Sequence[EncodedPair],
+    run_dir: Path,
+    logger: RunLogger,
+    resume_from: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Train ``rm`` on encoded pairs for ``cfg.rm.steps`` steps; returns the steps done.
+
+    Logs ``loss/rm``, ``rm/accuracy`` and ``rm/margin`` every step and the held-out metrics of
+    :func:`evaluate_rm` at step 0, every ``rm.eval_every`` steps and at the end.
+    """
+    s = cfg.rm
+    pad_id = tokenizer.pad_token_id
+    optimizer = build_optimizer(rm.parameters(), s.learning_rate, s.weight_decay)
+    scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
+    start = 0
+    if resume_from is not None:
+        start, _ = load_trainer_state(resume_from, optimizer, scheduler)
+    rm.train()
+    done = start
+    step_rng = rng_state()
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir,
+            done,
+            rm,
+            tokenizer,
+            optimizer,
+            scheduler,
+            rng=step_rng,
+            keep=cfg.log.keep_checkpoints,
+        )
+
+    if start == 0:
+        logger.log(0, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
+    try:
+        with training_progress(s.steps, "rm", start) as bar:
+            for step in range(start, s.steps):
+                t0 = time.perf_counter()
+                idx = step_indices(len(train_pairs), s.pairs_per_step, step, cfg.seed)
+                total = 0.0
+                gaps = []
+                for m in range(0, len(idx), s.micro_batch_pairs):
+                    batch = [train_pairs[i] for i in idx[m : m + s.micro_batch_pairs]]
+                    chosen, rejected = pair_scores(rm, batch, pad_id)
+                    # Weighted by the micro-batch's share: the sum is the step's mean loss.
+                    loss = bradley_terry_loss(chosen, rejected, s.margin) * len(batch) / len(idx)
+                    loss.backward()
+                    total += loss.item()
+                    gaps.append((chosen - rejected).detach())
+                grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), s.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                step_rng = rng_state()  # what a resume from step `done` must start with
+                dt = time.perf_counter() - t0
+                gap = torch.cat(gaps)
+                accuracy = _accuracy(gap)
+                if done % cfg.log.every == 0 or done == s.steps:
+                    logger.log(
+                        done,
+                        {
+                            "loss/rm": total,
+                            "rm/accuracy": accuracy,
+                            "rm/margin": gap.mean().item(),
+                            "grad_norm": float(grad_norm),
+                            "lr": lr,
+                            "perf/step_s": dt,
+                            "perf/pairs_per_s": len(idx) / dt,
+                        },
+                    )
+                if (s.eval_every and done % s.eval_every == 0) or done == s.steps:
+                    logger.log(done, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
+                bar.update(done, loss=total, acc=accuracy)
+                if on_step is not None:
+                    on_step(done)
+                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
+                    checkpoint()
+    except KeyboardInterrupt:
+        with ignoring_interrupts():
+            checkpoint()
+        raise
+    return done
+
+
+def run_rm_stage(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """The ``rm`` stage end to end: pairs, training, the saved model (``run_dir/model``), the
+    held-out pairwise accuracy in ``summary.json``, and ``report.html``."""
+    if cfg.model.lora is not None:
+        raise ConfigError("model.lora is not supported by the rm stage yet: train every weight")
+    console = console or Console()
+    t0 = time.time()
+    prepare_run_dir(run_dir, resume, overwrite)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    _print_sizes(console, cfg, run_dir)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    resume_from = latest_checkpoint(run_dir) if resume else None
+    path = str(resume_from or cfg.model.path)
+
+    data = cfg.rm.data
+    # Only generated pairs are made from the task's problems.
+    train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
+    tokenizer = load_tokenizer(path)
+    rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device)
+    if cfg.model.gradient_checkpointing:
+        decoder = rm.model.decoder if rm.head == "value" else rm.model
+        decoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
+    train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
+    train_pairs, cut_train = encode_pairs(train_text, tokenizer, data.max_length)
+    eval_pairs, cut_eval = encode_pairs(eval_text, tokenizer, data.max_length)
+    if not train_pairs or not eval_pairs:
+        raise ConfigError(
+            f"need training and held-out pairs: got {len(train_pairs)} and {len(eval_pairs)}"
+        )
+    console.print(
+        f"reward model ({rm.head} head): {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M "
+        f"parameters on {device}; pairs: {len(train_pairs)} train ({cut_train} truncated), "
+        f"{len(eval_pairs)} held-out ({cut_eval} truncated) at max_length {data.max_length}"
+    )
+
+    start_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    with RunLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=start_step) as logger:
+        steps = train_rm(cfg, rm, tokenizer, train_pairs, eval_pairs, run_dir, logger, resume_from)
+    rm.save_pretrained(run_dir / MODEL_DIR)
+    tokenizer.save_pretrained(run_dir / MODEL_DIR)
+    final = evaluate_rm(rm, eval_pairs, tokenizer.pad_token_id, cfg.rm.micro_batch_pairs)
+
+    summary = {
+        "name": cfg.name,
+        "stage": "rm",
+        "steps": steps,
+        "eval": {
+            "pairwise_accuracy": final["eval/pairwise_accuracy"],
+            "margin": final["eval/margin"],
+            "n": len(eval_pairs),
+            "truncated": cut_eval,
+        },
+        "train": {"n": len(train_pairs), "truncated": cut_train},
+        "wall_s": time.time() - t0,
+        "model_dir": str(run_dir / MODEL_DIR),
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    table = Table(title="held-out preference pairs")
+    for col in ("pairwise accuracy", "margin", "n", "truncated"):
+        table.add_column(col)
+    ev = summary["eval"]
+    table.add_row(
+        f"{100 * ev['pairwise_accuracy']:.1f}%", f"{ev['margin']:.3f}", str(ev["n"]), str(cut_eval)
+    )
+    console.print(table)
+    from reasonrl.report import build_report
+
+    console.print(f"report: {build_report(run_dir)}")
+    return summary

@@ -1,0 +1,63 @@
+"""Reward models on the bundled checkpoint: both heads score, save and reload identically."""
+
+import pytest
+import torch
+
+from reasonrl.config import ConfigError
+from reasonrl.models import load_tokenizer, resolve_model_path
+from reasonrl.models.reward import RewardModel, load_reward_model, pad_left, saved_head
+
+TEXTS = [
+    ("12 + 7 =", "<think>12+7=19</think> <answer>19</answer>"),
+    ("5 - 9 + 40 =", "<think>5-9=-4, -4+40=36</think> <answer>36</answer>"),
+    ("3 + 3 =", "<answer>6</answer>"),
+]
+
+
+def _batch(tok):
+    enc = lambda texts: tok(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = enc(p for p, _ in TEXTS)
+    responses = [ids + [tok.eos_token_id] for ids in enc(r for _, r in TEXTS)]
+    return prompts, responses
+
+
+def test_pad_left_by_hand():
+    ids, mask = pad_left([[5, 6], [7]], [[8], [9, 10, 11]], pad_id=0)
+    assert ids.tolist() == [[0, 5, 6, 8], [7, 9, 10, 11]]
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("head", ["value", "classification"])
+def test_scores_ignore_padding_and_survive_a_save(head, tmp_path):
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head=head, device="cpu").eval()
+    if head == "value":  # its head starts at zero: give it something to save
+        torch.nn.init.normal_(rm.model.head.weight)
+    prompts, responses = _batch(tok)
+    ids, mask = pad_left(prompts, responses, tok.pad_token_id)
+    with torch.no_grad():
+        scores = rm(ids, mask)
+        pairs = zip(prompts, responses, strict=True)
+        alone = [rm(*pad_left([p], [r], tok.pad_token_id)).item() for p, r in pairs]
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert scores.std() > 0
+    assert torch.allclose(scores, torch.tensor(alone), atol=1e-5)  # left padding changes nothing
+
+    rm.save_pretrained(tmp_path / "rm")
+    assert saved_head(str(tmp_path / "rm")) == head
+    again = load_reward_model(str(tmp_path / "rm"), device="cpu").eval()
+    assert isinstance(again, RewardModel) and again.head == head
+    with torch.no_grad():  # equal weights; a fresh head's memory layout may move the last ulp
+        assert torch.allclose(again(ids, mask), scores, rtol=0, atol=1e-6)
+    other = "classification" if head == "value" else "value"
+    with pytest.raises(ConfigError, match=f"{head!r} head, not {other!r}"):
+        load_reward_model(str(tmp_path / "rm"), head=other, device="cpu")
+
+
+def test_a_causal_lm_needs_a_head():
+    assert saved_head(resolve_model_path("bundled")) is None
+    with pytest.raises(ConfigError, match="not a saved reward model"):
+        load_reward_model("bundled", device="cpu")
+    with pytest.raises(ConfigError, match="unknown reward-model head"):
+        load_reward_model("bundled", head="linear", device="cpu")

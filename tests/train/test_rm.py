@@ -1,0 +1,118 @@
+"""The reward-model stage on the bundled model with generated pairs (CPU, seconds)."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.config import load_config
+from reasonrl.logging import RunLogger, read_jsonl
+from reasonrl.models import load_tokenizer
+from reasonrl.models.reward import load_reward_model
+from reasonrl.tasks import Sample, render_prompt
+from reasonrl.tasks.preferences import encode_pairs, generated_pairs
+from reasonrl.train.checkpoint import latest_checkpoint
+from reasonrl.train.rm import train_rm
+from reasonrl.train.run import run
+
+TINY = [
+    "task.train_size=300",
+    "task.eval_size=64",
+    "rm.data.train_size=300",
+    "rm.data.eval_size=64",
+    "rm.pairs_per_step=16",
+    "rm.micro_batch_pairs=16",
+    "rm.warmup_steps=2",
+    "log.checkpoint_every=0",
+    "log.tensorboard=false",
+]
+
+
+def test_rm_stage_learns_and_writes_its_run_dir(tmp_path):
+    cfg = load_config("tiny-rm", TINY + ["rm.steps=16", "rm.eval_every=8", "rm.learning_rate=1e-3"])
+    run_dir = tmp_path / "rm"
+    summary = run(cfg, run_dir)  # the generic entry point dispatches on stage: rm
+
+    evals = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "eval/pairwise_accuracy" in m]
+    assert [m["step"] for m in evals] == [0, 8, 16]
+    assert evals[0]["eval/pairwise_accuracy"] == 0.5  # a new value head scores everything 0
+    assert evals[-1]["eval/pairwise_accuracy"] > 0.65, evals
+    assert evals[-1]["eval/margin"] > 0
+    steps = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "loss/rm" in m]
+    assert len(steps) == 16 and all(0 <= m["rm/accuracy"] <= 1 for m in steps)
+
+    assert summary == json.loads((run_dir / "summary.json").read_text())
+    assert summary["stage"] == "rm" and summary["steps"] == 16
+    assert summary["eval"]["n"] == 64 and summary["eval"]["truncated"] == 0
+    assert summary["eval"]["pairwise_accuracy"] == pytest.approx(
+        evals[-1]["eval/pairwise_accuracy"]
+    )
+    rm = load_reward_model(summary["model_dir"], device="cpu")  # head found in the saved dir
+    assert rm.head == "value"
+    assert (run_dir / "plots" / "pairwise.png").is_file() and (run_dir / "report.html").is_file()
+
+
+def _pairs(tok, n, seed):
+    samples = [
+        Sample(f"{a} + {b} - {c} =", str(a + b - c), {"expression": f"{a} + {b} - {c}"})
+        for a, b, c in [(7, 45, 3), (23, 8, 61), (58, 12, 9), (4, 99, 30)] * n
+    ]
+    pairs, _ = encode_pairs(
+        generated_pairs(samples, lambda s: render_prompt(s, tok), seed), tok, 128
+    )
+    return pairs
+
+
+def _train(tmp_path, overrides, resume_from=None, on_step=None):
+    cfg = load_config("tiny-rm", overrides + ["log.tensorboard=false", "rm.eval_every=0"])
+    tok = load_tokenizer("bundled")
+    torch.manual_seed(0)
+    rm = load_reward_model(str(resume_from or "bundled"), "value", device="cpu")
+    step = int(resume_from.name.split("-")[1]) if resume_from else None
+    with RunLogger(tmp_path, tensorboard=False, resume_step=step) as logger:
+        train_rm(
+            cfg,
+            rm,
+            tok,
+            _pairs(tok, 4, 0),
+            _pairs(tok, 1, 1),
+            tmp_path,
+            logger,
+            resume_from,
+            on_step,
+        )
+    return rm
+
+
+def test_accumulation_does_not_change_the_update(tmp_path):
+    base = ["rm.steps=1", "rm.pairs_per_step=8", "rm.warmup_steps=0"]
+    whole = _train(tmp_path / "a", base + ["rm.micro_batch_pairs=8"])
+    split = _train(tmp_path / "b", base + ["rm.micro_batch_pairs=2"])
+    start = load_reward_model("bundled", "value", device="cpu")
+    moved = [
+        not torch.equal(a, b) for a, b in zip(whole.parameters(), start.parameters(), strict=True)
+    ]
+    assert any(moved)
+    for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    cfg = ["rm.steps=4", "rm.pairs_per_step=4", "rm.micro_batch_pairs=2", "rm.warmup_steps=1"]
+    whole = _train(tmp_path / "whole", cfg)
+
+    def stop(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", cfg, on_step=stop)
+    checkpoint = latest_checkpoint(tmp_path / "cut")
+    assert checkpoint.name == "step-2"
+    resumed = _train(tmp_path / "cut", cfg, resume_from=checkpoint)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == strip(
+        read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    )
