@@ -93,6 +93,11 @@ def load_reward_model(
         )
         if model.config.pad_token_id is None:  # HF's own forward needs one for batches
             model.config.pad_token_id = model.config.eos_token_id
+    # transformers maps safetensors files into memory: a frozen reward model (the verifier's)
+    # would change if its directory were rewritten during a run, so copy the weights out.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     return RewardModel(model, head).to(device or pick_device("auto"))
 
 

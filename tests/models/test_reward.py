@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from reasonrl.config import ConfigError
 from reasonrl.models import load_tokenizer, resolve_model_path
@@ -61,3 +62,22 @@ def test_a_causal_lm_needs_a_head():
         load_reward_model("bundled", device="cpu")
     with pytest.raises(ConfigError, match="unknown reward-model head"):
         load_reward_model("bundled", head="linear", device="cpu")
+
+
+def test_a_loaded_reward_model_does_not_follow_its_file(tmp_path):
+    # transformers maps safetensors files into memory; a frozen reward model would follow a
+    # `cp` over its directory in the middle of an RL run if its weights were not copied out.
+    tok = load_tokenizer("bundled")
+    load_reward_model("bundled", head="classification", device="cpu").save_pretrained(tmp_path)
+    rm = load_reward_model(str(tmp_path), device="cpu").eval()
+    ids, mask = pad_left(*_batch(tok), tok.pad_token_id)
+    with torch.no_grad():
+        start = rm(ids, mask)
+    weights = tmp_path / "model.safetensors"
+    shifted = {k: v + 1.0 for k, v in load_file(weights).items()}
+    save_file(shifted, tmp_path / "other.safetensors", metadata={"format": "pt"})
+    with open(weights, "r+b") as f:  # same inode, as cp writes it
+        f.write((tmp_path / "other.safetensors").read_bytes())
+    with torch.no_grad():
+        assert torch.equal(rm(ids, mask), start)
+        assert not torch.allclose(load_reward_model(str(tmp_path), device="cpu")(ids, mask), start)
