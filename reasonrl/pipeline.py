@@ -172,7 +172,8 @@ def _stage_row(stage: Stage, summary: dict[str, Any]) -> dict[str, Any]:
     }
     for phase in ("before", "after"):
         res = summary.get(phase) or {}
-        row[phase] = {k: res.get(k) for k in ("accuracy", "n", "ci_low", "ci_high") if k in res}
+        keys = ("accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores")
+        row[phase] = {k: res[k] for k in keys if k in res}
     if summary.get("eval"):  # reward-model stages: held-out pairwise metrics
         row["eval"] = summary["eval"]
     return row
