@@ -45,7 +45,7 @@ def fit_to_length(
     """Cut the prompt from the left, then the response from the right, to ``max_length``."""
     response = response[:max_length]
     keep = max_length - len(response)
-    return (prompt[len(prompt) - keep :] if keep > 0 else []), response
+    return (prompt[max(0, len(prompt) - keep) :] if keep > 0 else []), response
 
 
 def encode_pairs(

@@ -277,3 +277,9 @@ def test_generated_source_uses_the_task_splits_and_the_chat_template():
     assert len(train) == 5 and len(held) == 4
     assert held[0].chosen == solution_text(SAMPLES[10])
     assert held[0].prompt.startswith("<|im_start|>user\n" + SAMPLES[10].prompt)
+
+
+def test_encode_pairs_keeps_a_prompt_that_fits_whole():
+    # room for 5 prompt tokens, the prompt has 3: nothing may be cut
+    (pair,), truncated = encode_pairs([PreferencePair("abc", "x", "y")], _CharTokenizer(), 7)
+    assert pair.prompt == [97, 98, 99] and truncated == 0
