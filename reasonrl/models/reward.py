@@ -32,21 +32,61 @@ class RewardModel(torch.nn.Module):
         self.model = model
         self.head = head
 
+    def _decoder(self) -> torch.nn.Module:
+        # The decoder and the score layer directly, not the HF classifier's forward: its pooling
+        # looks for the last non-pad token, which skips the EOS wherever pad and EOS are one token.
+        if self.head == "value":
+            return self.model.decoder
+        return getattr(self.model, self.model.base_model_prefix)
+
+    def _score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, H] → [N] float32."""
+        layer = self.model.head if self.head == "value" else self.model.score
+        return layer(hidden).squeeze(-1).float()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores at the last position. input_ids, attention_mask: [B, L] → [B] float32."""
-        positions = position_ids(attention_mask)
-        if self.head == "value":
-            return self.model(input_ids, attention_mask, positions)[:, -1]
-        # The decoder and the score layer directly: HF's own pooling looks for the last
-        # non-pad token, which skips the EOS wherever the pad token is the EOS token.
-        decoder = getattr(self.model, self.model.base_model_prefix)
-        hidden = decoder(
+        hidden = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=positions,
+            position_ids=position_ids(attention_mask),
             use_cache=False,
         ).last_hidden_state
-        return self.model.score(hidden[:, -1]).squeeze(-1).float()
+        return self._score(hidden[:, -1])
+
+    def score_responses(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores of K responses to each prompt, the prompt run once and its KV cache shared.
+
+        prompt_ids, prompt_mask: [B, P] left-padded, P ≥ 1; response_ids, response_mask:
+        [B, K, R] right-padded, no response empty → [B, K] float32, what :meth:`forward` gives
+        each prompt + response (left-padded) up to float rounding.
+        """
+        b, k, r = response_ids.shape
+        decoder = self._decoder()
+        cache = decoder(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=position_ids(prompt_mask),
+            use_cache=True,
+        ).cache
+        cache.batch_repeat_interleave(k)
+        response_mask = response_mask.reshape(b * k, r)
+        mask = torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1)
+        hidden = decoder(
+            input_ids=response_ids.reshape(b * k, r),
+            attention_mask=mask,
+            position_ids=position_ids(mask)[:, -r:],
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+        last = response_mask.sum(1) - 1
+        return self._score(hidden[torch.arange(b * k), last]).view(b, k)
 
     def save_pretrained(self, path: str | Path) -> None:
         """HF format: the decoder and value_head.pt, or a *ForSequenceClassification model."""
@@ -112,4 +152,19 @@ def pad_left(
     for i, row in enumerate(rows):
         ids[i, width - len(row) :] = torch.tensor(row)
         mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def pad_right(
+    groups: Sequence[Sequence[list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K responses per prompt, right-padded: (response_ids [B, K, R], response_mask [B, K, R])."""
+    k = len(groups[0])
+    width = max(len(r) for group in groups for r in group)
+    ids = torch.full((len(groups), k, width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, group in enumerate(groups):
+        for j, response in enumerate(group):
+            ids[i, j, : len(response)] = torch.tensor(response)
+            mask[i, j, : len(response)] = 1
     return ids, mask

@@ -22,7 +22,7 @@ from reasonrl.algos import bradley_terry_loss
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.logging import RunLogger, training_progress
 from reasonrl.models import load_tokenizer, pick_device
-from reasonrl.models.reward import RewardModel, load_reward_model, pad_left
+from reasonrl.models.reward import RewardModel, load_reward_model, pad_left, pad_right
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
 from reasonrl.train.checkpoint import (
@@ -46,13 +46,22 @@ from reasonrl.train.run import (
 def pair_scores(
     rm: RewardModel, pairs: Sequence[EncodedPair], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of each pair's two responses, in one forward: (chosen [B], rejected [B])."""
+    """Scores of each pair's two responses: (chosen [B], rejected [B]). The pair's prompt is run
+    once and its KV cache shared by both responses (a third fewer tokens than two full
+    sequences), unless every prompt was truncated away."""
     device = next(rm.parameters()).device
     prompts = [p.prompt for p in pairs]
-    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    ids, mask = pad_left(prompts + prompts, responses, pad_id)
-    scores = rm(ids.to(device), mask.to(device))
-    return scores[: len(pairs)], scores[len(pairs) :]
+    if not any(prompts):
+        responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        ids, mask = pad_left(prompts + prompts, responses, pad_id)
+        scores = rm(ids.to(device), mask.to(device))
+        return scores[: len(pairs)], scores[len(pairs) :]
+    batch = (
+        *pad_left(prompts, [[] for _ in pairs], pad_id),
+        *pad_right([(p.chosen, p.rejected) for p in pairs], pad_id),
+    )
+    scores = rm.score_responses(*(t.to(device) for t in batch))
+    return scores[:, 0], scores[:, 1]
 
 
 def _accuracy(gap: torch.Tensor) -> float:
@@ -188,6 +197,8 @@ def run_rm_stage(
     held-out pairwise accuracy in ``summary.json``, and ``report.html``."""
     if cfg.model.lora is not None:
         raise ConfigError("model.lora is not supported by the rm stage yet: train every weight")
+    if cfg.model.gradient_checkpointing:  # it turns off the KV cache that pair_scores shares
+        raise ConfigError("model.gradient_checkpointing is not supported by the rm stage")
     console = console or Console()
     t0 = time.time()
     prepare_run_dir(run_dir, resume, overwrite)
@@ -203,11 +214,6 @@ def run_rm_stage(
     train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
     tokenizer = load_tokenizer(path)
     rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device)
-    if cfg.model.gradient_checkpointing:
-        decoder = rm.model.decoder if rm.head == "value" else rm.model
-        decoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
     train_pairs, cut_train = encode_pairs(train_text, tokenizer, data.max_length)

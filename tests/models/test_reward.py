@@ -6,7 +6,13 @@ from safetensors.torch import load_file, save_file
 
 from reasonrl.config import ConfigError
 from reasonrl.models import load_tokenizer, resolve_model_path
-from reasonrl.models.reward import RewardModel, load_reward_model, pad_left, saved_head
+from reasonrl.models.reward import (
+    RewardModel,
+    load_reward_model,
+    pad_left,
+    pad_right,
+    saved_head,
+)
 
 TEXTS = [
     ("12 + 7 =", "<think>12+7=19</think> <answer>19</answer>"),
@@ -81,3 +87,36 @@ def test_a_loaded_reward_model_does_not_follow_its_file(tmp_path):
     with torch.no_grad():
         assert torch.equal(rm(ids, mask), start)
         assert not torch.allclose(load_reward_model(str(tmp_path), device="cpu")(ids, mask), start)
+
+
+def test_pad_right_by_hand():
+    ids, mask = pad_right([([5], [6, 7]), ([8, 9, 10], [11])], pad_id=0)
+    assert ids.tolist() == [[[5, 0, 0], [6, 7, 0]], [[8, 9, 10], [11, 0, 0]]]
+    assert mask.tolist() == [[[1, 0, 0], [1, 1, 0]], [[1, 1, 1], [1, 0, 0]]]
+
+
+@pytest.mark.parametrize("head", ["value", "classification"])
+def test_shared_prompt_scores_and_gradients_equal_full_sequences(head):
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head=head, device="cpu")
+    if head == "value":
+        torch.nn.init.normal_(rm.model.head.weight, std=0.1)
+    prompts, responses = _batch(tok)
+    groups = [(responses[i], responses[(i + 1) % 3]) for i in range(3)]  # K = 2 per prompt
+    fast = rm.score_responses(
+        *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
+        *pad_right(groups, tok.pad_token_id),
+    )
+    # the oracle: every prompt + response as its own left-padded sequence
+    rows = [(p, r) for p, group in zip(prompts, groups, strict=True) for r in group]
+    slow = rm(*pad_left([p for p, _ in rows], [r for _, r in rows], tok.pad_token_id))
+    assert fast.shape == (3, 2)
+    torch.testing.assert_close(fast.flatten(), slow, rtol=0, atol=1e-5)
+    grads = []
+    for scores in (fast, slow):
+        rm.zero_grad()
+        (scores.flatten() * torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 2.0])).sum().backward()
+        grads.append([p.grad.clone() for p in rm.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -1,18 +1,19 @@
 """The reward-model stage on the bundled model with generated pairs (CPU, seconds)."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from reasonrl.config import load_config
+from reasonrl.config import ConfigError, load_config
 from reasonrl.logging import RunLogger, read_jsonl
 from reasonrl.models import load_tokenizer
-from reasonrl.models.reward import load_reward_model
+from reasonrl.models.reward import load_reward_model, pad_left
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.tasks.preferences import encode_pairs, generated_pairs
 from reasonrl.train.checkpoint import latest_checkpoint
-from reasonrl.train.rm import train_rm
+from reasonrl.train.rm import pair_scores, run_rm_stage, train_rm
 from reasonrl.train.run import run
 
 TINY = [
@@ -116,3 +117,30 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert strip(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == strip(
         read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     )
+
+
+def test_pair_scores_share_the_prompt_or_fall_back_when_none_is_left():
+    tok = load_tokenizer("bundled")
+    torch.manual_seed(0)
+    rm = load_reward_model("bundled", "value", device="cpu")
+    torch.nn.init.normal_(rm.model.head.weight, std=0.1)
+    pairs = _pairs(tok, 1, 0)
+    for batch in (pairs, [dataclasses.replace(p, prompt=[]) for p in pairs]):
+        chosen, rejected = pair_scores(rm, batch, tok.pad_token_id)
+        prompts = [p.prompt for p in batch]
+        responses = [p.chosen for p in batch] + [p.rejected for p in batch]
+        oracle = rm(*pad_left(prompts + prompts, responses, tok.pad_token_id))
+        torch.testing.assert_close(torch.cat([chosen, rejected]), oracle, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.gradient_checkpointing=true", "gradient_checkpointing"),
+        ("model.lora={r: 4}", "lora"),
+    ],
+)
+def test_unsupported_model_options_fail_before_anything_runs(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run_rm_stage(load_config("tiny-rm", [override]), tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()
