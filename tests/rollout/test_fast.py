@@ -114,7 +114,7 @@ def test_greedy_equals_hf_token_for_token(bundled, attn):
         assert torch.equal(ro.completion_ids, ref.completion_ids)
         assert torch.equal(ro.completion_mask, ref.completion_mask)
         assert ro.texts == ref.texts and torch.equal(ro.finished, ref.finished)
-        torch.testing.assert_close(ro.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ro.logprobs, ref.logprobs, atol=1e-4, rtol=0)
     assert len(set(ref.prompt_mask.sum(-1).tolist())) == 3  # the prompts really differ in length
 
 
@@ -127,7 +127,7 @@ def test_padded_shapes_and_late_stop_checks_change_nothing(bundled):
     engine = FastEngine(model, tok, pad_shapes=True, sync_every=5)
     padded = engine.generate(prompts, max_new_tokens=40, greedy=True)
     assert torch.equal(padded.completion_ids, plain.completion_ids)
-    torch.testing.assert_close(padded.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded.logprobs, plain.logprobs, atol=1e-4, rtol=0)
     assert [k for k in engine._decoders] == [(16, 128)]  # 10 rows → 16; 40 + P → 128
 
 
