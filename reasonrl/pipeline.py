@@ -172,7 +172,7 @@ def _stage_row(stage: Stage, summary: dict[str, Any]) -> dict[str, Any]:
     }
     for phase in ("before", "after"):
         res = summary.get(phase) or {}
-        keys = ("accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores")
+        keys = ("accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores", "tasks")
         row[phase] = {k: res[k] for k in keys if k in res}
     if summary.get("eval"):  # reward-model stages: held-out pairwise metrics
         row["eval"] = summary["eval"]
@@ -183,6 +183,12 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, int | float) else "–"
 
 
+def _change(before: Any, after: Any) -> str:
+    if isinstance(before, float) and isinstance(after, float):
+        return f"{100 * (after - before):+.1f} pts"
+    return "–"
+
+
 def print_pipeline(console: Console, rows: list[dict[str, Any]]) -> None:
     """One line per stage: held-out accuracy before → after (or the RM's pairwise accuracy)."""
     table = Table(title="stages")
@@ -190,9 +196,6 @@ def print_pipeline(console: Console, rows: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for r in rows:
         before, after = r["before"].get("accuracy"), r["after"].get("accuracy")
-        change = "–"
-        if isinstance(before, float) and isinstance(after, float):
-            change = f"{100 * (after - before):+.1f} pts"
         if r.get("eval"):
             after_text = f"pairwise {_pct(r['eval'].get('pairwise_accuracy'))}"
         else:
@@ -204,9 +207,14 @@ def print_pipeline(console: Console, rows: list[dict[str, Any]]) -> None:
             str(r.get("steps", "–")),
             _pct(before),
             after_text,
-            change,
+            _change(before, after),
             f"{wall:.0f}s" if isinstance(wall, int | float) else "–",
         )
+        tasks_before, tasks_after = r["before"].get("tasks", {}), r["after"].get("tasks", {})
+        for task in sorted(set(tasks_before) | set(tasks_after)):
+            b = tasks_before.get(task, {}).get("accuracy")
+            a = tasks_after.get(task, {}).get("accuracy")
+            table.add_row(f"  · {task}", "", "", _pct(b), _pct(a), _change(b, a), "")
     console.print(table)
 
 

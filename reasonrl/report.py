@@ -199,28 +199,32 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _summary_table(summary: Mapping[str, Any]) -> str:
-    """Before/after rows (accuracy [95% CI], n, pass@k) and a change row, or '' if neither."""
+    """Before/after rows (accuracy [95% CI], n, pass@k) and a change row, then the same for
+    each task of a mix; '' if there is neither."""
     phases = [(name, summary[name]) for name in ("before", "after") if summary.get(name)]
     if not phases:
         return ""
+    tasks = sorted({t for _, r in phases for t in r.get("tasks") or {}})
+    groups = [("", dict(phases))] + [
+        (f" · {t}", {name: r["tasks"][t] for name, r in phases if t in (r.get("tasks") or {})})
+        for t in tasks
+    ]
     ks = _pass_ks([r for _, r in phases])
     header = ["", "accuracy [95% CI]", "n"] + [f"pass@{k}" for k in ks]
-    rows = [
-        [name, _accuracy_cell(r), str(r.get("n", "–"))]
-        + [_pct((r.get("pass_at_k") or {}).get(k)) for k in ks]
-        for name, r in phases
-    ]
-    if len(phases) == 2:
-        before, after = summary["before"], summary["after"]
-        rows.append(
-            ["change", _delta(before.get("accuracy"), after.get("accuracy")), ""]
-            + [
-                _delta(
-                    (before.get("pass_at_k") or {}).get(k), (after.get("pass_at_k") or {}).get(k)
-                )
-                for k in ks
-            ]
-        )
+    rows = []
+    for suffix, results in groups:
+        rows += [
+            [name + suffix, _accuracy_cell(r), str(r.get("n", "–"))]
+            + [_pct((r.get("pass_at_k") or {}).get(k)) for k in ks]
+            for name, r in results.items()
+        ]
+        if len(results) == 2:
+            before, after = results["before"], results["after"]
+            passk = [(before.get("pass_at_k") or {}, after.get("pass_at_k") or {})]
+            rows.append(
+                ["change" + suffix, _delta(before.get("accuracy"), after.get("accuracy")), ""]
+                + [_delta(b.get(k), a.get(k)) for k in ks for b, a in passk]
+            )
     return _table(header, rows)
 
 

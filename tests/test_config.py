@@ -3,6 +3,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from reasonrl.config import (
     ConfigError,
@@ -11,6 +12,7 @@ from reasonrl.config import (
     dump_config,
     load_config,
     parse_override,
+    validate_config,
 )
 
 
@@ -150,3 +152,18 @@ def test_cli_missing_recipe_and_model_path_name_the_path(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and str(model) in out.stderr.replace("\n", "")
+
+
+def test_task_mix_errors_name_the_entry_and_the_misplaced_keys():
+    mix = [{"name": "chain_sum"}, {"source": "procedural", "name": "linear_function"}]
+    cfg = validate_config({"task": {"mix": mix, "prompt": "plain"}}, "test")
+    assert [t.name for t in cfg.task.mix] == ["chain_sum", "linear_function"]
+    assert validate_config(yaml.safe_load(dump_config(cfg)), "dump") == cfg
+    with pytest.raises(
+        ConfigError, match=r"task\.mix\.1\.nmae' — did you mean 'task\.mix\.1\.name"
+    ):
+        validate_config({"task": {"mix": [{"name": "chain_sum"}, {"nmae": "x"}]}}, "test")
+    with pytest.raises(ConfigError, match=r"set \['train_size'\] inside its entries"):
+        validate_config({"task": {"mix": mix, "train_size": 10}}, "test")
+    with pytest.raises(ConfigError, match="names each task once"):
+        validate_config({"task": {"mix": [{"name": "chain_sum"}, {"name": "chain_sum"}]}}, "t")

@@ -183,3 +183,34 @@ def test_reward_plot_leaves_out_counts_and_spread():
         "reward/uncomputed",
     ]
     assert reward.select(keys) == ["reward/mean", "reward/answer"]
+
+
+def test_report_and_console_table_break_a_mix_down_by_task(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from reasonrl.train.run import print_summary
+
+    def task(acc: float, n: int) -> dict:
+        return {
+            "accuracy": acc,
+            "n": n,
+            "ci_low": acc - 0.1,
+            "ci_high": acc + 0.1,
+            "pass_at_k": {"8": acc + 0.2},
+        }
+
+    summary = json.loads(json.dumps(SUMMARY))
+    summary["before"]["tasks"] = {"chain_sum": task(0.5, 400), "linear_function": task(0.1, 100)}
+    summary["after"]["tasks"] = {"chain_sum": task(0.52, 400), "linear_function": task(0.3, 100)}
+    run_dir = _make_run(tmp_path / "run")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    rows = re.findall(r"<tr>(.*?)</tr>", build_report(run_dir).read_text())
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows]
+    assert ["change · linear_function", "+20.0 pts", "", "+20.0 pts"] in cells
+    assert ["after · chain_sum", "52.0% [42.0, 62.0]", "400", "72.0%"] in cells
+    console = Console(record=True, width=200)
+    print_summary(console, summary)
+    text = console.export_text()
+    assert (
+        "change · chain_sum" in text and "+2.0 pts" in text and "before · linear_function" in text
+    )

@@ -1,19 +1,46 @@
-"""Evaluate a policy on held-out samples with the task's answer verifier."""
+"""Evaluate a policy on held-out samples, each checked by its own task's rule (``correct``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reasonrl.config import EvalConfig
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
-from reasonrl.rewards import exact_answer
+from reasonrl.rewards.correct import CorrectVerifier
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.tasks.base import Sample
 
 
+@functools.cache
+def _checker() -> CorrectVerifier:
+    return CorrectVerifier()  # one sandbox for every evaluation of the process
+
+
 def _correct(texts: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
-    return [exact_answer(t, s).score == 1.0 for t, s in zip(texts, samples, strict=True)]
+    return [r.score == 1.0 for r in _checker().batch(texts, samples)]
+
+
+def _per_task(
+    samples: Sequence[Sample], correct: Sequence[bool], per_problem: Sequence[int], k: int
+) -> dict[str, dict[str, Any]]:
+    """Greedy accuracy (Wilson CI) and pass@k of each task of a mix (``meta["task"]``)."""
+    rows: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        rows.setdefault(sample.meta.get("task", ""), []).append(i)
+    if len(rows) < 2:
+        return {}
+    out = {}
+    for task, idx in rows.items():
+        hits = sum(correct[i] for i in idx)
+        low, high = wilson_interval(hits, len(idx))
+        res: dict[str, Any] = {"accuracy": hits / len(idx), "n": len(idx)}
+        res.update(ci_low=low, ci_high=high, pass_at_k={})
+        for kk in sorted({1, k}) if per_problem else ():
+            res["pass_at_k"][str(kk)] = mean_ci([pass_at_k(k, per_problem[i], kk) for i in idx])[0]
+        out[task] = res
+    return out
 
 
 Scorer = Callable[[Sequence[str], Sequence[Sample]], list[float]]
@@ -32,7 +59,8 @@ def evaluate(
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
-    "examples": [...]}``.
+    "examples": [...]}``, and for a task mix ``"tasks": {name: {"accuracy", "n", "ci_low",
+    "ci_high", "pass_at_k"}}``.
     """
     if cfg.limit is not None:
         prompts, samples = prompts[: cfg.limit], samples[: cfg.limit]
@@ -58,6 +86,7 @@ def evaluate(
         for name, scorer in scorers.items():
             mean, lo, hi = mean_ci(scorer(greedy.texts, samples), clip=False)
             result["scores"][name] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+    per_problem: list[int] = []
     if cfg.k >= 1:
         repeated = [p for p in prompts for _ in range(cfg.k)]
         sampled = engine.generate(
@@ -73,4 +102,7 @@ def evaluate(
             mean, lo, hi = mean_ci([pass_at_k(cfg.k, c, k) for c in per_problem])
             result["pass_at_k"][str(k)] = mean
             result["pass_at_k_ci"][str(k)] = [lo, hi]
+    tasks = _per_task(samples, correct, per_problem, cfg.k)
+    if tasks:
+        result["tasks"] = tasks
     return result

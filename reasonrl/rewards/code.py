@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from reasonrl.config import ConfigError
 from reasonrl.rewards.base import RewardResult
-from reasonrl.rewards.extract import last_code_block
+from reasonrl.rewards.extract import extract_answer, last_code_block
 from reasonrl.sandbox import (
     EvaluateRequest,
     Sandbox,
@@ -28,8 +28,9 @@ class CodeVerifier:
     else 0; with ``partial``, the fraction of io cases passed.
 
     The program is ``sample.meta["code_prefix"]`` (HumanEval: the prompt, for its imports and
-    helpers) followed by the last fenced python block of the completion (``extract="fenced"``)
-    or the whole completion (``"raw"``: a base model continuing the prompt).
+    helpers) followed by the last fenced python block of the completion (``extract="fenced"``),
+    the whole completion (``"raw"``: a base model continuing the prompt) or the text of its
+    <answer> tag (``"answer"``: one-line programs in the R1 format).
 
     ``url``: a sandbox server (``reasonrl sandbox serve``; token from ``token`` or
     ``REASONRL_SANDBOX_TOKEN``); without one, jails run in-process (root needed, as for the
@@ -45,9 +46,11 @@ class CodeVerifier:
         token: str | None = None,
         timeout: float = 10.0,
         workers: int = 2,
-        extract: Literal["fenced", "raw"] = "fenced",
+        extract: Literal["fenced", "raw", "answer"] = "fenced",
         partial: bool = False,
     ) -> None:
+        if extract not in ("fenced", "raw", "answer"):
+            raise ConfigError(f"code verifier: extract {extract!r} is not fenced, raw or answer")
         self.timeout, self.workers, self.extract, self.partial = timeout, workers, extract, partial
         self.executor: Sandbox | SandboxClient
         if url:
@@ -60,7 +63,11 @@ class CodeVerifier:
             self.executor = Sandbox()
 
     def __call__(self, completion: str, sample: Sample) -> RewardResult:
-        code = last_code_block(completion) if self.extract == "fenced" else completion
+        code = {
+            "fenced": last_code_block,
+            "answer": extract_answer,
+            "raw": lambda text: text,
+        }[self.extract](completion)
         if not code or not code.strip():
             return RewardResult(0.0, "unparsed")
         prefix = sample.meta.get("code_prefix", "")

@@ -12,6 +12,7 @@ from typing import Any
 from reasonrl.config import ConfigError
 from reasonrl.rewards.base import Verifier
 from reasonrl.rewards.code import CodeVerifier
+from reasonrl.rewards.correct import CorrectVerifier
 from reasonrl.rewards.fmt import (
     length_penalty,
     overlong,
@@ -36,6 +37,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
     "length": length_penalty,
     "repetition": repetition,
     "code": CodeVerifier,
+    "correct": CorrectVerifier,
     "reward_model": RewardModelVerifier,
 }
 

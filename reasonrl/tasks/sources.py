@@ -1,15 +1,16 @@
 """Task sources → train and held-out lists of :class:`Sample`.
 
-Two sources: reasoning-gym's procedural generators (by name and config) and JSONL files with
-``prompt`` and ``answer`` fields. Held-out problems never appear in the training split: the
-training split is drawn from a different seed and filtered against the held-out questions.
+Sources: reasoning-gym's procedural generators (by name and config), reasonrl's own
+(:func:`procedural_generator`), HumanEval, and JSONL files with ``prompt`` and ``answer``
+fields. Held-out problems never appear in the training split: the training split is drawn from
+a different seed and filtered against the held-out questions.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ def reasoning_gym_samples(name: str, size: int, seed: int, params: dict[str, Any
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"reasoning-gym task {name!r} with params {params}: {e}") from e
     return [Sample(x["question"], str(x["answer"]), dict(x["metadata"])) for x in ds]
+
+
+def procedural_generator(name: str) -> Callable[[int, int, dict[str, Any]], list[Sample]]:
+    """reasonrl's own task generator called ``name``: ``fn(size, seed, params) → samples``."""
+    from reasonrl.tasks.linear import TASK_NAME, linear_function_samples
+
+    generators = {TASK_NAME: linear_function_samples}
+    if name not in generators:
+        raise ConfigError(f"unknown procedural task {name!r} (known: {sorted(generators)})")
+    return generators[name]
 
 
 def _jsonl_rows(path: str | Path, fields: tuple[str, str], what: str) -> Iterator[tuple[Any, ...]]:
@@ -62,8 +73,24 @@ def read_sft_pairs(path: str | Path) -> list[tuple[Sample, str]]:
     ]
 
 
+def _tagged(samples: list[Sample], task: str) -> list[Sample]:
+    return [Sample(s.prompt, s.answer, {**s.meta, "task": task}) for s in samples]
+
+
 def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
-    """(train, held_out) for a task config; the held-out questions never occur in train."""
+    """(train, held_out) for a task config; the held-out questions never occur in train.
+
+    A ``mix`` concatenates its tasks' splits, each sample tagged with its task's name in
+    ``meta["task"]``; the training split is shuffled by ``split_seed`` so that the tasks
+    interleave."""
+    if cfg.mix:
+        train, held_out = [], []
+        for entry in cfg.mix:
+            entry_train, entry_held_out = load_splits(entry)
+            train += _tagged(entry_train, entry.name)
+            held_out += _tagged(entry_held_out, entry.name)
+        random.Random(cfg.split_seed).shuffle(train)
+        return train, held_out
     if cfg.source == "jsonl":
         train, held_out = read_jsonl_samples(cfg.train_path), read_jsonl_samples(cfg.eval_path)
     elif cfg.source == "humaneval":
@@ -72,6 +99,10 @@ def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
         problems = humaneval_samples()
         random.Random(cfg.split_seed).shuffle(problems)
         held_out, train = problems[: cfg.eval_size], problems[cfg.eval_size :]
+    elif cfg.source == "procedural":
+        generate = procedural_generator(cfg.name)
+        held_out = generate(cfg.eval_size, cfg.split_seed, cfg.params)
+        train = generate(cfg.train_size + cfg.eval_size, cfg.split_seed + 1, cfg.params)
     else:
         held_out = reasoning_gym_samples(cfg.name, cfg.eval_size, cfg.split_seed, cfg.params)
         # Oversample, then drop anything that is also a held-out question.
@@ -80,7 +111,7 @@ def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
         )
     seen = {s.prompt for s in held_out}
     train = [s for s in train if s.prompt not in seen]
-    if cfg.source == "reasoning_gym":
+    if cfg.source in ("reasoning_gym", "procedural"):
         train = train[: cfg.train_size]
     if not train:
         raise ConfigError("the training split is empty after removing held-out questions")

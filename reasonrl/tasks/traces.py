@@ -11,6 +11,8 @@ the first token of its reasoning; RL on checked answers teaches it to pick the c
 from __future__ import annotations
 
 from reasonrl.tasks.base import Sample
+from reasonrl.tasks.linear import TASK_NAME as LINEAR_FUNCTION
+from reasonrl.tasks.linear import linear_function_solution
 
 
 def chain_trace(expression: str) -> tuple[list[str], int]:
@@ -43,7 +45,10 @@ def estimate_trace(expression: str) -> tuple[str, int]:
 
 
 def solution_text(sample: Sample, estimate: bool = False) -> str:
-    """The completion the cold-start SFT teaches for one sample (``estimate``: the hasty one)."""
+    """The completion the cold-start SFT teaches for one sample (``estimate``: the hasty one;
+    ``linear_function`` problems have only the careful trace)."""
+    if sample.meta.get("task") == LINEAR_FUNCTION:
+        return linear_function_solution(sample)
     expression = sample.meta.get("expression")
     if expression is None:
         raise ValueError("traces need samples with an 'expression' in their metadata")

@@ -142,30 +142,36 @@ def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
     console.print(table)
 
 
-def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    """The before/after table."""
-    table = Table(title="held-out accuracy")
-    for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
-        table.add_column(col)
-    for phase in ("before", "after"):
-        res = summary.get(phase)
-        if not res:
-            continue
+def _summary_rows(table: Table, results: dict[str, Any], suffix: str = "") -> None:
+    """Rows of the before/after table for ``results`` (phase → eval result)."""
+    for phase, res in results.items():
         passk = ", ".join(f"@{k} {100 * v:.1f}%" for k, v in res.get("pass_at_k", {}).items())
         table.add_row(
-            phase,
+            phase + suffix,
             f"{100 * res['accuracy']:.1f}% [{100 * res['ci_low']:.1f}, {100 * res['ci_high']:.1f}]",
             str(res["n"]),
             passk,
         )
-    if summary.get("before") and summary.get("after"):
-        before, after = summary["before"], summary["after"]
+    if len(results) == 2:
+        before, after = results["before"], results["after"]
         delta = 100 * (after["accuracy"] - before["accuracy"])
         ks = [k for k in after.get("pass_at_k", {}) if k in before.get("pass_at_k", {})]
         passk = ", ".join(
             f"@{k} {100 * (after['pass_at_k'][k] - before['pass_at_k'][k]):+.1f}" for k in ks
         )
-        table.add_row("change", f"{delta:+.1f} pts", "", passk)
+        table.add_row("change" + suffix, f"{delta:+.1f} pts", "", passk)
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The before/after table (and the same for each task of a mix)."""
+    table = Table(title="held-out accuracy")
+    for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
+        table.add_column(col)
+    phases = {p: summary[p] for p in ("before", "after") if summary.get(p)}
+    _summary_rows(table, phases)
+    for task in sorted({t for res in phases.values() for t in res.get("tasks") or {}}):
+        per_task = {p: r["tasks"][task] for p, r in phases.items() if task in r.get("tasks", {})}
+        _summary_rows(table, per_task, f" · {task}")
     console.print(table)
     for phase in ("before", "after"):
         for name, s in ((summary.get(phase) or {}).get("scores") or {}).items():

@@ -27,3 +27,24 @@ def test_scorers_score_the_greedy_completions():
     assert math.isclose(score["mean"], sum(lengths) / 3)
     assert score["ci_low"] <= score["mean"] <= score["ci_high"]
     assert "scores" not in evaluate(engine, prompts, samples, cfg)
+
+
+def test_a_task_mix_is_also_reported_per_task():
+    tok = load_tokenizer("bundled")
+    engine = HFEngine(load_model(ModelConfig(device="cpu")), tok)
+    pairs = [(1, 2), (30, 4), (7, 7), (12, 9), (40, 40)]
+    samples = [
+        Sample(f"{a} + {b} =", str(a + b), {"task": "easy" if i % 2 else "hard"})
+        for i, (a, b) in enumerate(pairs)
+    ]
+    prompts = [render_prompt(s, tok) for s in samples]
+    cfg = EvalConfig(k=4, sampling=SamplingConfig(max_new_tokens=24))
+    result = evaluate(engine, prompts, samples, cfg)
+    tasks = result["tasks"]
+    assert {t: r["n"] for t, r in tasks.items()} == {"hard": 3, "easy": 2}
+    weighted = sum(r["accuracy"] * r["n"] for r in tasks.values()) / 5
+    assert math.isclose(weighted, result["accuracy"])
+    assert set(tasks["easy"]["pass_at_k"]) == {"1", "4"}
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in tasks.values())
+    one_task = [Sample(s.prompt, s.answer, {}) for s in samples]
+    assert "tasks" not in evaluate(engine, prompts, one_task, cfg.model_copy(update={"k": 0}))

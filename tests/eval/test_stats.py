@@ -38,3 +38,9 @@ def test_mean_ci():
     mean, low, high = mean_ci([0.0, 1.0, 0.0, 1.0])
     assert mean == 0.5 and low < 0.5 < high
     assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 500])
+def test_wilson_interval_holds_the_proportion_at_the_ends(n):
+    assert wilson_interval(0, n)[0] == 0.0
+    assert wilson_interval(n, n)[1] == 1.0

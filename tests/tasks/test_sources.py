@@ -104,3 +104,16 @@ def test_humaneval_source_splits_by_seed():
     assert not {s.meta["task_id"] for s in train} & {s.meta["task_id"] for s in held_out}
     with pytest.raises(ConfigError, match="empty"):
         load_splits(TaskConfig(source="humaneval"))  # all 164 held out
+
+
+def test_mix_tags_each_sample_and_interleaves_the_training_split():
+    chain = {"name": "chain_sum", "params": {"min_terms": 2, "max_terms": 2}, "train_size": 200}
+    linear = {"source": "procedural", "name": "linear_function", "train_size": 100}
+    cfg = TaskConfig(mix=[{**chain, "eval_size": 20}, {**linear, "eval_size": 10}])
+    train, held_out = load_splits(cfg)
+    assert [s.meta["task"] for s in held_out] == ["chain_sum"] * 20 + ["linear_function"] * 10
+    tasks = [s.meta["task"] for s in train]
+    assert tasks.count("chain_sum") == 200 and tasks.count("linear_function") == 100
+    assert "linear_function" in tasks[:50]  # shuffled, not one task after the other
+    assert not {s.prompt for s in train} & {s.prompt for s in held_out}
+    assert load_splits(cfg) == (train, held_out)
