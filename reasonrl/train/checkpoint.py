@@ -123,3 +123,82 @@ def ignoring_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def optimizer_step(
+    params: Any, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
+) -> tuple[float, float]:
+    """Clip the gradients of ``params``, step the optimizer and the schedule, clear the
+    gradients; returns (the gradient norm before clipping, the learning rate just used)."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+class Checkpointer:
+    """Where a training loop stands, and its checkpoints: ``done`` steps, and the RNG state that
+    a resume from step ``done`` must start with (taken when the step finished, so a checkpoint
+    written on Ctrl-C mid-step redraws that step's samples).
+
+    A loop calls :meth:`step_done` after each optimizer step and :meth:`end_of_step` last in
+    it, inside ``with checkpointer.on_interrupt():``, which writes a checkpoint on Ctrl-C.
+    ``extra`` and ``save_more`` go to :func:`save_checkpoint`.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: Any,
+        tokenizer: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        start: int,
+        every: int,
+        keep: int,
+        extra: dict[str, Any] | None = None,
+        save_more: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.run_dir, self.model, self.tokenizer = run_dir, model, tokenizer
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.every, self.keep, self.extra, self.save_more = every, keep, extra, save_more
+        self.done = start
+        self.rng = rng_state()
+
+    def step_done(self, step: int) -> None:
+        self.done = step + 1
+        self.rng = rng_state()
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            self.done,
+            self.model,
+            self.tokenizer,
+            self.optimizer,
+            self.scheduler,
+            extra=self.extra,
+            keep=self.keep,
+            rng=self.rng,
+            save_more=self.save_more,
+        )
+
+    def end_of_step(self, on_step: Callable[[int], None] | None) -> None:
+        """The caller's per-step hook, then a checkpoint every ``every`` steps (0: never)."""
+        if on_step is not None:
+            on_step(self.done)
+        if self.every and self.done % self.every == 0:
+            self.save()
+
+    @contextmanager
+    def on_interrupt(self) -> Iterator[None]:
+        """Ctrl-C inside writes a checkpoint (itself not interruptible), then propagates."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            with ignoring_interrupts():
+                self.save()
+            raise

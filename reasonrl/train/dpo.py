@@ -26,12 +26,7 @@ from reasonrl.algos import dpo_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
 from reasonrl.tasks.preferences import EncodedPair
-from reasonrl.train.checkpoint import (
-    ignoring_interrupts,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-)
+from reasonrl.train.checkpoint import Checkpointer, load_trainer_state, optimizer_step
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -126,82 +121,66 @@ def train_dpo(
         ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad)
         ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
     model.train()
-    done = start
-    step_rng = rng_state()
+    ckpt = Checkpointer(
+        run_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        start=start,
+        every=cfg.log.checkpoint_every,
+        keep=cfg.log.keep_checkpoints,
+        extra={"ref_train": ref_train, "ref_eval": ref_eval},
+    )
 
     def held_out() -> dict[str, float]:
         policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
         stats = pair_metrics(policy, ref_eval, eval_pairs, d.beta, d.loss_type)
         return {f"eval/dpo_{k}": v for k, v in stats.items()}
 
-    def checkpoint() -> None:
-        save_checkpoint(
-            run_dir,
-            done,
-            model,
-            tokenizer,
-            optimizer,
-            scheduler,
-            extra={"ref_train": ref_train, "ref_eval": ref_eval},
-            keep=cfg.log.keep_checkpoints,
-            rng=step_rng,
-        )
-
     if start == 0 and eval_pairs:
         logger.log(0, held_out())
-    try:
-        with training_progress(d.steps, f"dpo ({d.loss_type})", start) as bar:
-            for step in range(start, d.steps):
-                t0 = time.perf_counter()
-                idx = step_indices(len(train_pairs), d.pairs_per_step, step, cfg.seed)
-                policy_rows, tokens = [], 0
-                total = 0.0
-                for m in range(0, len(idx), d.micro_batch_pairs):
-                    rows = idx[m : m + d.micro_batch_pairs]
-                    pairs = [train_pairs[i] for i in rows]
-                    pc, pr = pair_logprobs(model, pairs, pad)
-                    ref = ref_train[rows].to(pc.device)
-                    nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
-                    loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
-                    loss = loss.sum() / d.pairs_per_step
-                    loss.backward()
-                    total += loss.item()
-                    policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
-                    tokens += int(nc.sum() + nr.sum())
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                done = step + 1
-                step_rng = rng_state()  # what a resume from step `done` must start with
-                dt = time.perf_counter() - t0
-                batch = [train_pairs[i] for i in idx]
-                stats = pair_metrics(
-                    torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type
+    with ckpt.on_interrupt(), training_progress(d.steps, f"dpo ({d.loss_type})", start) as bar:
+        for step in range(start, d.steps):
+            t0 = time.perf_counter()
+            idx = step_indices(len(train_pairs), d.pairs_per_step, step, cfg.seed)
+            policy_rows, tokens = [], 0
+            total = 0.0
+            for m in range(0, len(idx), d.micro_batch_pairs):
+                rows = idx[m : m + d.micro_batch_pairs]
+                pairs = [train_pairs[i] for i in rows]
+                pc, pr = pair_logprobs(model, pairs, pad)
+                ref = ref_train[rows].to(pc.device)
+                nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
+                loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
+                loss = loss.sum() / d.pairs_per_step
+                loss.backward()
+                total += loss.item()
+                policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
+                tokens += int(nc.sum() + nr.sum())
+            grad_norm, lr = optimizer_step(
+                model.parameters(), optimizer, scheduler, d.max_grad_norm
+            )
+            ckpt.step_done(step)
+            done = ckpt.done
+            dt = time.perf_counter() - t0
+            batch = [train_pairs[i] for i in idx]
+            stats = pair_metrics(torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type)
+            if done % cfg.log.every == 0 or done == d.steps:
+                logger.log(
+                    done,
+                    {
+                        "loss/dpo": total,
+                        "dpo/reward_accuracy": stats["reward_accuracy"],
+                        "dpo/margin": stats["margin"],
+                        "grad_norm": grad_norm,
+                        "lr": lr,
+                        "perf/step_s": dt,
+                        "perf/tokens_per_s": tokens / dt,
+                    },
                 )
-                if done % cfg.log.every == 0 or done == d.steps:
-                    logger.log(
-                        done,
-                        {
-                            "loss/dpo": total,
-                            "dpo/reward_accuracy": stats["reward_accuracy"],
-                            "dpo/margin": stats["margin"],
-                            "grad_norm": float(grad_norm),
-                            "lr": lr,
-                            "perf/step_s": dt,
-                            "perf/tokens_per_s": tokens / dt,
-                        },
-                    )
-                if eval_pairs and (done == d.steps or (d.eval_every and done % d.eval_every == 0)):
-                    logger.log(done, held_out())
-                bar.update(done, loss=total, acc=stats["reward_accuracy"])
-                if on_step is not None:
-                    on_step(done)
-                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
-                    checkpoint()
-    except KeyboardInterrupt:
-        with ignoring_interrupts():
-            checkpoint()
-        raise
-    return done
+            if eval_pairs and (done == d.steps or (d.eval_every and done % d.eval_every == 0)):
+                logger.log(done, held_out())
+            bar.update(done, loss=total, acc=stats["reward_accuracy"])
+            ckpt.end_of_step(on_step)
+    return ckpt.done

@@ -47,12 +47,7 @@ from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
-from reasonrl.train.checkpoint import (
-    ignoring_interrupts,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-)
+from reasonrl.train.checkpoint import Checkpointer, load_trainer_state
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs, position_ids
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -277,136 +272,121 @@ def train_rl(
         if critic_opt is not None:
             critic_opt.load_state_dict(torch.load(resume_from / CRITIC_OPTIMIZER))
     policy.train()
-    done = start
-    step_rng = rng_state()
 
     def save_critic(path: Path) -> None:
         if critic is not None and critic_opt is not None:
             critic.save_pretrained(path / CRITIC_DIR)
             torch.save(critic_opt.state_dict(), path / CRITIC_OPTIMIZER)
 
-    def checkpoint() -> None:
-        save_checkpoint(
-            run_dir,
-            done,
-            policy,
-            tokenizer,
-            optimizer,
-            scheduler,
-            rng=step_rng,
-            keep=cfg.log.keep_checkpoints,
-            save_more=save_critic,
-        )
+    ckpt = Checkpointer(
+        run_dir,
+        policy,
+        tokenizer,
+        optimizer,
+        scheduler,
+        start=start,
+        every=cfg.log.checkpoint_every,
+        keep=cfg.log.keep_checkpoints,
+        save_more=save_critic,
+    )
 
     def logp_of(model: torch.nn.Module) -> Callable[[Rollout], torch.Tensor]:
         return lambda mb: completion_logprobs(
             model, mb.input_ids, mb.attention_mask, mb.completion_ids.shape[1], temperature
         )[0]
 
-    try:
-        with training_progress(r.steps, algo.name, start) as bar:
-            for step in range(start, r.steps):
-                t0 = time.perf_counter()
-                batch = collect(cfg, engine, prompts, samples, step, engine_pad_id(tokenizer))
-                ro = batch.rollout
-                t_gen = time.perf_counter() - t0
-                mask = loss_mask(batch, algo)
-                policy.eval()  # no dropout while scoring the batch
-                needs_old = algo.ppo_epochs > 1 or algo.kl_in == "reward"
-                old_logp = _forward_all(logp_of(policy), ro, micro) if needs_old else None
-                ref_logp = None
-                with reference_model(policy, ref_model) as ref:
-                    if ref is not None and algo.beta > 0:
-                        ref_logp = _forward_all(logp_of(ref), ro, micro)
-                reward_kl = None
-                if algo.kl_in == "reward" and ref_logp is not None:
-                    reward_kl = kl_estimate(algo.kl, old_logp, ref_logp)
-                old_values = None
-                if critic is not None:
-                    old_values = _forward_all(lambda mb: completion_values(critic, mb), ro, micro)
-                policy.train()
-                adv, returns = token_advantages(batch, algo, mask, reward_kl, old_values)
+    with ckpt.on_interrupt(), training_progress(r.steps, algo.name, start) as bar:
+        for step in range(start, r.steps):
+            t0 = time.perf_counter()
+            batch = collect(cfg, engine, prompts, samples, step, engine_pad_id(tokenizer))
+            ro = batch.rollout
+            t_gen = time.perf_counter() - t0
+            mask = loss_mask(batch, algo)
+            policy.eval()  # no dropout while scoring the batch
+            needs_old = algo.ppo_epochs > 1 or algo.kl_in == "reward"
+            old_logp = _forward_all(logp_of(policy), ro, micro) if needs_old else None
+            ref_logp = None
+            with reference_model(policy, ref_model) as ref:
+                if ref is not None and algo.beta > 0:
+                    ref_logp = _forward_all(logp_of(ref), ro, micro)
+            reward_kl = None
+            if algo.kl_in == "reward" and ref_logp is not None:
+                reward_kl = kl_estimate(algo.kl, old_logp, ref_logp)
+            old_values = None
+            if critic is not None:
+                old_values = _forward_all(lambda mb: completion_values(critic, mb), ro, micro)
+            policy.train()
+            adv, returns = token_advantages(batch, algo, mask, reward_kl, old_values)
 
-                stats: dict[str, float] = {}
-                b = len(ro)
-                mini = min(r.mini_batch_completions or b, b)
-                updates = algo.ppo_epochs * math.ceil(b / mini)
-                train_policy = critic is None or step >= algo.critic_warmup_steps
-                for _ in range(algo.ppo_epochs):
-                    order = torch.randperm(b).tolist() if algo.ppo_epochs > 1 else list(range(b))
-                    for m in range(0, b, mini):
-                        rows_mini = order[m : m + mini]
-                        tokens = max(1, int(mask[rows_mini].sum()))
-                        for u in range(0, len(rows_mini), micro):
-                            rows = rows_mini[u : u + micro]
-                            mb = ro.select(rows)
-                            if train_policy:
-                                loss, mb_stats = policy_loss(
-                                    policy,
-                                    mb,
-                                    mask[rows],
-                                    adv[rows],
-                                    None
-                                    if old_logp is None or algo.ppo_epochs == 1
-                                    else old_logp[rows],
-                                    ref_logp[rows] if ref_logp is not None else None,
-                                    cfg,
-                                    tokens,
-                                    len(rows_mini),
-                                )
-                                loss.backward()
-                                _accumulate(stats, mb_stats)
-                            if critic is not None:
-                                v = completion_values(critic, mb)
-                                vl, _ = value_loss(
-                                    v, old_values[rows], returns[rows], algo.value_clip
-                                )
-                                vloss = aggregate(
-                                    "token_mean", vl, mask[rows], tokens, len(rows_mini)
-                                )
-                                vloss.backward()
-                                _accumulate(stats, {"loss/value": vloss.item()})
+            stats: dict[str, float] = {}
+            b = len(ro)
+            mini = min(r.mini_batch_completions or b, b)
+            updates = algo.ppo_epochs * math.ceil(b / mini)
+            train_policy = critic is None or step >= algo.critic_warmup_steps
+            for _ in range(algo.ppo_epochs):
+                order = torch.randperm(b).tolist() if algo.ppo_epochs > 1 else list(range(b))
+                for m in range(0, b, mini):
+                    rows_mini = order[m : m + mini]
+                    tokens = max(1, int(mask[rows_mini].sum()))
+                    for u in range(0, len(rows_mini), micro):
+                        rows = rows_mini[u : u + micro]
+                        mb = ro.select(rows)
                         if train_policy:
-                            stats["grad_norm"] = float(
-                                torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
+                            loss, mb_stats = policy_loss(
+                                policy,
+                                mb,
+                                mask[rows],
+                                adv[rows],
+                                None
+                                if old_logp is None or algo.ppo_epochs == 1
+                                else old_logp[rows],
+                                ref_logp[rows] if ref_logp is not None else None,
+                                cfg,
+                                tokens,
+                                len(rows_mini),
                             )
-                            optimizer.step()
-                            optimizer.zero_grad(set_to_none=True)
-                        if critic is not None and critic_opt is not None:
-                            torch.nn.utils.clip_grad_norm_(critic.parameters(), r.max_grad_norm)
-                            critic_opt.step()
-                            critic_opt.zero_grad(set_to_none=True)
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                done = step + 1
-                step_rng = rng_state()  # what a resume from step `done` must start with
-                dt = time.perf_counter() - t0
-                for key in ("loss/policy", "loss/value"):
-                    if key in stats:
-                        stats[key] /= updates  # a mean over the step's optimizer updates
-                metrics = step_metrics(batch, mask, stats, ref_logp, old_logp, algo)
-                metrics.update(
-                    {
-                        "lr": lr,
-                        "perf/step_s": dt,
-                        "perf/generate_s": t_gen,
-                        "perf/tokens_per_s": float(ro.lengths.sum()) / dt,
-                    }
-                )
-                if done % cfg.log.every == 0 or done == r.steps:
-                    logger.log(done, metrics)
-                if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
-                    logger.log_samples(done, sample_records(batch, cfg))
-                bar.update(done, reward=metrics["reward/mean"], kl=metrics["kl/mean"])
-                if on_step is not None:
-                    on_step(done)
-                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
-                    checkpoint()
-    except KeyboardInterrupt:
-        with ignoring_interrupts():
-            checkpoint()
-        raise
-    return done
+                            loss.backward()
+                            _accumulate(stats, mb_stats)
+                        if critic is not None:
+                            v = completion_values(critic, mb)
+                            vl, _ = value_loss(v, old_values[rows], returns[rows], algo.value_clip)
+                            vloss = aggregate("token_mean", vl, mask[rows], tokens, len(rows_mini))
+                            vloss.backward()
+                            _accumulate(stats, {"loss/value": vloss.item()})
+                    if train_policy:
+                        stats["grad_norm"] = float(
+                            torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
+                        )
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if critic is not None and critic_opt is not None:
+                        torch.nn.utils.clip_grad_norm_(critic.parameters(), r.max_grad_norm)
+                        critic_opt.step()
+                        critic_opt.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            ckpt.step_done(step)
+            done = ckpt.done
+            dt = time.perf_counter() - t0
+            for key in ("loss/policy", "loss/value"):
+                if key in stats:
+                    stats[key] /= updates  # a mean over the step's optimizer updates
+            metrics = step_metrics(batch, mask, stats, ref_logp, old_logp, algo)
+            metrics.update(
+                {
+                    "lr": lr,
+                    "perf/step_s": dt,
+                    "perf/generate_s": t_gen,
+                    "perf/tokens_per_s": float(ro.lengths.sum()) / dt,
+                }
+            )
+            if done % cfg.log.every == 0 or done == r.steps:
+                logger.log(done, metrics)
+            if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
+                logger.log_samples(done, sample_records(batch, cfg))
+            bar.update(done, reward=metrics["reward/mean"], kl=metrics["kl/mean"])
+            ckpt.end_of_step(on_step)
+    return ckpt.done
 
 
 def engine_pad_id(tokenizer: Any) -> int:

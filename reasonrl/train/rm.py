@@ -26,11 +26,10 @@ from reasonrl.models.reward import RewardModel, load_reward_model, pad_left, pad
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
 from reasonrl.train.checkpoint import (
-    ignoring_interrupts,
+    Checkpointer,
     latest_checkpoint,
     load_trainer_state,
-    rng_state,
-    save_checkpoint,
+    optimizer_step,
 )
 from reasonrl.train.data import step_indices
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -116,73 +115,56 @@ def train_rm(
     if resume_from is not None:
         start, _ = load_trainer_state(resume_from, optimizer, scheduler)
     rm.train()
-    done = start
-    step_rng = rng_state()
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            run_dir,
-            done,
-            rm,
-            tokenizer,
-            optimizer,
-            scheduler,
-            rng=step_rng,
-            keep=cfg.log.keep_checkpoints,
-        )
-
+    ckpt = Checkpointer(
+        run_dir,
+        rm,
+        tokenizer,
+        optimizer,
+        scheduler,
+        start=start,
+        every=cfg.log.checkpoint_every,
+        keep=cfg.log.keep_checkpoints,
+    )
     if start == 0:
         logger.log(0, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
-    try:
-        with training_progress(s.steps, "rm", start) as bar:
-            for step in range(start, s.steps):
-                t0 = time.perf_counter()
-                idx = step_indices(len(train_pairs), s.pairs_per_step, step, cfg.seed)
-                total = 0.0
-                gaps = []
-                for m in range(0, len(idx), s.micro_batch_pairs):
-                    batch = [train_pairs[i] for i in idx[m : m + s.micro_batch_pairs]]
-                    chosen, rejected = pair_scores(rm, batch, pad_id)
-                    # Weighted by the micro-batch's share: the sum is the step's mean loss.
-                    loss = bradley_terry_loss(chosen, rejected, s.margin) * len(batch) / len(idx)
-                    loss.backward()
-                    total += loss.item()
-                    gaps.append((chosen - rejected).detach())
-                grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), s.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                done = step + 1
-                step_rng = rng_state()  # what a resume from step `done` must start with
-                dt = time.perf_counter() - t0
-                gap = torch.cat(gaps)
-                accuracy = _accuracy(gap)
-                if done % cfg.log.every == 0 or done == s.steps:
-                    logger.log(
-                        done,
-                        {
-                            "loss/rm": total,
-                            "rm/accuracy": accuracy,
-                            "rm/margin": gap.mean().item(),
-                            "grad_norm": float(grad_norm),
-                            "lr": lr,
-                            "perf/step_s": dt,
-                            "perf/pairs_per_s": len(idx) / dt,
-                        },
-                    )
-                if (s.eval_every and done % s.eval_every == 0) or done == s.steps:
-                    logger.log(done, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
-                bar.update(done, loss=total, acc=accuracy)
-                if on_step is not None:
-                    on_step(done)
-                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
-                    checkpoint()
-    except KeyboardInterrupt:
-        with ignoring_interrupts():
-            checkpoint()
-        raise
-    return done
+    with ckpt.on_interrupt(), training_progress(s.steps, "rm", start) as bar:
+        for step in range(start, s.steps):
+            t0 = time.perf_counter()
+            idx = step_indices(len(train_pairs), s.pairs_per_step, step, cfg.seed)
+            total = 0.0
+            gaps = []
+            for m in range(0, len(idx), s.micro_batch_pairs):
+                batch = [train_pairs[i] for i in idx[m : m + s.micro_batch_pairs]]
+                chosen, rejected = pair_scores(rm, batch, pad_id)
+                # Weighted by the micro-batch's share: the sum is the step's mean loss.
+                loss = bradley_terry_loss(chosen, rejected, s.margin) * len(batch) / len(idx)
+                loss.backward()
+                total += loss.item()
+                gaps.append((chosen - rejected).detach())
+            grad_norm, lr = optimizer_step(rm.parameters(), optimizer, scheduler, s.max_grad_norm)
+            ckpt.step_done(step)
+            done = ckpt.done
+            dt = time.perf_counter() - t0
+            gap = torch.cat(gaps)
+            accuracy = _accuracy(gap)
+            if done % cfg.log.every == 0 or done == s.steps:
+                logger.log(
+                    done,
+                    {
+                        "loss/rm": total,
+                        "rm/accuracy": accuracy,
+                        "rm/margin": gap.mean().item(),
+                        "grad_norm": grad_norm,
+                        "lr": lr,
+                        "perf/step_s": dt,
+                        "perf/pairs_per_s": len(idx) / dt,
+                    },
+                )
+            if (s.eval_every and done % s.eval_every == 0) or done == s.steps:
+                logger.log(done, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
+            bar.update(done, loss=total, acc=accuracy)
+            ckpt.end_of_step(on_step)
+    return ckpt.done
 
 
 def run_rm_stage(

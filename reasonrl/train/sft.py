@@ -17,12 +17,7 @@ import torch
 from reasonrl.algos import sft_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
-from reasonrl.train.checkpoint import (
-    ignoring_interrupts,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-)
+from reasonrl.train.checkpoint import Checkpointer, load_trainer_state, optimizer_step
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -74,66 +69,50 @@ def train_sft(
     if resume_from is not None:
         start, _ = load_trainer_state(resume_from, optimizer, scheduler)
     model.train()
-    done = start
-    step_rng = rng_state()
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            run_dir,
-            done,
-            model,
-            tokenizer,
-            optimizer,
-            scheduler,
-            rng=step_rng,
-            keep=cfg.log.keep_checkpoints,
-        )
-
-    try:
-        with training_progress(s.steps, "sft", start) as bar:
-            for step in range(start, s.steps):
-                t0 = time.perf_counter()
-                idx = step_indices(len(pairs), s.examples_per_step, step, cfg.seed)
-                step_tokens = sum(len(enc_completions[i]) for i in idx)
-                total = 0.0
-                for m in range(0, len(idx), s.micro_batch_examples):
-                    rows = idx[m : m + s.micro_batch_examples]
-                    ids, attn, cmask = pack_pairs(
-                        [enc_prompts[i] for i in rows],
-                        [enc_completions[i] for i in rows],
-                        tokenizer.pad_token_id,
-                    )
-                    ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
-                    logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
-                    loss = sft_loss(logp, cmask, step_tokens)
-                    loss.backward()
-                    total += loss.item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                done = step + 1
-                step_rng = rng_state()  # what a resume from step `done` must start with
-                dt = time.perf_counter() - t0
-                if done % cfg.log.every == 0 or done == s.steps:
-                    logger.log(
-                        done,
-                        {
-                            "loss/sft": total,
-                            "grad_norm": float(grad_norm),
-                            "lr": lr,
-                            "perf/step_s": dt,
-                            "perf/tokens_per_s": step_tokens / dt,
-                        },
-                    )
-                bar.update(done, loss=total)
-                if on_step is not None:
-                    on_step(done)
-                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0:
-                    checkpoint()
-    except KeyboardInterrupt:
-        with ignoring_interrupts():
-            checkpoint()
-        raise
-    return done
+    ckpt = Checkpointer(
+        run_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        start=start,
+        every=cfg.log.checkpoint_every,
+        keep=cfg.log.keep_checkpoints,
+    )
+    with ckpt.on_interrupt(), training_progress(s.steps, "sft", start) as bar:
+        for step in range(start, s.steps):
+            t0 = time.perf_counter()
+            idx = step_indices(len(pairs), s.examples_per_step, step, cfg.seed)
+            step_tokens = sum(len(enc_completions[i]) for i in idx)
+            total = 0.0
+            for m in range(0, len(idx), s.micro_batch_examples):
+                rows = idx[m : m + s.micro_batch_examples]
+                ids, attn, cmask = pack_pairs(
+                    [enc_prompts[i] for i in rows],
+                    [enc_completions[i] for i in rows],
+                    tokenizer.pad_token_id,
+                )
+                ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
+                logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
+                loss = sft_loss(logp, cmask, step_tokens)
+                loss.backward()
+                total += loss.item()
+            grad_norm, lr = optimizer_step(
+                model.parameters(), optimizer, scheduler, s.max_grad_norm
+            )
+            ckpt.step_done(step)
+            dt = time.perf_counter() - t0
+            if ckpt.done % cfg.log.every == 0 or ckpt.done == s.steps:
+                logger.log(
+                    ckpt.done,
+                    {
+                        "loss/sft": total,
+                        "grad_norm": grad_norm,
+                        "lr": lr,
+                        "perf/step_s": dt,
+                        "perf/tokens_per_s": step_tokens / dt,
+                    },
+                )
+            bar.update(ckpt.done, loss=total)
+            ckpt.end_of_step(on_step)
+    return ckpt.done
