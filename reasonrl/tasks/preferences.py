@@ -118,15 +118,17 @@ def generated_pairs(
 ) -> list[PreferencePair]:
     """One pair per chain_sum sample: the careful correct trace against a rejected response
     whose kind is drawn by ``random.Random(seed)`` (the hasty estimate only where it is wrong).
-    ``render(sample)`` is the prompt text, chat template applied."""
+    ``render(sample)`` is the prompt text, chat template applied. Other problems (the rest of a
+    task mix) are passed over; with no chain_sum problem at all this is a ConfigError."""
     rng = random.Random(seed)
     pairs = []
+    samples = [s for s in samples if "expression" in s.meta]
+    if not samples:
+        raise ConfigError(
+            "generated preference pairs need chain_sum problems (an 'expression' in the "
+            "samples' metadata); use prefs source jsonl or dataset for other tasks"
+        )
     for sample in samples:
-        if "expression" not in sample.meta:
-            raise ConfigError(
-                "generated preference pairs need chain_sum problems (an 'expression' in each "
-                "sample's metadata); use prefs source jsonl or dataset for other tasks"
-            )
         estimate_wrong = estimate_trace(sample.meta["expression"])[1] != int(sample.answer)
         kinds = REJECTION_KINDS if estimate_wrong else REJECTION_KINDS[1:]
         rejected = rejected_response(sample, rng.choice(kinds), rng)

@@ -123,9 +123,12 @@ def test_the_estimate_is_never_rejected_where_it_is_right():
     assert not any("~" in p.rejected for p in pairs)
 
 
-def test_generated_pairs_need_chain_sum_samples():
+def test_generated_pairs_need_chain_sum_samples_and_pass_over_the_rest_of_a_mix():
     with pytest.raises(ConfigError, match="expression"):
         generated_pairs([Sample("q", "1")], str, seed=0)
+    chain = _sample("12 + 30")
+    pairs = generated_pairs([Sample("q", "1"), chain, Sample("r", "2")], str, seed=0)
+    assert [p.prompt for p in pairs] == [str(chain)]
 
 
 # --------------------------------------------------------------------------- real data
