@@ -176,6 +176,8 @@ def _stage_row(stage: Stage, summary: dict[str, Any]) -> dict[str, Any]:
         row[phase] = {k: res[k] for k in keys if k in res}
     if summary.get("eval"):  # reward-model stages: held-out pairwise metrics
         row["eval"] = summary["eval"]
+    if summary.get("memory"):  # RL stages: the weights held and the peak
+        row["memory"] = summary["memory"]
     return row
 
 

@@ -50,6 +50,7 @@ from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer, load_trainer_state
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs, position_ids
+from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 
 CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
@@ -378,6 +379,7 @@ def train_rl(
                     "perf/step_s": dt,
                     "perf/generate_s": t_gen,
                     "perf/tokens_per_s": float(ro.lengths.sum()) / dt,
+                    "perf/peak_memory_mib": peak_memory_mib(ro.input_ids.device),
                 }
             )
             if done % cfg.log.every == 0 or done == r.steps:

@@ -42,6 +42,7 @@ from reasonrl.tasks.prompts import R1_INSTRUCTION
 from reasonrl.tasks.sources import read_sft_pairs
 from reasonrl.tasks.traces import solution_text
 from reasonrl.train.checkpoint import checkpoint_dir, latest_checkpoint
+from reasonrl.train.memory import module_mib, peak_memory_mib
 
 SUMMARY_FILE = "summary.json"
 BEFORE_FILE = "eval_before.json"
@@ -133,6 +134,30 @@ def reward_scorers(cfg: RunConfig) -> dict[str, Any]:
         return {}
     # the same verifier instances the training rewards use (one copy of each reward model)
     return {t.name: t.verifier.raw_scores for t in reward_terms(cfg.rewards) if t.name in learned}
+
+
+def rl_memory(
+    cfg: RunConfig, policy: torch.nn.Module, ref: torch.nn.Module | None, critic: Any
+) -> dict[str, float]:
+    """MiB of every model an RL run holds: the policy, its trainable part and AdamW's two
+    moments of it, the reference (0 under LoRA: the adapter-disabled policy), the critic and its
+    optimizer state, and the reward models."""
+    from reasonrl.rewards.compose import reward_terms
+
+    trainable = module_mib(policy, trainable_only=True)
+    memory = {
+        "policy_mib": module_mib(policy),
+        "trainable_mib": trainable,
+        "optimizer_mib": 2 * trainable,
+        "reference_mib": module_mib(ref) if ref is not None else 0.0,
+        "critic_mib": module_mib(critic) if critic is not None else 0.0,
+        "critic_optimizer_mib": 2 * module_mib(critic, True) if critic is not None else 0.0,
+    }
+    reward_models = [getattr(t.verifier, "model", None) for t in reward_terms(cfg.rewards)]
+    memory["reward_models_mib"] = sum(
+        module_mib(m) for m in reward_models if isinstance(m, torch.nn.Module)
+    )
+    return memory
 
 
 def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
@@ -273,6 +298,11 @@ def run(
                 ref = copy.deepcopy(model) if resume_from is None else load_base(cfg.model, device)
                 ref.eval().requires_grad_(False)
             critic = build_critic(cfg, resume_from, device)
+            memory = rl_memory(cfg, model, ref, critic)
+            console.print(
+                "weights in memory (MiB): "
+                + ", ".join(f"{k.removesuffix('_mib')} {v:.1f}" for k, v in memory.items())
+            )
             prompts = [render(s) for s in train]
             steps = train_rl(
                 cfg,
@@ -288,6 +318,7 @@ def run(
                 on_step,
                 critic,
             )
+            memory[f"peak_{device.type}_mib"] = peak_memory_mib(device)
         save_model(model, tokenizer, run_dir / MODEL_DIR, cfg.model.lora)
         after = run_eval("after") if cfg.eval.after else None
         if after is not None:
@@ -302,6 +333,8 @@ def run(
         "wall_s": time.time() - t0,
         "model_dir": str(run_dir / MODEL_DIR),
     }
+    if cfg.stage == "rl":
+        summary["memory"] = memory
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     from reasonrl.report import build_report

@@ -92,6 +92,13 @@ def test_end_to_end_run_learns_and_writes_every_artifact(tmp_path, monkeypatch):
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert load_config(run_dir / "config.yaml") == cfg
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-12", "step-6"]
+    memory = saved["memory"]  # full fine-tuning: a frozen copy of the policy is the reference
+    assert memory["reference_mib"] == memory["policy_mib"] > 1
+    assert memory["optimizer_mib"] == 2 * memory["trainable_mib"] > 0
+    assert memory["critic_mib"] == memory["reward_models_mib"] == 0
+    assert memory["peak_cpu_mib"] > memory["policy_mib"] + memory["optimizer_mib"]
+    peaks = [m["perf/peak_memory_mib"] for m in metrics]
+    assert peaks == sorted(peaks) and peaks[-1] <= memory["peak_cpu_mib"]
 
 
 def _cli(run_dir, overrides, *extra):
