@@ -300,6 +300,8 @@ class RMConfig(PairTrainingConfig):
     head: Literal["value", "classification"] = "value"  # value: the causal LM's decoder with a
     # scalar head (reasonrl.models.value); classification: AutoModelForSequenceClassification
     margin: float = Field(0.0, ge=0)  # required score gap (Llama-2's margin loss); 0: plain BT
+    pool: Literal["last", "mean"] = "last"  # value head: the score at the last token, or the
+    # mean of every response token's score (reasonrl.models.reward)
 
 
 class DPOConfig(PairTrainingConfig):

@@ -1,4 +1,4 @@
-"""Reward models: a sequence's score, read at its last position.
+"""Reward models: a sequence's score, read at its last position (or averaged over its response).
 
 Two heads (``rm.head``): ``value`` is a causal LM's decoder with a scalar head
 (:class:`reasonrl.models.value.ValueModel`, saved as the decoder plus ``value_head.pt``);
@@ -6,6 +6,11 @@ Two heads (``rm.head``): ``value`` is a causal LM's decoder with a scalar head
 ordinary ``*ForSequenceClassification`` checkpoint that other libraries load as they are.
 Either starts from any causal LM checkpoint with a new head. Batches are left-padded, so the
 last column is every sequence's last token (its EOS, as the pairs are encoded).
+
+Pooling (``rm.pool``, value head only): ``last`` reads the score at the last token, as usual;
+``mean`` averages the head's score over every response token, so a flaw is scored where it
+is (one wrong step in a chain) rather than having to be carried to the end of the sequence.
+The pooling is saved in the decoder's config (``reward_pool``) and restored on load.
 """
 
 from __future__ import annotations
@@ -22,15 +27,21 @@ from reasonrl.models.value import HEAD_FILE, ValueModel
 from reasonrl.train.forward import position_ids
 
 HEADS = ("value", "classification")
+POOLS = ("last", "mean")
 
 
 class RewardModel(torch.nn.Module):
     """A scalar score per left-padded sequence, from either head."""
 
-    def __init__(self, model: torch.nn.Module, head: str) -> None:
+    def __init__(self, model: torch.nn.Module, head: str, pool: str = "last") -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ConfigError(f"unknown reward-model pooling {pool!r} (one of {POOLS})")
+        if pool != "last" and head != "value":
+            raise ConfigError(f"pool={pool!r} needs the value head (classification reads the last)")
         self.model = model
         self.head = head
+        self.pool = pool
 
     def _decoder(self) -> torch.nn.Module:
         # The decoder and the score layer directly, not the HF classifier's forward: its pooling
@@ -40,19 +51,41 @@ class RewardModel(torch.nn.Module):
         return getattr(self.model, self.model.base_model_prefix)
 
     def _score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, H] → [N] float32."""
+        """hidden: [..., H] → [...] float32."""
         layer = self.model.head if self.head == "value" else self.model.score
         return layer(hidden).squeeze(-1).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores at the last position. input_ids, attention_mask: [B, L] → [B] float32."""
+    def _pooled(self, hidden: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, H], response_mask [N, L] (1 on response tokens) → [N] scores."""
+        if self.pool == "last":  # the last response token (responses are never empty)
+            last = response_mask.shape[1] - 1 - response_mask.flip(1).argmax(1)
+            return self._score(hidden[torch.arange(hidden.shape[0]), last])
+        mask = response_mask.float()
+        return (self._score(hidden) * mask).sum(1) / mask.sum(1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores of left-padded sequences. input_ids, attention_mask: [B, L] → [B] float32.
+        ``response_lengths`` [B]: how many of each row's last tokens are its response (needed by
+        ``mean`` pooling; ``last`` reads the last column)."""
         hidden = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
         ).last_hidden_state
-        return self._score(hidden[:, -1])
+        if self.pool == "last":
+            return self._score(hidden[:, -1])
+        if response_lengths is None:
+            raise ValueError("mean pooling needs the response lengths")
+        width = input_ids.shape[1]
+        columns = torch.arange(width, device=input_ids.device)
+        response_mask = columns >= width - response_lengths.to(input_ids.device)[:, None]
+        return self._pooled(hidden, response_mask)
 
     def score_responses(
         self,
@@ -85,11 +118,11 @@ class RewardModel(torch.nn.Module):
             cache=cache,
             use_cache=True,
         ).last_hidden_state
-        last = response_mask.sum(1) - 1
-        return self._score(hidden[torch.arange(b * k), last]).view(b, k)
+        return self._pooled(hidden, response_mask).view(b, k)
 
     def save_pretrained(self, path: str | Path) -> None:
         """HF format: the decoder and value_head.pt, or a *ForSequenceClassification model."""
+        self._decoder().config.reward_pool = self.pool
         self.model.save_pretrained(path)
 
 
@@ -108,10 +141,12 @@ def load_reward_model(
     head: str | None = None,
     dtype: str = "float32",
     device: torch.device | str | None = None,
+    pool: str | None = None,
 ) -> RewardModel:
-    """A saved reward model (its head detected), or a new one from a causal LM checkpoint with
-    ``head`` ("value" or "classification") freshly initialised. ``path``: "bundled", a local
-    directory or a hub id; ``device`` None picks CUDA when available."""
+    """A saved reward model (its head and pooling detected), or a new one from a causal LM
+    checkpoint with ``head`` ("value" or "classification") freshly initialised and ``pool``
+    ("last" by default, or "mean"). ``path``: "bundled", a local directory or a hub id;
+    ``device`` None picks CUDA when available."""
     if head not in (None, *HEADS):
         raise ConfigError(f"unknown reward-model head {head!r} (one of {HEADS})")
     path = resolve_model_path(path)
@@ -138,7 +173,12 @@ def load_reward_model(
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = tensor.data.clone()
-    return RewardModel(model, head).to(device or pick_device("auto"))
+    rm = RewardModel(model, head)
+    saved_pool = getattr(rm._decoder().config, "reward_pool", None) if found else None
+    if pool is not None and saved_pool is not None and pool != saved_pool:
+        raise ConfigError(f"{path} holds a reward model with {saved_pool!r} pooling, not {pool!r}")
+    rm = RewardModel(model, head, pool or saved_pool or "last")
+    return rm.to(device or pick_device("auto"))
 
 
 def pad_left(

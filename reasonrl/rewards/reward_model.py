@@ -100,8 +100,9 @@ class RewardModelVerifier:
                 )
             ]
             ids, mask = pad_left([p for p, _ in rows], [c for _, c in rows], tok.pad_token_id)
+            lengths = torch.tensor([len(c) for _, c in rows])
             with torch.no_grad():
-                scores.extend(self.model(ids.to(device), mask.to(device)).tolist())
+                scores.extend(self.model(ids.to(device), mask.to(device), lengths).tolist())
         return scores
 
     def batch(self, completions: Sequence[str], samples: Sequence[Sample]) -> list[RewardResult]:

@@ -53,7 +53,7 @@ def pair_scores(
     if not any(prompts):
         responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         ids, mask = pad_left(prompts + prompts, responses, pad_id)
-        scores = rm(ids.to(device), mask.to(device))
+        scores = rm(ids.to(device), mask.to(device), torch.tensor([len(r) for r in responses]))
         return scores[: len(pairs)], scores[len(pairs) :]
     batch = (
         *pad_left(prompts, [[] for _ in pairs], pad_id),
@@ -195,7 +195,7 @@ def run_rm_stage(
     # Only generated pairs are made from the task's problems.
     train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
     tokenizer = load_tokenizer(path)
-    rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device)
+    rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
     train_pairs, cut_train = encode_pairs(train_text, tokenizer, data.max_length)

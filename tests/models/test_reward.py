@@ -120,3 +120,38 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(head):
         grads.append([p.grad.clone() for p in rm.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_mean_pooling_averages_the_response_tokens_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head="value", device="cpu", pool="mean").eval()
+    torch.nn.init.normal_(rm.model.head.weight, std=0.1)
+    prompts, responses = _batch(tok)
+    lengths = torch.tensor([len(r) for r in responses])
+    ids, mask = pad_left(prompts, responses, tok.pad_token_id)
+    with torch.no_grad():
+        scores = rm(ids, mask, lengths)
+        hidden = rm.model.decoder(
+            input_ids=ids[:1, -len(prompts[0] + responses[0]) :]
+        ).last_hidden_state
+        per_token = rm.model.head(hidden).squeeze(-1)[0]
+    # by hand: the mean of the head over the first row's response positions
+    torch.testing.assert_close(scores[0], per_token[-len(responses[0]) :].mean(), rtol=0, atol=1e-5)
+    fast = rm.score_responses(
+        *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
+        *pad_right([(r,) for r in responses], tok.pad_token_id),
+    )
+    torch.testing.assert_close(fast.flatten(), scores, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="response lengths"):
+        rm(ids, mask)
+
+    rm.save_pretrained(tmp_path / "rm")
+    again = load_reward_model(str(tmp_path / "rm"), device="cpu").eval()
+    assert again.pool == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, mask, lengths), scores, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="'mean' pooling, not 'last'"):
+        load_reward_model(str(tmp_path / "rm"), device="cpu", pool="last")
+    with pytest.raises(ConfigError, match="needs the value head"):
+        load_reward_model("bundled", head="classification", device="cpu", pool="mean")

@@ -25,11 +25,11 @@ COMPLETIONS = [
 PAIRED = [SAMPLES[i % 2] for i in range(len(COMPLETIONS))]
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
+@pytest.fixture(scope="module", params=["last", "mean"])
+def rm_dir(tmp_path_factory, request):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("rm") / "model"
-    rm = load_reward_model("bundled", head="value", device="cpu")
+    rm = load_reward_model("bundled", head="value", device="cpu", pool=request.param)
     torch.nn.init.normal_(rm.model.head.weight)  # a new head is all zeros: make scores differ
     rm.save_pretrained(path)
     load_tokenizer("bundled").save_pretrained(path)
@@ -41,9 +41,10 @@ def _direct_scores(path, completions, samples):
     rm = load_reward_model(path, device="cpu").eval()
     prompts = tok([render_prompt(s, tok) for s in samples], add_special_tokens=False)["input_ids"]
     outs = tok(list(completions), add_special_tokens=False)["input_ids"]
-    ids, mask = pad_left(prompts, [o + [tok.eos_token_id] for o in outs], tok.pad_token_id)
+    responses = [o + [tok.eos_token_id] for o in outs]
+    ids, mask = pad_left(prompts, responses, tok.pad_token_id)
     with torch.no_grad():
-        return rm(ids, mask).tolist()
+        return rm(ids, mask, torch.tensor([len(r) for r in responses])).tolist()
 
 
 def test_raw_scores_match_the_model_in_any_batch_size(rm_dir):
@@ -92,7 +93,8 @@ def test_long_inputs_keep_the_end_of_the_prompt(rm_dir):
     out = tok(COMPLETIONS[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     rm = load_reward_model(rm_dir, device="cpu").eval()
     with torch.no_grad():
-        cut = rm(*pad_left([prompt[-(16 - len(out)) :]], [out], tok.pad_token_id)).item()
+        ids, mask = pad_left([prompt[-(16 - len(out)) :]], [out], tok.pad_token_id)
+        cut = rm(ids, mask, torch.tensor([len(out)])).item()
     assert len(out) < 16 and result.score == pytest.approx(cut, abs=1e-5)
 
 
