@@ -29,11 +29,14 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def apply_lora(
-    model: torch.nn.Module, lora: LoRAConfig, adapter_dir: Path | None = None
+    model: torch.nn.Module,
+    lora: LoRAConfig,
+    adapter_dir: Path | None = None,
+    task_type: str | None = "CAUSAL_LM",
 ) -> PeftModel:
     """``model`` with new adapters shaped by ``lora`` (B = 0, so it computes what ``model``
     did), or with the trained adapters saved in ``adapter_dir`` (a checkpoint, to resume).
-    Only adapter parameters require grad."""
+    Only adapter parameters require grad. ``task_type`` None: a bare decoder (a reward model's)."""
     if adapter_dir is not None:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     config = LoraConfig(
@@ -41,7 +44,7 @@ def apply_lora(
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, config)
 

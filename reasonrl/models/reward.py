@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, LoRAConfig
 from reasonrl.models.loading import pick_device, resolve_model_path
+from reasonrl.models.lora import apply_lora, is_lora
 from reasonrl.models.value import HEAD_FILE, ValueModel
 from reasonrl.train.forward import position_ids
 
@@ -208,3 +209,23 @@ def pad_right(
             ids[i, j, : len(response)] = torch.tensor(response)
             mask[i, j, : len(response)] = 1
     return ids, mask
+
+
+def add_lora(rm: RewardModel, lora: LoRAConfig, checkpoint: Path | None = None) -> RewardModel:
+    """Low-rank adapters on a value-head reward model's decoder; the scalar head itself trains
+    in full. ``checkpoint``: a checkpoint of such a model (adapter + ``value_head.pt``) to
+    resume from, loaded onto ``rm``'s base weights. Saving writes the adapter and the head;
+    :func:`merge_lora` turns it back into a plain reward model."""
+    if rm.head != "value":
+        raise ConfigError("model.lora in the rm stage needs rm.head=value")
+    rm.model.decoder = apply_lora(rm.model.decoder, lora, checkpoint, task_type=None)
+    if checkpoint is not None:
+        rm.model.head.load_state_dict(torch.load(Path(checkpoint) / HEAD_FILE, weights_only=True))
+    return rm
+
+
+def merge_lora(rm: RewardModel) -> RewardModel:
+    """Fold the adapters of :func:`add_lora` into the decoder's weights (in place)."""
+    if is_lora(rm.model.decoder):
+        rm.model.decoder = rm.model.decoder.merge_and_unload()
+    return rm

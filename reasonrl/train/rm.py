@@ -22,7 +22,14 @@ from reasonrl.algos import bradley_terry_loss
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.logging import RunLogger, training_progress
 from reasonrl.models import load_tokenizer, pick_device
-from reasonrl.models.reward import RewardModel, load_reward_model, pad_left, pad_right
+from reasonrl.models.reward import (
+    RewardModel,
+    add_lora,
+    load_reward_model,
+    merge_lora,
+    pad_left,
+    pad_right,
+)
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
 from reasonrl.train.checkpoint import (
@@ -177,8 +184,8 @@ def run_rm_stage(
 ) -> dict[str, Any]:
     """The ``rm`` stage end to end: pairs, training, the saved model (``run_dir/model``), the
     held-out pairwise accuracy in ``summary.json``, and ``report.html``."""
-    if cfg.model.lora is not None:
-        raise ConfigError("model.lora is not supported by the rm stage yet: train every weight")
+    if cfg.model.lora is not None and cfg.rm.head != "value":
+        raise ConfigError("model.lora in the rm stage needs rm.head=value")
     if cfg.model.gradient_checkpointing:  # it turns off the KV cache that pair_scores shares
         raise ConfigError("model.gradient_checkpointing is not supported by the rm stage")
     console = console or Console()
@@ -195,7 +202,12 @@ def run_rm_stage(
     # Only generated pairs are made from the task's problems.
     train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
     tokenizer = load_tokenizer(path)
-    rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
+    lora = cfg.model.lora
+    if lora is None:
+        rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
+    else:  # the base weights, then new adapters or the checkpoint's
+        base = load_reward_model(cfg.model.path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
+        rm = add_lora(base, lora, resume_from)
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
     train_pairs, cut_train = encode_pairs(train_text, tokenizer, data.max_length)
@@ -213,7 +225,7 @@ def run_rm_stage(
     start_step = int(resume_from.name.split("-")[1]) if resume_from else None
     with RunLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=start_step) as logger:
         steps = train_rm(cfg, rm, tokenizer, train_pairs, eval_pairs, run_dir, logger, resume_from)
-    rm.save_pretrained(run_dir / MODEL_DIR)
+    merge_lora(rm).save_pretrained(run_dir / MODEL_DIR)  # a plain reward model, LoRA or not
     tokenizer.save_pretrained(run_dir / MODEL_DIR)
     final = evaluate_rm(rm, eval_pairs, tokenizer.pad_token_id, cfg.rm.micro_batch_pairs)
 

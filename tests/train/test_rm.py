@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -137,10 +138,39 @@ def test_pair_scores_share_the_prompt_or_fall_back_when_none_is_left():
     ("override", "message"),
     [
         ("model.gradient_checkpointing=true", "gradient_checkpointing"),
-        ("model.lora={r: 4}", "lora"),
+        ("model.lora={r: 4};rm.head=classification", "lora in the rm stage needs rm.head=value"),
     ],
 )
 def test_unsupported_model_options_fail_before_anything_runs(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        run_rm_stage(load_config("tiny-rm", [override]), tmp_path / "rm")
+        run_rm_stage(load_config("tiny-rm", override.split(";")), tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
+
+
+def test_lora_rm_trains_adapters_and_the_head_then_saves_a_plain_merged_model(tmp_path):
+    over = TINY + ["rm.steps=6", "rm.learning_rate=2e-3", "model.lora={r: 4, alpha: 8}"]
+    run_dir = tmp_path / "rm"
+    summary = run_rm_stage(load_config("tiny-rm", over + ["log.checkpoint_every=3"]), run_dir)
+    checkpoint = latest_checkpoint(run_dir)  # the adapter and the head, not the whole model
+    assert (checkpoint / "adapter_config.json").is_file() and (
+        checkpoint / "value_head.pt"
+    ).is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    rm = load_reward_model(summary["model_dir"], device="cpu")  # merged: a plain reward model
+    start = load_reward_model("bundled", "value", device="cpu")
+    moved = [
+        not torch.equal(a, b) for a, b in zip(rm.parameters(), start.parameters(), strict=True)
+    ]
+    assert any(moved) and not all(moved)  # embeddings and norms are not adapted
+    assert summary["eval"]["pairwise_accuracy"] > 0.5
+
+    # resume from step 3 reproduces the uninterrupted run's metrics
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_dir / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] <= 3]
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resumed = run_rm_stage(load_config("tiny-rm", over), cut, resume=True)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(cut / "metrics.jsonl")) == strip(read_jsonl(run_dir / "metrics.jsonl"))
+    assert resumed["eval"] == summary["eval"]
