@@ -22,10 +22,20 @@ def _correct(texts: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
     return [r.score == 1.0 for r in _checker().batch(texts, samples)]
 
 
+def _mean_ci(values: Sequence[float]) -> dict[str, float]:
+    mean, low, high = mean_ci(values, clip=False)
+    return {"mean": mean, "ci_low": low, "ci_high": high}
+
+
 def _per_task(
-    samples: Sequence[Sample], correct: Sequence[bool], per_problem: Sequence[int], k: int
+    samples: Sequence[Sample],
+    correct: Sequence[bool],
+    per_problem: Sequence[int],
+    k: int,
+    scores: Mapping[str, Sequence[float]],
 ) -> dict[str, dict[str, Any]]:
-    """Greedy accuracy (Wilson CI) and pass@k of each task of a mix (``meta["task"]``)."""
+    """Greedy accuracy (Wilson CI), pass@k and mean scores of each task of a mix
+    (``meta["task"]``)."""
     rows: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
         rows.setdefault(sample.meta.get("task", ""), []).append(i)
@@ -39,6 +49,8 @@ def _per_task(
         res.update(ci_low=low, ci_high=high, pass_at_k={})
         for kk in sorted({1, k}) if per_problem else ():
             res["pass_at_k"][str(kk)] = mean_ci([pass_at_k(k, per_problem[i], kk) for i in idx])[0]
+        if scores:
+            res["scores"] = {name: _mean_ci([v[i] for i in idx]) for name, v in scores.items()}
         out[task] = res
     return out
 
@@ -60,7 +72,7 @@ def evaluate(
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
     "examples": [...]}``, and for a task mix ``"tasks": {name: {"accuracy", "n", "ci_low",
-    "ci_high", "pass_at_k"}}``.
+    "ci_high", "pass_at_k", "scores"}}``.
     """
     if cfg.limit is not None:
         prompts, samples = prompts[: cfg.limit], samples[: cfg.limit]
@@ -81,11 +93,9 @@ def evaluate(
             for i in range(min(5, n))
         ],
     }
+    scores = {name: scorer(greedy.texts, samples) for name, scorer in (scorers or {}).items()}
     if scorers:
-        result["scores"] = {}
-        for name, scorer in scorers.items():
-            mean, lo, hi = mean_ci(scorer(greedy.texts, samples), clip=False)
-            result["scores"][name] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+        result["scores"] = {name: _mean_ci(values) for name, values in scores.items()}
     per_problem: list[int] = []
     if cfg.k >= 1:
         repeated = [p for p in prompts for _ in range(cfg.k)]
@@ -102,7 +112,7 @@ def evaluate(
             mean, lo, hi = mean_ci([pass_at_k(cfg.k, c, k) for c in per_problem])
             result["pass_at_k"][str(k)] = mean
             result["pass_at_k_ci"][str(k)] = [lo, hi]
-    tasks = _per_task(samples, correct, per_problem, cfg.k)
+    tasks = _per_task(samples, correct, per_problem, cfg.k, scores)
     if tasks:
         result["tasks"] = tasks
     return result

@@ -198,12 +198,14 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         per_task = {p: r["tasks"][task] for p, r in phases.items() if task in r.get("tasks", {})}
         _summary_rows(table, per_task, f" · {task}")
     console.print(table)
-    for phase in ("before", "after"):
-        for name, s in ((summary.get(phase) or {}).get("scores") or {}).items():
-            console.print(
-                f"{phase}: mean {name} score of the greedy completions {s['mean']:.3f} "
-                f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-            )
+    for phase, res in phases.items():
+        parts = [(phase, res)] + [(f"{phase} · {t}", r) for t, r in res.get("tasks", {}).items()]
+        for label, part in parts:
+            for name, s in (part.get("scores") or {}).items():
+                console.print(
+                    f"{label}: mean {name} score of the greedy completions {s['mean']:.3f} "
+                    f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+                )
 
 
 def run(

@@ -39,8 +39,9 @@ def test_a_task_mix_is_also_reported_per_task():
     ]
     prompts = [render_prompt(s, tok) for s in samples]
     cfg = EvalConfig(k=4, sampling=SamplingConfig(max_new_tokens=24))
-    result = evaluate(engine, prompts, samples, cfg)
+    result = evaluate(engine, prompts, samples, cfg, {"one": lambda texts, _: [1.0] * len(texts)})
     tasks = result["tasks"]
+    assert tasks["easy"]["scores"]["one"]["mean"] == tasks["hard"]["scores"]["one"]["mean"] == 1
     assert {t: r["n"] for t, r in tasks.items()} == {"hard": 3, "easy": 2}
     weighted = sum(r["accuracy"] * r["n"] for r in tasks.values()) / 5
     assert math.isclose(weighted, result["accuracy"])
