@@ -320,6 +320,8 @@ class RewardSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the verifier
     gate: str | None = None  # count this term only where the term named here scored ≥ gate_min
     gate_min: float = 1.0
+    tasks: list[str] | None = None  # score only samples of these tasks (names in a task.mix);
+    # elsewhere the term is skipped: not computed, and it adds nothing to the total
 
     @model_validator(mode="before")
     @classmethod
@@ -365,6 +367,17 @@ class RunConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _reward_tasks_exist(self) -> RunConfig:
+        names = [t.name for t in self.task.mix]
+        for name, spec in self.rewards.items():
+            unknown = sorted(set(spec.tasks or ()) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"reward {name!r} scores tasks {unknown}, which are not in task.mix {names}"
+                )
+        return self
 
     def derived_sizes(self) -> dict[str, int]:
         """The totals implied by the per-unit sizes, printed at the start of a run."""

@@ -7,13 +7,14 @@ from typing import Any, Literal, Protocol
 
 from reasonrl.tasks.base import Sample
 
-Status = Literal["ok", "wrong", "unparsed", "timeout", "error"]
+Status = Literal["ok", "wrong", "unparsed", "timeout", "error", "skipped"]
 
 
 @dataclass(frozen=True)
 class RewardResult:
     """score: the reward, or None when it could not be computed (the checker timed out or
-    failed: status ``timeout`` or ``error``); status says why; details are for the logs."""
+    failed: status ``timeout`` or ``error``) or was not asked for (``skipped``: the term does
+    not score this sample's task); status says why; details are for the logs."""
 
     score: float | None
     status: Status

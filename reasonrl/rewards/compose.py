@@ -3,7 +3,9 @@
 A term whose verifier could not score (None) makes the completion's total NaN, which the
 advantage computation masks out of its group statistics; it is counted, never scored 0.
 A gated term counts only where its gate term scored at least ``gate_min`` (e.g. format reward
-only for correct answers), so a policy cannot farm it on wrong answers.
+only for correct answers), so a policy cannot farm it on wrong answers. A term limited to some
+``tasks`` of a mix (a reward model for one task, a checker for another) is skipped on the other
+samples: not computed, NaN in its component, and nothing added to the total.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class RewardTerm:
     weight: float
     gate: str | None = None
     gate_min: float = 1.0
+    tasks: tuple[str, ...] | None = None
+
+    def applies(self, sample: Sample) -> bool:
+        return self.tasks is None or sample.meta.get("task") in self.tasks
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,21 @@ class ScoredBatch:
     components: dict[str, list[float]]
     results: dict[str, list[RewardResult]]
 
+    def uncomputed(self, name: str, rows: Sequence[int] | None = None) -> int:
+        """How many of ``rows`` (default all) term ``name`` failed to score (None, not skipped)."""
+        results = self.results[name]
+        rows = range(len(results)) if rows is None else rows
+        return sum(results[i].score is None and results[i].status != "skipped" for i in rows)
+
     def metrics(self) -> dict[str, float]:
         """``reward/<term>`` (mean over computed scores), ``reward/<term>/uncomputed`` (count of
-        None scores) for every term, and ``reward/uncomputed`` (completions with a NaN total)."""
+        scores that failed; skipped ones are not counted) for every term, and
+        ``reward/uncomputed`` (completions with a NaN total)."""
         out: dict[str, float] = {}
         for name, scores in self.components.items():
             valid = [s for s in scores if not math.isnan(s)]
             out[f"reward/{name}"] = sum(valid) / len(valid) if valid else math.nan
-            out[f"reward/{name}/uncomputed"] = float(len(scores) - len(valid))
+            out[f"reward/{name}/uncomputed"] = float(self.uncomputed(name))
         out["reward/uncomputed"] = float(sum(math.isnan(t) for t in self.total))
         return out
 
@@ -63,7 +76,8 @@ def build_terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
     terms = []
     for name, spec in _REWARDS.validate_python(dict(specs)).items():
         verifier = get_verifier(spec.verifier or name, **spec.options)
-        terms.append(RewardTerm(name, verifier, spec.weight, spec.gate, spec.gate_min))
+        tasks = tuple(spec.tasks) if spec.tasks is not None else None
+        terms.append(RewardTerm(name, verifier, spec.weight, spec.gate, spec.gate_min, tasks))
     return terms
 
 
@@ -112,7 +126,7 @@ def score_batch(
     if len(completions) != len(samples):
         raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
     terms = reward_terms(weights)
-    results = {t.name: _score(t.verifier, completions, samples, lengths) for t in terms}
+    results = {t.name: _score_applicable(t, completions, samples, lengths) for t in terms}
     components = {
         name: [math.nan if r.score is None else r.score for r in rs] for name, rs in results.items()
     }
@@ -120,12 +134,40 @@ def score_batch(
     for i in range(len(completions)):
         value = 0.0
         for t in terms:
-            if t.weight == 0:
+            if t.weight == 0 or results[t.name][i].status == "skipped":
                 continue
             term = t.weight * components[t.name][i]
             if t.gate is not None:
-                gate = components[t.gate][i]
-                term = math.nan if math.isnan(gate) else term if gate >= t.gate_min else 0.0
+                gate, skipped = components[t.gate][i], results[t.gate][i].status == "skipped"
+                if skipped or (not math.isnan(gate) and gate < t.gate_min):
+                    term = 0.0
+                elif math.isnan(gate):
+                    term = math.nan
             value += term
         total.append(value)
     return ScoredBatch(total, components, results)
+
+
+_SKIPPED = RewardResult(None, "skipped")
+
+
+def _score_applicable(
+    term: RewardTerm,
+    completions: Sequence[str],
+    samples: Sequence[Sample],
+    lengths: Sequence[int] | None,
+) -> list[RewardResult]:
+    """The term's results, the samples of tasks it does not score skipped (never computed)."""
+    rows = [i for i, s in enumerate(samples) if term.applies(s)]
+    if len(rows) == len(samples):
+        return _score(term.verifier, completions, samples, lengths)
+    scored = _score(
+        term.verifier,
+        [completions[i] for i in rows],
+        [samples[i] for i in rows],
+        None if lengths is None else [lengths[i] for i in rows],
+    )
+    results = [_SKIPPED] * len(samples)
+    for i, result in zip(rows, scored, strict=True):
+        results[i] = result
+    return results

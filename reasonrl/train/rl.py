@@ -64,6 +64,7 @@ class StepBatch:
     samples: list[Sample]
     rewards: torch.Tensor  # [P, G] weighted total, NaN where a component could not be computed
     components: dict[str, list[float]]  # each reward component per completion
+    uncomputed: dict[str, int]  # per component, the scores that could not be computed
     rounds: int  # generation rounds used (more than 1 only with dynamic sampling)
 
 
@@ -84,6 +85,7 @@ def collect(
     kept_samples: list[Sample] = []
     kept_rewards: list[torch.Tensor] = []
     components: dict[str, list[float]] = {}
+    uncomputed: dict[str, int] = {}
     rounds = 0
     while rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
         # Round k > 0 draws from its own deterministic stream, so resume stays exact.
@@ -107,13 +109,20 @@ def collect(
         kept_rewards += [rewards[g] for g in keep]
         for name, values in scored.components.items():
             components.setdefault(name, []).extend(values[i] for i in rows)
+            uncomputed[name] = uncomputed.get(name, 0) + scored.uncomputed(name, rows)
         rounds += 1
         if len(kept_rewards) >= want:
             break
     if not kept_rewards:  # every group was degenerate: train on the last round (zero advantage)
-        return StepBatch(rollout, batch, rewards, scored.components, rounds)
+        failed = {name: scored.uncomputed(name) for name in scored.components}
+        return StepBatch(rollout, batch, rewards, scored.components, failed, rounds)
     return StepBatch(
-        concat_rollouts(parts, pad_id), kept_samples, torch.stack(kept_rewards), components, rounds
+        concat_rollouts(parts, pad_id),
+        kept_samples,
+        torch.stack(kept_rewards),
+        components,
+        uncomputed,
+        rounds,
     )
 
 
@@ -423,10 +432,7 @@ def step_metrics(
         "reward/mean": float(valid.mean()) if valid.numel() else float("nan"),
         "reward/std": float(valid.std()) if valid.numel() > 1 else 0.0,
         **{f"reward/{k}": _nanmean(v) for k, v in batch.components.items()},
-        **{
-            f"reward/{k}/uncomputed": sum(math.isnan(x) for x in v)
-            for k, v in batch.components.items()
-        },
+        **{f"reward/{k}/uncomputed": n for k, n in batch.uncomputed.items()},
         "reward/uncomputed": int(torch.isnan(flat).sum()),
         "groups/all_equal": float(
             sum(not _has_signal(g) for g in rewards) / max(1, rewards.shape[0])

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from reasonrl.config import ConfigError, RewardSpec
+from reasonrl.config import ConfigError, RewardSpec, validate_config
 from reasonrl.rewards import RewardResult, score_batch
 from reasonrl.tasks import Sample
 
@@ -106,3 +106,44 @@ def test_errors():
         score_batch(["x"], [S], {"format": RewardSpec(gate="answer")})
     with pytest.raises(ValueError, match="2 completions for 1 samples"):
         score_batch(["x", "y"], [S], {"answer": 1.0})
+
+
+def test_a_term_limited_to_some_tasks_is_skipped_elsewhere_not_counted_missing():
+    math_q = Sample("1 + 1 =", "2", {"task": "math"})
+    code_q = Sample("f(0) = 1", "", {"task": "code"})
+    rewards = {
+        "answer": 1.0,
+        "judge": {"weight": 0.5, "verifier": f"{__name__}:_JUDGE", "tasks": ["math"]},
+        "bonus": {"weight": 1.0, "verifier": f"{__name__}:_JUDGE", "gate": "judge", "gate_min": 1},
+    }
+    _JUDGE_CALLS.clear()
+    scored = score_batch(["<answer>2</answer>", "<answer>3</answer>"], [math_q, code_q], rewards)
+    # bonus saw both problems, judge only the math one
+    assert sorted(_JUDGE_CALLS) == ["1 + 1 =", "1 + 1 =", "f(0) = 1"]
+    assert scored.results["judge"][1].status == "skipped"
+    assert math.isnan(scored.components["judge"][1])
+    # math: 1 + 0.5·2 + 2 (gate passed); code: 0 + skipped + 0 (its gate was skipped)
+    assert scored.total == [4.0, 0.0]
+    metrics = scored.metrics()
+    assert metrics["reward/judge"] == 2.0 and metrics["reward/judge/uncomputed"] == 0
+    assert metrics["reward/uncomputed"] == 0
+
+
+_JUDGE_CALLS: list[str] = []
+
+
+def _JUDGE(completion, sample):  # noqa: N802 - a verifier found by import path
+    _JUDGE_CALLS.append(sample.prompt)
+    return RewardResult(2.0, "ok")
+
+
+def test_reward_tasks_must_name_tasks_of_the_mix():
+    mix = {"mix": [{"name": "chain_sum"}, {"source": "procedural", "name": "linear_function"}]}
+    rewards = {"rm": {"verifier": "answer", "tasks": ["chain_sum"]}}
+    assert validate_config({"task": mix, "rewards": rewards}, "t").rewards["rm"].tasks == [
+        "chain_sum"
+    ]
+    with pytest.raises(
+        ConfigError, match=r"scores tasks \['chainsum'\], which are not in task.mix"
+    ):
+        validate_config({"task": mix, "rewards": {"rm": {"tasks": ["chainsum"]}}}, "t")
