@@ -195,7 +195,7 @@ def print_pipeline(console: Console, rows: list[dict[str, Any]]) -> None:
     """One line per stage: held-out accuracy before → after (or the RM's pairwise accuracy)."""
     table = Table(title="stages")
     for col in ("stage", "kind", "steps", "before", "after", "change", "wall"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "stage")
     for r in rows:
         before, after = r["before"].get("accuracy"), r["after"].get("accuracy")
         if r.get("eval"):
