@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -50,19 +52,25 @@ def _load(recipe: str | None, overrides: list[str] | None) -> RunConfig:
         raise  # unreachable; keeps type checkers happy
 
 
+@contextmanager
+def _training(where: str) -> Iterator[None]:
+    """A bad configuration is an error message; Ctrl-C (after the trainer's checkpoint) says
+    where the checkpoint is and how to continue."""
+    try:
+        yield
+    except ConfigError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err_console.print(f"\ninterrupted: checkpoint saved {where}; continue with --resume")
+        raise typer.Exit(130) from None
+
+
 def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> None:
     from reasonrl.train.run import run
 
     run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
-    try:
+    with _training(f"in {run_dir}/checkpoints"):
         run(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
-    except ConfigError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        err_console.print(
-            f"\ninterrupted: checkpoint saved in {run_dir}/checkpoints; continue with --resume"
-        )
-        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -86,17 +94,10 @@ def run(
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
     run_dir = out or Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
-    try:
+    with _training(f"under {run_dir}"):
         run_pipeline(
             recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console
         )
-    except ConfigError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        err_console.print(
-            f"\ninterrupted: checkpoints saved under {run_dir}; continue with --resume"
-        )
-        raise typer.Exit(130) from None
 
 
 @app.command()
