@@ -59,13 +59,23 @@ def load_tokenizer(path: str) -> Any:
 
 
 def load_model(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
-    """The causal LM named by ``cfg`` in the configured dtype, on ``device``."""
+    """The causal LM named by ``cfg`` in the configured dtype, on ``device``.
+
+    The weights are copied out of the checkpoint file: transformers maps safetensors files into
+    memory, so weights that are never written (a LoRA base, a frozen reference, an evaluated
+    model) would change if the file were rewritten in place while they are in use (``cp`` over
+    a model directory does that)."""
     dtype = getattr(torch, cfg.dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), dtype=dtype)
     except OSError as e:
         raise ConfigError(f"could not load a model from {cfg.path!r}: {e}") from e
-    return model.to(device or pick_device(cfg.device))
+    model = model.to(device or pick_device(cfg.device))
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu":  # on an accelerator it is a copy already
+                tensor.data = tensor.data.clone()
+    return model
 
 
 def init_model(init: ModelInit, tokenizer: Any, dtype: str = "float32") -> torch.nn.Module:

@@ -78,13 +78,9 @@ def reference_model(
 
 
 def load_base(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
-    """The model at ``cfg.path`` as plain weights: an adapter directory is loaded onto its base
-    model (itself possibly an adapter) and merged into it.
-
-    The weights are copied out of the checkpoint file. transformers maps safetensors files into
-    memory, so weights that are never written — a LoRA base, a frozen reference — would change
-    if the file were rewritten in place during the run (``cp`` over a model directory does that).
-    """
+    """The model at ``cfg.path`` as plain weights (copied out of the checkpoint file, as by
+    :func:`load_model`): an adapter directory is loaded onto its base model (itself possibly an
+    adapter) and merged into it."""
     path = resolve_model_path(cfg.path)
     adapter_config = Path(path) / ADAPTER_CONFIG
     if adapter_config.is_file():
@@ -94,10 +90,6 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.
         model.name_or_path = path  # what an adapter trained on top names as its base
     else:
         model = load_model(cfg, device)
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.device.type == "cpu":  # on an accelerator it is a copy already
-                tensor.data = tensor.data.clone()
     return model
 
 
