@@ -83,7 +83,8 @@ def test_memory_bomb_fails_with_memory_error(client):
         while True:
             hog.append(bytearray(64 << 20))
     """
-    verdict = evaluate(client, code, CHECK_ONE)
+    # A generous deadline: on a loaded machine filling the memory limit takes seconds.
+    verdict = evaluate(client, code, CHECK_ONE, timeout=30.0)
     assert verdict.status == "failed"
     assert "MemoryError" in verdict.details[0].reason
     result = run(client, "x = bytearray(300 << 20)", memory_limit_MB=256)

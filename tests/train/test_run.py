@@ -113,7 +113,12 @@ def _cli(run_dir, overrides, *extra):
         str(run_dir),
         *extra,
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a pytest started in the background (`cmd &`)
+    # passes it on ignored, and Python then never raises KeyboardInterrupt.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore
+    )
 
 
 def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
