@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from reasonrl.config import LogConfig
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -167,6 +169,36 @@ class Checkpointer:
         self.every, self.keep, self.extra, self.save_more = every, keep, extra, save_more
         self.done = start
         self.rng = rng_state()
+
+    @classmethod
+    def for_run(
+        cls,
+        run_dir: Path,
+        model: Any,
+        tokenizer: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        log: LogConfig,
+        resume_from: Path | None,
+        save_more: Callable[[Path], None] | None = None,
+    ) -> tuple[Checkpointer, dict[str, Any]]:
+        """A loop's checkpointer, after restoring optimizer, scheduler and RNG from
+        ``resume_from`` when there is one; returns it with that checkpoint's ``extra``."""
+        start, extra = 0, {}
+        if resume_from is not None:
+            start, extra = load_trainer_state(resume_from, optimizer, scheduler)
+        ckpt = cls(
+            run_dir,
+            model,
+            tokenizer,
+            optimizer,
+            scheduler,
+            start=start,
+            every=log.checkpoint_every,
+            keep=log.keep_checkpoints,
+            save_more=save_more,
+        )
+        return ckpt, extra
 
     def step_done(self, step: int) -> None:
         self.done = step + 1

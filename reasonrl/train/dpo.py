@@ -26,7 +26,7 @@ from reasonrl.algos import dpo_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
 from reasonrl.tasks.preferences import EncodedPair
-from reasonrl.train.checkpoint import Checkpointer, load_trainer_state, optimizer_step
+from reasonrl.train.checkpoint import Checkpointer, optimizer_step
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -111,27 +111,19 @@ def train_dpo(
     pad = tokenizer.pad_token_id
     optimizer = build_optimizer(model.parameters(), d.learning_rate, d.weight_decay)
     scheduler = warmup_cosine(optimizer, d.warmup_steps, d.steps, d.min_lr_ratio)
-    start = 0
+    ckpt, extra = Checkpointer.for_run(
+        run_dir, model, tokenizer, optimizer, scheduler, cfg.log, resume_from
+    )
+    start = ckpt.done
     if resume_from is not None:
-        start, extra = load_trainer_state(resume_from, optimizer, scheduler)
         ref_train, ref_eval = extra["ref_train"], extra["ref_eval"]
         if (len(ref_train), len(ref_eval)) != (len(train_pairs), len(eval_pairs)):
             raise ValueError(f"{resume_from} was trained on other preference pairs")
     else:  # the model before its first update is the reference
         ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad)
         ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
+    ckpt.extra = {"ref_train": ref_train, "ref_eval": ref_eval}  # kept in every checkpoint
     model.train()
-    ckpt = Checkpointer(
-        run_dir,
-        model,
-        tokenizer,
-        optimizer,
-        scheduler,
-        start=start,
-        every=cfg.log.checkpoint_every,
-        keep=cfg.log.keep_checkpoints,
-        extra={"ref_train": ref_train, "ref_eval": ref_eval},
-    )
 
     def held_out() -> dict[str, float]:
         policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)

@@ -47,7 +47,7 @@ from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
-from reasonrl.train.checkpoint import Checkpointer, load_trainer_state
+from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs, position_ids
 from reasonrl.train.memory import peak_memory_mib
@@ -276,29 +276,19 @@ def train_rl(
         critic_opt = build_optimizer(
             critic.parameters(), algo.critic_learning_rate, r.weight_decay, r.adam_betas
         )
-    start = 0
-    if resume_from is not None:
-        start, _ = load_trainer_state(resume_from, optimizer, scheduler)
-        if critic_opt is not None:
-            critic_opt.load_state_dict(torch.load(resume_from / CRITIC_OPTIMIZER))
-    policy.train()
 
     def save_critic(path: Path) -> None:
         if critic is not None and critic_opt is not None:
             critic.save_pretrained(path / CRITIC_DIR)
             torch.save(critic_opt.state_dict(), path / CRITIC_OPTIMIZER)
 
-    ckpt = Checkpointer(
-        run_dir,
-        policy,
-        tokenizer,
-        optimizer,
-        scheduler,
-        start=start,
-        every=cfg.log.checkpoint_every,
-        keep=cfg.log.keep_checkpoints,
-        save_more=save_critic,
+    ckpt, _ = Checkpointer.for_run(
+        run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic
     )
+    start = ckpt.done
+    if resume_from is not None and critic_opt is not None:
+        critic_opt.load_state_dict(torch.load(resume_from / CRITIC_OPTIMIZER))
+    policy.train()
 
     def logp_of(model: torch.nn.Module) -> Callable[[Rollout], torch.Tensor]:
         return lambda mb: completion_logprobs(

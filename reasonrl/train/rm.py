@@ -35,7 +35,6 @@ from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preferenc
 from reasonrl.train.checkpoint import (
     Checkpointer,
     latest_checkpoint,
-    load_trainer_state,
     optimizer_step,
 )
 from reasonrl.train.data import step_indices
@@ -118,20 +117,11 @@ def train_rm(
     pad_id = tokenizer.pad_token_id
     optimizer = build_optimizer(rm.parameters(), s.learning_rate, s.weight_decay)
     scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
-    start = 0
-    if resume_from is not None:
-        start, _ = load_trainer_state(resume_from, optimizer, scheduler)
-    rm.train()
-    ckpt = Checkpointer(
-        run_dir,
-        rm,
-        tokenizer,
-        optimizer,
-        scheduler,
-        start=start,
-        every=cfg.log.checkpoint_every,
-        keep=cfg.log.keep_checkpoints,
+    ckpt, _ = Checkpointer.for_run(
+        run_dir, rm, tokenizer, optimizer, scheduler, cfg.log, resume_from
     )
+    start = ckpt.done
+    rm.train()
     if start == 0:
         logger.log(0, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
     with ckpt.on_interrupt(), training_progress(s.steps, "rm", start) as bar:

@@ -17,7 +17,7 @@ import torch
 from reasonrl.algos import sft_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
-from reasonrl.train.checkpoint import Checkpointer, load_trainer_state, optimizer_step
+from reasonrl.train.checkpoint import Checkpointer, optimizer_step
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -65,20 +65,11 @@ def train_sft(
     ]
     optimizer = build_optimizer(model.parameters(), s.learning_rate, s.weight_decay)
     scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
-    start = 0
-    if resume_from is not None:
-        start, _ = load_trainer_state(resume_from, optimizer, scheduler)
-    model.train()
-    ckpt = Checkpointer(
-        run_dir,
-        model,
-        tokenizer,
-        optimizer,
-        scheduler,
-        start=start,
-        every=cfg.log.checkpoint_every,
-        keep=cfg.log.keep_checkpoints,
+    ckpt, _ = Checkpointer.for_run(
+        run_dir, model, tokenizer, optimizer, scheduler, cfg.log, resume_from
     )
+    start = ckpt.done
+    model.train()
     with ckpt.on_interrupt(), training_progress(s.steps, "sft", start) as bar:
         for step in range(start, s.steps):
             t0 = time.perf_counter()
