@@ -174,8 +174,9 @@ def load_reward_model(
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = tensor.data.clone()
-    rm = RewardModel(model, head)
-    saved_pool = getattr(rm._decoder().config, "reward_pool", None) if found else None
+    # save_pretrained writes the pooling into the decoder's config, which a classifier shares
+    config = model.decoder.config if head == "value" else model.config
+    saved_pool = getattr(config, "reward_pool", None) if found else None
     if pool is not None and saved_pool is not None and pool != saved_pool:
         raise ConfigError(f"{path} holds a reward model with {saved_pool!r} pooling, not {pool!r}")
     rm = RewardModel(model, head, pool or saved_pool or "last")
