@@ -302,6 +302,14 @@ class RMConfig(PairTrainingConfig):
     margin: float = Field(0.0, ge=0)  # required score gap (Llama-2's margin loss); 0: plain BT
     pool: Literal["last", "mean"] = "last"  # value head: the score at the last token, or the
     # mean of every response token's score (reasonrl.models.reward)
+    likelihood: float = Field(0.0, ge=0)  # value head: add this times the response's mean
+    # log-probability under the model's own LM head to the score (SimPO's implicit reward); 0: off
+
+    @model_validator(mode="after")
+    def _likelihood_needs_value_head(self) -> RMConfig:
+        if self.likelihood and self.head != "value":
+            raise ValueError("rm.likelihood needs rm.head=value (a classifier has no LM head)")
+        return self
 
 
 class DPOConfig(PairTrainingConfig):

@@ -11,6 +11,13 @@ Pooling (``rm.pool``, value head only): ``last`` reads the score at the last tok
 ``mean`` averages the head's score over every response token, so a flaw is scored where it
 is (one wrong step in a chain) rather than having to be carried to the end of the sequence.
 The pooling is saved in the decoder's config (``reward_pool``) and restored on load.
+
+Likelihood (``rm.likelihood_weight`` β > 0, value head only): the score gains β times the mean
+log-probability of the response tokens under the model's own language-model head, the
+length-normalised implicit reward of SimPO. A chain with one wrong sum is what a model trained
+on correct chains finds unlikely, while a scalar head read at one position has to learn that
+check from pairs alone; with β the head learns what likelihood misses (a hasty chain that is
+likely but wrong). The LM head is kept beside the decoder and β saved as ``reward_likelihood``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from reasonrl.algos import token_logprobs
 from reasonrl.config import ConfigError, LoRAConfig
 from reasonrl.models.loading import pick_device, resolve_model_path
 from reasonrl.models.lora import apply_lora, is_lora
@@ -34,15 +42,20 @@ POOLS = ("last", "mean")
 class RewardModel(torch.nn.Module):
     """A scalar score per left-padded sequence, from either head."""
 
-    def __init__(self, model: torch.nn.Module, head: str, pool: str = "last") -> None:
+    def __init__(
+        self, model: torch.nn.Module, head: str, pool: str = "last", likelihood: float = 0.0
+    ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"unknown reward-model pooling {pool!r} (one of {POOLS})")
         if pool != "last" and head != "value":
             raise ConfigError(f"pool={pool!r} needs the value head (classification reads the last)")
+        if likelihood and (head != "value" or model.lm_head is None):
+            raise ConfigError("a likelihood term needs the value head with its LM head kept")
         self.model = model
         self.head = head
         self.pool = pool
+        self.likelihood = likelihood
 
     def _decoder(self) -> torch.nn.Module:
         # The decoder and the score layer directly, not the HF classifier's forward: its pooling
@@ -64,6 +77,23 @@ class RewardModel(torch.nn.Module):
         mask = response_mask.float()
         return (self._score(hidden) * mask).sum(1) / mask.sum(1)
 
+    def _mean_logprob(
+        self, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, chunk_rows: int = 8
+    ) -> torch.Tensor:
+        """Mean log p(target) over masked positions, from the hidden states that predict them.
+        hidden [N, R, H], targets and mask [N, R] → [N] float32. Rows are run through the LM
+        head a few at a time, so no [N, R, vocab] tensor is made at once."""
+        logp = torch.cat(
+            [
+                token_logprobs(
+                    self.model.lm_head(hidden[i : i + chunk_rows]), targets[i : i + chunk_rows]
+                )
+                for i in range(0, hidden.shape[0], chunk_rows)
+            ]
+        )
+        mask = mask.float()
+        return (logp.float() * mask).sum(1) / mask.sum(1)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -72,21 +102,32 @@ class RewardModel(torch.nn.Module):
     ) -> torch.Tensor:
         """Scores of left-padded sequences. input_ids, attention_mask: [B, L] → [B] float32.
         ``response_lengths`` [B]: how many of each row's last tokens are its response (needed by
-        ``mean`` pooling; ``last`` reads the last column)."""
+        ``mean`` pooling and the likelihood term; ``last`` alone reads the last column)."""
         hidden = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
         ).last_hidden_state
-        if self.pool == "last":
+        if self.pool == "last" and not self.likelihood:
             return self._score(hidden[:, -1])
         if response_lengths is None:
-            raise ValueError("mean pooling needs the response lengths")
+            raise ValueError("mean pooling and the likelihood term need the response lengths")
         width = input_ids.shape[1]
         columns = torch.arange(width, device=input_ids.device)
         response_mask = columns >= width - response_lengths.to(input_ids.device)[:, None]
-        return self._pooled(hidden, response_mask)
+        scores = (
+            self._score(hidden[:, -1])
+            if self.pool == "last"
+            else self._pooled(hidden, response_mask)
+        )
+        if self.likelihood:  # position t predicts token t + 1; the first column predicts nothing
+            r = int(response_lengths.max())
+            mean_logp = self._mean_logprob(
+                hidden[:, -r - 1 : -1], input_ids[:, -r:], response_mask[:, -r:]
+            )
+            scores = scores + self.likelihood * mean_logp
+        return scores
 
     def score_responses(
         self,
@@ -103,12 +144,13 @@ class RewardModel(torch.nn.Module):
         """
         b, k, r = response_ids.shape
         decoder = self._decoder()
-        cache = decoder(
+        prompt = decoder(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             position_ids=position_ids(prompt_mask),
             use_cache=True,
-        ).cache
+        )
+        cache = prompt.cache
         cache.batch_repeat_interleave(k)
         response_mask = response_mask.reshape(b * k, r)
         mask = torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1)
@@ -119,11 +161,21 @@ class RewardModel(torch.nn.Module):
             cache=cache,
             use_cache=True,
         ).last_hidden_state
-        return self._pooled(hidden, response_mask).view(b, k)
+        scores = self._pooled(hidden, response_mask)
+        if self.likelihood:  # the prompt's last position predicts each response's first token
+            first = prompt.last_hidden_state[:, -1:].repeat_interleave(k, 0)
+            predicting = torch.cat([first, hidden[:, :-1]], 1)
+            counted = response_mask.clone()  # a prompt cut away entirely predicts nothing
+            counted[:, 0] *= prompt_mask[:, -1].repeat_interleave(k, 0)
+            mean_logp = self._mean_logprob(predicting, response_ids.reshape(b * k, r), counted)
+            scores = scores + self.likelihood * mean_logp
+        return scores.view(b, k)
 
     def save_pretrained(self, path: str | Path) -> None:
         """HF format: the decoder and value_head.pt, or a *ForSequenceClassification model."""
-        self._decoder().config.reward_pool = self.pool
+        config = self._decoder().config
+        config.reward_pool = self.pool
+        config.reward_likelihood = self.likelihood
         self.model.save_pretrained(path)
 
 
@@ -143,11 +195,13 @@ def load_reward_model(
     dtype: str = "float32",
     device: torch.device | str | None = None,
     pool: str | None = None,
+    likelihood: float | None = None,
 ) -> RewardModel:
-    """A saved reward model (its head and pooling detected), or a new one from a causal LM
-    checkpoint with ``head`` ("value" or "classification") freshly initialised and ``pool``
-    ("last" by default, or "mean"). ``path``: "bundled", a local directory or a hub id;
-    ``device`` None picks CUDA when available."""
+    """A saved reward model (its head, pooling and likelihood weight detected), or a new one
+    from a causal LM checkpoint with ``head`` ("value" or "classification") freshly
+    initialised, ``pool`` ("last" by default, or "mean") and ``likelihood`` (the weight of the
+    response's mean log-probability in the score, 0 by default). ``path``: "bundled", a local
+    directory or a hub id; ``device`` None picks CUDA when available."""
     if head not in (None, *HEADS):
         raise ConfigError(f"unknown reward-model head {head!r} (one of {HEADS})")
     path = resolve_model_path(path)
@@ -161,8 +215,21 @@ def load_reward_model(
         raise ConfigError(f"{path} holds a reward model with a {found!r} head, not {head!r}")
     head = head or found
     torch_dtype = getattr(torch, dtype)
+    config = AutoConfig.from_pretrained(path)
+    # save_pretrained writes the pooling and the likelihood weight into the decoder's config
+    saved_pool = getattr(config, "reward_pool", None) if found else None
+    saved_likelihood = getattr(config, "reward_likelihood", None) if found else None
+    if pool is not None and saved_pool is not None and pool != saved_pool:
+        raise ConfigError(f"{path} holds a reward model with {saved_pool!r} pooling, not {pool!r}")
+    if likelihood is not None and saved_likelihood is not None and likelihood != saved_likelihood:
+        raise ConfigError(
+            f"{path} holds a reward model with likelihood weight {saved_likelihood}, "
+            f"not {likelihood}"
+        )
+    pool = pool or saved_pool or "last"
+    likelihood = likelihood if likelihood is not None else saved_likelihood or 0.0
     if head == "value":
-        model: torch.nn.Module = ValueModel.from_pretrained(path, torch_dtype)
+        model: torch.nn.Module = ValueModel.from_pretrained(path, torch_dtype, bool(likelihood))
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, dtype=torch_dtype
@@ -174,12 +241,7 @@ def load_reward_model(
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = tensor.data.clone()
-    # save_pretrained writes the pooling into the decoder's config, which a classifier shares
-    config = model.decoder.config if head == "value" else model.config
-    saved_pool = getattr(config, "reward_pool", None) if found else None
-    if pool is not None and saved_pool is not None and pool != saved_pool:
-        raise ConfigError(f"{path} holds a reward model with {saved_pool!r} pooling, not {pool!r}")
-    rm = RewardModel(model, head, pool or saved_pool or "last")
+    rm = RewardModel(model, head, pool, likelihood)
     return rm.to(device or pick_device("auto"))
 
 
@@ -220,6 +282,8 @@ def add_lora(rm: RewardModel, lora: LoRAConfig, checkpoint: Path | None = None) 
     if rm.head != "value":
         raise ConfigError("model.lora in the rm stage needs rm.head=value")
     rm.model.decoder = apply_lora(rm.model.decoder, lora, checkpoint, task_type=None)
+    if rm.model.lm_head is not None:  # a base weight like the rest (tied: the embedding)
+        rm.model.lm_head.requires_grad_(False)
     if checkpoint is not None:
         rm.model.head.load_state_dict(torch.load(Path(checkpoint) / HEAD_FILE, weights_only=True))
     return rm

@@ -2,7 +2,9 @@
 
 Saved as the decoder in HF format plus ``value_head.pt``, so a critic checkpoint can be
 reloaded with :meth:`ValueModel.from_pretrained`, or started from any causal LM (the policy's
-own checkpoint by default) with a freshly initialised head.
+own checkpoint by default) with a freshly initialised head. A reward model that also reads its
+own language model's likelihood keeps the causal LM's output layer as ``lm_head`` (saved as
+``lm_head.pt`` only where it is not the input embedding, as tied models share it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 HEAD_FILE = "value_head.pt"
+LM_HEAD_FILE = "lm_head.pt"
 
 
 class ValueModel(torch.nn.Module):
@@ -22,22 +25,38 @@ class ValueModel(torch.nn.Module):
         self.head = torch.nn.Linear(hidden_size, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
+        self.lm_head: torch.nn.Module | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32) -> ValueModel:
-        """A critic from a saved ValueModel, or from a causal LM's decoder with a new head."""
+    def from_pretrained(
+        cls, path: str, dtype: torch.dtype = torch.float32, lm_head: bool = False
+    ) -> ValueModel:
+        """A critic from a saved ValueModel, or from a causal LM's decoder with a new head.
+        ``lm_head``: keep the causal LM's output layer as well (``model.lm_head``)."""
         head_path = Path(path) / HEAD_FILE
         if head_path.is_file():
             decoder = AutoModel.from_pretrained(path, dtype=dtype)
             model = cls(decoder, decoder.config.hidden_size)
             model.head.load_state_dict(torch.load(head_path, weights_only=True))
+            if lm_head:
+                model.lm_head = _saved_lm_head(Path(path), decoder)
             return model.to(dtype)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        return cls(lm.get_decoder(), lm.config.hidden_size).to(dtype)
+        model = cls(lm.get_decoder(), lm.config.hidden_size)
+        if lm_head:
+            model.lm_head = lm.get_output_embeddings()
+        return model.to(dtype)
+
+    def lm_head_is_tied(self) -> bool:
+        """Whether ``lm_head`` is the decoder's input embedding (then it is saved with it)."""
+        embedding = self.decoder.get_input_embeddings()
+        return self.lm_head is not None and self.lm_head.weight is embedding.weight
 
     def save_pretrained(self, path: str | Path) -> None:
         self.decoder.save_pretrained(path)
         torch.save(self.head.state_dict(), Path(path) / HEAD_FILE)
+        if self.lm_head is not None and not self.lm_head_is_tied():
+            torch.save(self.lm_head.state_dict(), Path(path) / LM_HEAD_FILE)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
@@ -50,3 +69,18 @@ class ValueModel(torch.nn.Module):
             use_cache=False,
         ).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
+
+
+def _saved_lm_head(path: Path, decoder: torch.nn.Module) -> torch.nn.Linear:
+    """The output layer saved beside a ValueModel: ``lm_head.pt``, or else the decoder's input
+    embedding where the model ties the two."""
+    embedding = decoder.get_input_embeddings()
+    vocab, hidden = embedding.weight.shape
+    layer = torch.nn.Linear(hidden, vocab, bias=False)
+    if (path / LM_HEAD_FILE).is_file():
+        layer.load_state_dict(torch.load(path / LM_HEAD_FILE, weights_only=True))
+    elif getattr(decoder.config, "tie_word_embeddings", False):
+        layer.weight = embedding.weight
+    else:
+        raise FileNotFoundError(f"{path / LM_HEAD_FILE} (the untied output layer) is missing")
+    return layer

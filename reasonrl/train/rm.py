@@ -3,7 +3,7 @@
 CPU: ``reasonrl run tiny-rm --out runs/tiny-rm`` trains a reward model on the bundled model
 with generated chain_sum pairs in a few minutes. One GPU: the same command (``model.device``
 auto picks CUDA); real data with ``rm.data.source=dataset rm.data.train_path=<hub id or dir>``.
-Leaves out: LoRA reward models, reward-model ensembles, one forward per shared prompt.
+Leaves out: reward-model ensembles.
 """
 
 from __future__ import annotations
@@ -193,11 +193,11 @@ def run_rm_stage(
     train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
     tokenizer = load_tokenizer(path)
     lora = cfg.model.lora
+    kind = (cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool, cfg.rm.likelihood)
     if lora is None:
-        rm = load_reward_model(path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
+        rm = load_reward_model(path, *kind)
     else:  # the base weights, then new adapters or the checkpoint's
-        base = load_reward_model(cfg.model.path, cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool)
-        rm = add_lora(base, lora, resume_from)
+        rm = add_lora(load_reward_model(cfg.model.path, *kind), lora, resume_from)
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     train_text, eval_text = load_preference_pairs(data, tokenizer, train, held_out, render)
     train_pairs, cut_train = encode_pairs(train_text, tokenizer, data.max_length)
@@ -207,7 +207,8 @@ def run_rm_stage(
             f"need training and held-out pairs: got {len(train_pairs)} and {len(eval_pairs)}"
         )
     console.print(
-        f"reward model ({rm.head} head): {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M "
+        f"reward model ({rm.head} head, {rm.pool} pooling, likelihood weight {rm.likelihood}): "
+        f"{sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M "
         f"parameters on {device}; pairs: {len(train_pairs)} train ({cut_train} truncated), "
         f"{len(eval_pairs)} held-out ({cut_eval} truncated) at max_length {data.max_length}"
     )

@@ -3,11 +3,13 @@
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, load_config
 from reasonrl.models import load_tokenizer, resolve_model_path
 from reasonrl.models.reward import (
     RewardModel,
+    add_lora,
     load_reward_model,
     pad_left,
     pad_right,
@@ -95,11 +97,14 @@ def test_pad_right_by_hand():
     assert mask.tolist() == [[[1, 0, 0], [1, 1, 0]], [[1, 1, 1], [1, 0, 0]]]
 
 
-@pytest.mark.parametrize("head", ["value", "classification"])
-def test_shared_prompt_scores_and_gradients_equal_full_sequences(head):
+@pytest.mark.parametrize(
+    ("head", "pool", "likelihood"),
+    [("value", "last", 0.0), ("classification", "last", 0.0), ("value", "mean", 1.5)],
+)
+def test_shared_prompt_scores_and_gradients_equal_full_sequences(head, pool, likelihood):
     torch.manual_seed(0)
     tok = load_tokenizer("bundled")
-    rm = load_reward_model("bundled", head=head, device="cpu")
+    rm = load_reward_model("bundled", head, device="cpu", pool=pool, likelihood=likelihood)
     if head == "value":
         torch.nn.init.normal_(rm.model.head.weight, std=0.1)
     prompts, responses = _batch(tok)
@@ -110,7 +115,8 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(head):
     )
     # the oracle: every prompt + response as its own left-padded sequence
     rows = [(p, r) for p, group in zip(prompts, groups, strict=True) for r in group]
-    slow = rm(*pad_left([p for p, _ in rows], [r for _, r in rows], tok.pad_token_id))
+    lengths = torch.tensor([len(r) for _, r in rows])
+    slow = rm(*pad_left([p for p, _ in rows], [r for _, r in rows], tok.pad_token_id), lengths)
     assert fast.shape == (3, 2)
     torch.testing.assert_close(fast.flatten(), slow, rtol=0, atol=1e-5)
     grads = []
@@ -155,3 +161,71 @@ def test_mean_pooling_averages_the_response_tokens_and_is_saved(tmp_path):
         load_reward_model(str(tmp_path / "rm"), device="cpu", pool="last")
     with pytest.raises(ConfigError, match="needs the value head"):
         load_reward_model("bundled", head="classification", device="cpu", pool="mean")
+
+
+def test_likelihood_adds_the_mean_response_logprob_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head="value", device="cpu", likelihood=2.0).eval()
+    torch.nn.init.normal_(rm.model.head.weight, std=0.1)
+    prompts, responses = _batch(tok)
+    lengths = torch.tensor([len(r) for r in responses])
+    ids, mask = pad_left(prompts, responses, tok.pad_token_id)
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_path("bundled")).eval()
+    with torch.no_grad():
+        scores = rm(ids, mask, lengths)
+        # by hand, each sequence alone: the head at its last token + 2 × the causal LM's mean
+        # log-probability of its response tokens
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            seq = torch.tensor([p + r])
+            logp = lm(seq).logits[0, :-1].log_softmax(-1)
+            picked = logp[torch.arange(len(p) - 1, len(p) + len(r) - 1), torch.tensor(r)]
+            head = rm.model.head(rm.model.decoder(input_ids=seq).last_hidden_state[0, -1])
+            torch.testing.assert_close(scores[i], head[0] + 2.0 * picked.mean(), atol=1e-4, rtol=0)
+
+    rm.save_pretrained(tmp_path / "rm")
+    assert not (tmp_path / "rm" / "lm_head.pt").exists()  # tied: it is the embedding
+    again = load_reward_model(str(tmp_path / "rm"), device="cpu").eval()
+    assert again.likelihood == 2.0
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, mask, lengths), scores, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="likelihood weight 2.0, not 1.0"):
+        load_reward_model(str(tmp_path / "rm"), device="cpu", likelihood=1.0)
+    with pytest.raises(ValueError, match="need the response lengths"):
+        rm(ids, mask)
+
+
+def test_an_untied_lm_head_is_saved_beside_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head="value", device="cpu", likelihood=1.0).eval()
+    untied = torch.nn.Linear(*reversed(rm.model.lm_head.weight.shape), bias=False)
+    torch.nn.init.normal_(untied.weight, std=0.05)
+    rm.model.lm_head = untied
+    rm.model.decoder.config.tie_word_embeddings = False
+    prompts, responses = _batch(tok)
+    lengths = torch.tensor([len(r) for r in responses])
+    ids, mask = pad_left(prompts, responses, tok.pad_token_id)
+    rm.save_pretrained(tmp_path / "rm")
+    assert (tmp_path / "rm" / "lm_head.pt").is_file()
+    again = load_reward_model(str(tmp_path / "rm"), device="cpu").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, mask, lengths), rm(ids, mask, lengths))
+    (tmp_path / "rm" / "lm_head.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="lm_head.pt"):
+        load_reward_model(str(tmp_path / "rm"), device="cpu")
+
+
+def test_likelihood_needs_the_value_head():
+    with pytest.raises(ConfigError, match="needs the value head"):
+        RewardModel(torch.nn.Module(), "classification", likelihood=1.0)
+    with pytest.raises(ConfigError, match="rm.likelihood needs rm.head=value"):
+        load_config("tiny-rm", ["rm.head=classification", "rm.likelihood=1"])
+
+
+def test_lora_leaves_the_lm_head_frozen():
+    from reasonrl.config import LoRAConfig
+
+    rm = add_lora(load_reward_model("bundled", "value", device="cpu", likelihood=1.0), LoRAConfig())
+    assert not rm.model.lm_head.weight.requires_grad
+    assert rm.model.head.weight.requires_grad

@@ -54,6 +54,19 @@ def test_rm_stage_learns_and_writes_its_run_dir(tmp_path):
     assert (run_dir / "plots" / "pairwise.png").is_file() and (run_dir / "report.html").is_file()
 
 
+def test_a_likelihood_rm_starts_from_what_the_model_finds_likely(tmp_path):
+    cfg = load_config("tiny-rm", TINY + ["rm.steps=4", "rm.eval_every=0", "rm.likelihood=10"])
+    summary = run(cfg, tmp_path / "rm")
+    evals = [
+        m for m in read_jsonl(tmp_path / "rm" / "metrics.jsonl") if "eval/pairwise_accuracy" in m
+    ]
+    # The head starts at zero, so step 0 is the bundled model's likelihood alone: it prefers
+    # the careful correct chain on most pairs (all but the likely hasty estimates and slips).
+    assert evals[0]["step"] == 0 and evals[0]["eval/pairwise_accuracy"] > 0.65, evals
+    rm = load_reward_model(summary["model_dir"], device="cpu")
+    assert rm.likelihood == 10.0 and rm.model.lm_head is not None
+
+
 def _pairs(tok, n, seed):
     samples = [
         Sample(f"{a} + {b} - {c} =", str(a + b - c), {"expression": f"{a} + {b} - {c}"})
