@@ -34,7 +34,7 @@ from reasonrl.train.sft import pack_pairs
 
 
 def pair_logprobs(
-    model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int
+    model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, pack_tokens: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs (sums over response tokens) of each pair's responses, in one forward
     pass over rows ``[chosen…, rejected…]``. → (chosen [b], rejected [b])."""
@@ -45,7 +45,7 @@ def pair_logprobs(
         pad_id,
     )
     ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
-    logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
+    logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1], pack_tokens=pack_tokens)
     chosen, rejected = (logp * cmask).sum(-1).chunk(2)
     return chosen, rejected
 
@@ -60,14 +60,20 @@ def response_tokens(pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def score_pairs(
-    model: torch.nn.Module, pairs: Sequence[EncodedPair], micro_batch: int, pad_id: int
+    model: torch.nn.Module,
+    pairs: Sequence[EncodedPair],
+    micro_batch: int,
+    pad_id: int,
+    pack_tokens: int = 0,
 ) -> torch.Tensor:
     """Sequence log-probs of every pair in eval mode (no dropout), on the CPU. → [N, 2]
     (column 0 chosen, 1 rejected)."""
     was_training = model.training
     model.eval()
     parts = [
-        torch.stack(pair_logprobs(model, pairs[m : m + micro_batch], pad_id), dim=-1).cpu()
+        torch.stack(
+            pair_logprobs(model, pairs[m : m + micro_batch], pad_id, pack_tokens), dim=-1
+        ).cpu()
         for m in range(0, len(pairs), micro_batch)
     ]
     model.train(was_training)
@@ -108,7 +114,7 @@ def train_dpo(
     """Train ``model`` on ``train_pairs``; held-out metrics on ``eval_pairs`` every
     ``dpo.eval_every`` steps and at the end. Returns the number of steps done."""
     d = cfg.dpo
-    pad = tokenizer.pad_token_id
+    pad, pack = tokenizer.pad_token_id, cfg.model.pack_tokens
     optimizer = build_optimizer(model.parameters(), d.learning_rate, d.weight_decay)
     scheduler = warmup_cosine(optimizer, d.warmup_steps, d.steps, d.min_lr_ratio)
     ckpt, extra = Checkpointer.for_run(
@@ -120,13 +126,13 @@ def train_dpo(
         if (len(ref_train), len(ref_eval)) != (len(train_pairs), len(eval_pairs)):
             raise ValueError(f"{resume_from} was trained on other preference pairs")
     else:  # the model before its first update is the reference
-        ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad)
-        ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
+        ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad, pack)
+        ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad, pack)
     ckpt.extra = {"ref_train": ref_train, "ref_eval": ref_eval}  # kept in every checkpoint
     model.train()
 
     def held_out() -> dict[str, float]:
-        policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad)
+        policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad, pack)
         stats = pair_metrics(policy, ref_eval, eval_pairs, d.beta, d.loss_type)
         return {f"eval/dpo_{k}": v for k, v in stats.items()}
 
@@ -141,7 +147,7 @@ def train_dpo(
             for m in range(0, len(idx), d.micro_batch_pairs):
                 rows = idx[m : m + d.micro_batch_pairs]
                 pairs = [train_pairs[i] for i in rows]
-                pc, pr = pair_logprobs(model, pairs, pad)
+                pc, pr = pair_logprobs(model, pairs, pad, pack)
                 ref = ref_train[rows].to(pc.device)
                 nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
                 loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)

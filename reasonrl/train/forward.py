@@ -3,6 +3,13 @@
 Sequences are laid out as ``[prompt, left-padded | completion, right-padded]`` — the layout the
 rollout engines return — so all completions start at the same column and only the last
 ``C + 1`` positions' logits are ever computed.
+
+Packed (``pack_tokens`` > 0): the padding is dropped and the sequences are laid end to end in
+rows of at most ``pack_tokens`` tokens, each with positions restarting at 0 and no attention
+mask, from which transformers builds a block-diagonal causal mask (eager, sdpa, flex) or
+variable-length kernels (flash attention). Only the positions that predict completion tokens
+reach the LM head, and the log-probs come back in the padded ``[B, C]`` layout (0 where
+masked), so every loss reads them the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +31,18 @@ def completion_logprobs(
     completion_len: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    pack_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p of each of the last ``completion_len`` tokens given everything before it.
 
-    input_ids, attention_mask: [B, L] → (logp [B, C], entropy [B, C] or None).
+    input_ids, attention_mask: [B, L] → (logp [B, C], entropy [B, C] or None). ``pack_tokens``
+    > 0: the forward runs on packed rows of at most that many tokens (a longer sequence gets a
+    row of its own); log-probs and entropies are 0 at masked positions.
     """
+    if pack_tokens:
+        return _packed_logprobs(
+            model, input_ids, attention_mask, completion_len, temperature, with_entropy, pack_tokens
+        )
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -41,3 +55,74 @@ def completion_logprobs(
     logp = token_logprobs(logits, targets, temperature)
     entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
     return logp, entropy
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices per packed row: in order, a new row whenever the next sequence would
+    take the current one past ``capacity`` tokens (a longer sequence fills a row alone)."""
+    rows: list[list[int]] = []
+    used = capacity
+    for i, n in enumerate(lengths):
+        if used + n > capacity or not rows:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def _packed_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    temperature: float,
+    with_entropy: bool,
+    pack_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    b, width = input_ids.shape
+    start = width - completion_len  # the first completion column
+    mask = attention_mask.bool()
+    prompt_lens = mask[:, :start].sum(1)
+    completion_lens = mask[:, start:].sum(1)
+    columns = torch.arange(width, device=mask.device)
+    layout = (columns >= start - prompt_lens[:, None]) & (
+        columns < start + completion_lens[:, None]
+    )
+    if not torch.equal(layout, mask) or not bool((prompt_lens > 0).all()):
+        raise ValueError("packing needs [prompt, left-padded | completion, right-padded] rows")
+    p, c = prompt_lens.tolist(), completion_lens.tolist()
+
+    logps, entropies, where = [], [], []
+    for row in pack_rows([p[i] + c[i] for i in range(b)], pack_tokens):
+        ids = torch.cat([input_ids[i, start - p[i] : start + c[i]] for i in row])
+        positions = torch.cat([torch.arange(p[i] + c[i], device=ids.device) for i in row])
+        offsets = torch.tensor([0] + [p[i] + c[i] for i in row]).cumsum(0).tolist()
+        # the position before each completion token predicts it
+        keep = torch.cat(
+            [
+                torch.arange(c[i], device=ids.device) + offsets[n] + p[i] - 1
+                for n, i in enumerate(row)
+            ]
+        )
+        if keep.numel() == 0:
+            continue
+        logits = model(
+            input_ids=ids[None],
+            position_ids=positions[None],
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits[0]
+        logps.append(token_logprobs(logits, ids[keep + 1], temperature))
+        if with_entropy:
+            entropies.append(token_entropy(logits.detach(), temperature))
+        where.extend(i * completion_len + j for i in row for j in range(c[i]))
+
+    index = torch.tensor(where, dtype=torch.long, device=input_ids.device)
+
+    def unpack(values: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.cat(values) if values else torch.zeros(0, device=input_ids.device)
+        out = flat.new_zeros(b * completion_len).index_put((index,), flat)
+        return out.view(b, completion_len)
+
+    return unpack(logps), (unpack(entropies) if with_entropy else None)

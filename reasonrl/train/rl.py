@@ -201,7 +201,13 @@ def policy_loss(
     """
     algo, c = cfg.algo, mb.completion_ids.shape[1]
     logp, entropy = completion_logprobs(
-        policy, mb.input_ids, mb.attention_mask, c, cfg.rollout.temperature, with_entropy=True
+        policy,
+        mb.input_ids,
+        mb.attention_mask,
+        c,
+        cfg.rollout.temperature,
+        with_entropy=True,
+        pack_tokens=cfg.model.pack_tokens,
     )
     mask, advantages = mask.to(logp.dtype), advantages.to(logp.dtype)
     old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
@@ -292,7 +298,12 @@ def train_rl(
 
     def logp_of(model: torch.nn.Module) -> Callable[[Rollout], torch.Tensor]:
         return lambda mb: completion_logprobs(
-            model, mb.input_ids, mb.attention_mask, mb.completion_ids.shape[1], temperature
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            mb.completion_ids.shape[1],
+            temperature,
+            pack_tokens=cfg.model.pack_tokens,
         )[0]
 
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, start) as bar:

@@ -84,7 +84,9 @@ def train_sft(
                     tokenizer.pad_token_id,
                 )
                 ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
-                logp, _ = completion_logprobs(model, ids, attn, cmask.shape[1])
+                logp, _ = completion_logprobs(
+                    model, ids, attn, cmask.shape[1], pack_tokens=cfg.model.pack_tokens
+                )
                 loss = sft_loss(logp, cmask, step_tokens)
                 loss.backward()
                 total += loss.item()
