@@ -7,6 +7,7 @@ work. reasonrl runs its real trainer (``train_rl``) with the ``hf`` or ``fast`` 
 
   one GPU:   python bench/grpo_step.py --shape 0.5b --completions 128 --engine fast --peer trl
   scaling:   --shape 0.5b|1.5b|3b  --completions 128|512  (16|64 prompts × 8)
+  packed:    --pack-tokens 8192 (our training forwards without padding; --attn picks the kernel)
   CPU smoke: python bench/grpo_step.py --tiny --engine fast --peer trl
 
 Each run adds (or replaces) its entry in ``bench/results/grpo_step_<gpu-or-cpu>.json``: step
@@ -69,7 +70,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(shape: str, dtype: torch.dtype, device: torch.device, gc: bool) -> Any:
+def build_model(
+    shape: str, dtype: torch.dtype, device: torch.device, gc: bool, attn: str = "sdpa"
+) -> Any:
     hidden, inter, layers, heads, kv = SHAPES[shape]
     config = Qwen2Config(
         vocab_size=VOCAB,
@@ -84,7 +87,7 @@ def build_model(shape: str, dtype: torch.dtype, device: torch.device, gc: bool) 
         eos_token_id=VOCAB,
         pad_token_id=0,
         bos_token_id=None,
-        attn_implementation="sdpa",
+        attn_implementation=attn,
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
@@ -134,6 +137,7 @@ def run_reasonrl(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             f"rl.completions_per_prompt={args.group}",
             f"rl.micro_batch_completions={args.micro}",
             "rl.learning_rate=1e-6",
+            f"model.pack_tokens={args.pack_tokens}",
             f"rollout.engine={args.engine}",
             f"rollout.max_new_tokens={args.new_tokens}",
             f"rollout.batch_completions={args.completions}",
@@ -146,7 +150,7 @@ def run_reasonrl(args: argparse.Namespace, device: torch.device, dtype: torch.dt
         ],
     )
     tokenizer = build_tokenizer()
-    model = build_model(args.shape, dtype, device, args.gc)
+    model = build_model(args.shape, dtype, device, args.gc, args.attn)
     params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     engine = ENGINES[args.engine](model, tokenizer, args.completions)
     prompts = make_prompts(
@@ -204,7 +208,7 @@ def run_trl(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = build_tokenizer()
-    model = build_model(args.shape, dtype, device, gc=False)  # TRL turns it on itself
+    model = build_model(args.shape, dtype, device, False, args.attn)  # TRL turns it on itself
     prompts = make_prompts(
         args.completions // args.group * (1 + args.steps) * 4, args.prompt_tokens
     )
@@ -321,6 +325,18 @@ def main() -> None:
     parser.add_argument("--peer", choices=["trl", "none"], default="trl")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None)
     parser.add_argument("--no-gc", dest="gc", action="store_false", help="no grad checkpointing")
+    parser.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=0,
+        help="our training forwards on packed rows of this many tokens (0: padded)",
+    )
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        help="attention implementation of the model (sdpa, eager, flex_attention, "
+        "flash_attention_2), both sides",
+    )
     parser.add_argument("--hbm-tbps", type=float, default=None, help="override HBM bandwidth")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -363,8 +379,9 @@ def main() -> None:
     path = args.out or RESULTS / f"grpo_step_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = json.loads(path.read_text()) if path.exists() else []
-    key = {k: entry["config"][k] for k in ("shape", "completions", "engine", "new_tokens")}
-    entries = [e for e in entries if {k: e["config"][k] for k in key} != key] + [entry]
+    fields = ("shape", "completions", "engine", "new_tokens", "pack_tokens")
+    key = {k: entry["config"].get(k) for k in fields}
+    entries = [e for e in entries if {k: e["config"].get(k) for k in fields} != key] + [entry]
     path.write_text(json.dumps(entries, indent=2) + "\n")
     print(json.dumps(entry, indent=2))
     print(f"wrote {path}")
