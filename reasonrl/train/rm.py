@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonrl.algos import bradley_terry_loss
-from reasonrl.config import ConfigError, RunConfig, dump_config
+from reasonrl.config import ConfigError, RunConfig
 from reasonrl.logging import RunLogger, training_progress
-from reasonrl.models import load_tokenizer, pick_device
+from reasonrl.models import load_tokenizer
 from reasonrl.models.reward import (
     RewardModel,
     add_lora,
@@ -34,18 +34,11 @@ from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
 from reasonrl.train.checkpoint import (
     Checkpointer,
-    latest_checkpoint,
     optimizer_step,
 )
 from reasonrl.train.data import step_indices
 from reasonrl.train.optim import build_optimizer, warmup_cosine
-from reasonrl.train.run import (
-    MODEL_DIR,
-    SUMMARY_FILE,
-    _print_sizes,
-    prepare_run_dir,
-    seed_everything,
-)
+from reasonrl.train.run import MODEL_DIR, SUMMARY_FILE, start_run
 
 
 def pair_scores(
@@ -180,12 +173,7 @@ def run_rm_stage(
         raise ConfigError("model.gradient_checkpointing is not supported by the rm stage")
     console = console or Console()
     t0 = time.time()
-    prepare_run_dir(run_dir, resume, overwrite)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    _print_sizes(console, cfg, run_dir)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.model.device)
-    resume_from = latest_checkpoint(run_dir) if resume else None
+    device, resume_from = start_run(cfg, run_dir, resume, overwrite, console)
     path = str(resume_from or cfg.model.path)
 
     data = cfg.rm.data

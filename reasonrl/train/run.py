@@ -208,6 +208,19 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                 )
 
 
+def start_run(
+    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, console: Console
+) -> tuple[torch.device, Path | None]:
+    """What every stage does first: the run directory (checked, or its checkpoint found), the
+    saved config.yaml, the sizes table, the seed. Returns the device and the checkpoint to
+    resume from (None for a fresh run)."""
+    prepare_run_dir(run_dir, resume, overwrite)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    _print_sizes(console, cfg, run_dir)
+    seed_everything(cfg.seed)
+    return pick_device(cfg.model.device), (latest_checkpoint(run_dir) if resume else None)
+
+
 def run(
     cfg: RunConfig,
     run_dir: Path,
@@ -223,12 +236,7 @@ def run(
         return run_rm_stage(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
     console = console or Console()
     t0 = time.time()
-    prepare_run_dir(run_dir, resume, overwrite)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    _print_sizes(console, cfg, run_dir)
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.model.device)
-    resume_from = latest_checkpoint(run_dir) if resume else None
+    device, resume_from = start_run(cfg, run_dir, resume, overwrite, console)
 
     train, held_out = load_splits(cfg.task)
     model, tokenizer = build_model(cfg, train, resume_from, device)

@@ -259,7 +259,9 @@ def test_token_logprobs_and_entropy_match_full_softmax():
     full = torch.log_softmax(logits / 0.7, -1)
     expected = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     for chunk in (1, 3, 7, 64):
-        torch.testing.assert_close(token_logprobs(logits, targets, 0.7, chunk_tokens=chunk), expected)
+        torch.testing.assert_close(
+            token_logprobs(logits, targets, 0.7, chunk_tokens=chunk), expected
+        )
     torch.testing.assert_close(
         token_entropy(logits, 0.7, chunk_tokens=3), -(full.exp() * full).sum(-1)
     )

@@ -31,7 +31,8 @@ TINY = [
 
 
 def test_rm_stage_learns_and_writes_its_run_dir(tmp_path):
-    cfg = load_config("tiny-rm", TINY + ["rm.steps=16", "rm.eval_every=8", "rm.learning_rate=1e-3"])
+    plain = ["rm.likelihood=0", "rm.steps=16", "rm.eval_every=8", "rm.learning_rate=1e-3"]
+    cfg = load_config("tiny-rm", TINY + plain)  # the head alone: it starts from nothing
     run_dir = tmp_path / "rm"
     summary = run(cfg, run_dir)  # the generic entry point dispatches on stage: rm
 
@@ -151,7 +152,10 @@ def test_pair_scores_share_the_prompt_or_fall_back_when_none_is_left():
     ("override", "message"),
     [
         ("model.gradient_checkpointing=true", "gradient_checkpointing"),
-        ("model.lora={r: 4};rm.head=classification", "lora in the rm stage needs rm.head=value"),
+        (
+            "model.lora={r: 4};rm.head=classification;rm.likelihood=0",
+            "lora in the rm stage needs rm.head=value",
+        ),
     ],
 )
 def test_unsupported_model_options_fail_before_anything_runs(tmp_path, override, message):
