@@ -92,7 +92,7 @@ class RewardModel(torch.nn.Module):
             ]
         )
         mask = mask.float()
-        return (logp.float() * mask).sum(1) / mask.sum(1)
+        return (logp.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def forward(
         self,
@@ -121,11 +121,14 @@ class RewardModel(torch.nn.Module):
             if self.pool == "last"
             else self._pooled(hidden, response_mask)
         )
-        if self.likelihood:  # position t predicts token t + 1; the first column predicts nothing
+        if self.likelihood:  # position t - 1 predicts token t
+            predicting = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1)
+            # a response whose prompt was cut away entirely has no context for its first token
+            lengths = response_lengths.to(input_ids.device)[:, None]
+            no_prompt = attention_mask.sum(1, keepdim=True) <= lengths
+            counted = response_mask & ~((columns == width - lengths) & no_prompt)
             r = int(response_lengths.max())
-            mean_logp = self._mean_logprob(
-                hidden[:, -r - 1 : -1], input_ids[:, -r:], response_mask[:, -r:]
-            )
+            mean_logp = self._mean_logprob(predicting[:, -r:], input_ids[:, -r:], counted[:, -r:])
             scores = scores + self.likelihood * mean_logp
         return scores
 

@@ -229,3 +229,24 @@ def test_lora_leaves_the_lm_head_frozen():
     rm = add_lora(load_reward_model("bundled", "value", device="cpu", likelihood=1.0), LoRAConfig())
     assert not rm.model.lm_head.weight.requires_grad
     assert rm.model.head.weight.requires_grad
+
+
+def test_likelihood_skips_a_first_token_whose_prompt_was_cut_away():
+    torch.manual_seed(0)
+    tok = load_tokenizer("bundled")
+    rm = load_reward_model("bundled", head="value", device="cpu", likelihood=1.0).eval()
+    prompts, responses = _batch(tok)
+    prompts[1] = []  # truncated away entirely: nothing predicts the response's first token
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_path("bundled")).eval()
+    with torch.no_grad():
+        ids = torch.tensor([responses[1]])
+        logp = lm(ids).logits[0, :-1].log_softmax(-1)
+        expected = logp[torch.arange(len(responses[1]) - 1), ids[0, 1:]].mean()
+        lengths = torch.tensor([len(r) for r in responses])
+        full = rm(*pad_left(prompts, responses, tok.pad_token_id), lengths)
+        shared = rm.score_responses(
+            *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
+            *pad_right([[r] for r in responses], tok.pad_token_id),
+        )
+    torch.testing.assert_close(full[1], expected, rtol=0, atol=1e-5)  # the head starts at 0
+    torch.testing.assert_close(shared[:, 0], full, rtol=0, atol=1e-5)
