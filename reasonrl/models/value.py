@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from reasonrl.train.forward import pack_batch, position_ids
+
 HEAD_FILE = "value_head.pt"
 LM_HEAD_FILE = "lm_head.pt"
 
@@ -69,6 +71,28 @@ class ValueModel(torch.nn.Module):
             use_cache=False,
         ).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
+
+    def completion_values(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_len: int,
+        pack_tokens: int = 0,
+    ) -> torch.Tensor:
+        """V before each completion token of a ``[prompt, left-padded | completion,
+        right-padded]`` batch [B, L] → [B, C]; ``pack_tokens`` > 0: on packed rows without
+        padding (reasonrl.train.forward), 0 where masked."""
+        if not pack_tokens:
+            values = self(input_ids, attention_mask, position_ids(attention_mask))
+            return values[:, -completion_len - 1 : -1]
+        packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens)
+        rows = []
+        for row in packed.rows:
+            hidden = self.decoder(
+                input_ids=row.ids[None], position_ids=row.positions[None], use_cache=False
+            ).last_hidden_state[0, row.keep]
+            rows.append(self.head(hidden).squeeze(-1).float())
+        return packed.unpack(rows)
 
 
 def _saved_lm_head(path: Path, decoder: torch.nn.Module) -> torch.nn.Linear:

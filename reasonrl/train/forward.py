@@ -14,6 +14,8 @@ masked), so every loss reads them the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from reasonrl.algos import token_entropy, token_logprobs
@@ -71,15 +73,36 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _packed_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_len: int,
-    temperature: float,
-    with_entropy: bool,
-    pack_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+@dataclass
+class PackedRow:
+    """One packed row: its tokens and positions [T], and ``keep`` [n], the indices of the
+    positions that predict completion tokens (the token before each one), in order."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    keep: torch.Tensor
+
+
+@dataclass
+class PackedBatch:
+    """A ``[prompt, left-padded | completion, right-padded]`` batch [B, L] as packed rows."""
+
+    rows: list[PackedRow]
+    index: torch.Tensor  # where each kept position's value goes in the flattened [B, C]
+    shape: tuple[int, int]  # (B, C)
+
+    def unpack(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """The rows' values at their kept positions, concatenated → [B, C], 0 where masked."""
+        flat = torch.cat(values) if values else torch.zeros(0, device=self.index.device)
+        out = flat.new_zeros(self.shape[0] * self.shape[1]).index_put((self.index,), flat)
+        return out.view(self.shape)
+
+
+def pack_batch(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, pack_tokens: int
+) -> PackedBatch:
+    """The sequences of a padded batch laid end to end in rows of at most ``pack_tokens``
+    tokens (rows with no completion token are left out)."""
     b, width = input_ids.shape
     start = width - completion_len  # the first completion column
     mask = attention_mask.bool()
@@ -92,37 +115,46 @@ def _packed_logprobs(
     if not torch.equal(layout, mask) or not bool((prompt_lens > 0).all()):
         raise ValueError("packing needs [prompt, left-padded | completion, right-padded] rows")
     p, c = prompt_lens.tolist(), completion_lens.tolist()
-
-    logps, entropies, where = [], [], []
+    device = input_ids.device
+    rows, where = [], []
     for row in pack_rows([p[i] + c[i] for i in range(b)], pack_tokens):
-        ids = torch.cat([input_ids[i, start - p[i] : start + c[i]] for i in row])
-        positions = torch.cat([torch.arange(p[i] + c[i], device=ids.device) for i in row])
         offsets = torch.tensor([0] + [p[i] + c[i] for i in row]).cumsum(0).tolist()
-        # the position before each completion token predicts it
         keep = torch.cat(
-            [
-                torch.arange(c[i], device=ids.device) + offsets[n] + p[i] - 1
-                for n, i in enumerate(row)
-            ]
+            [torch.arange(c[i], device=device) + offsets[n] + p[i] - 1 for n, i in enumerate(row)]
         )
         if keep.numel() == 0:
             continue
+        rows.append(
+            PackedRow(
+                ids=torch.cat([input_ids[i, start - p[i] : start + c[i]] for i in row]),
+                positions=torch.cat([torch.arange(p[i] + c[i], device=device) for i in row]),
+                keep=keep,
+            )
+        )
+        where.extend(i * completion_len + j for i in row for j in range(c[i]))
+    index = torch.tensor(where, dtype=torch.long, device=device)
+    return PackedBatch(rows, index, (b, completion_len))
+
+
+def _packed_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    temperature: float,
+    with_entropy: bool,
+    pack_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens)
+    logps, entropies = [], []
+    for row in packed.rows:
         logits = model(
-            input_ids=ids[None],
-            position_ids=positions[None],
-            logits_to_keep=keep,
+            input_ids=row.ids[None],
+            position_ids=row.positions[None],
+            logits_to_keep=row.keep,
             use_cache=False,
         ).logits[0]
-        logps.append(token_logprobs(logits, ids[keep + 1], temperature))
+        logps.append(token_logprobs(logits, row.ids[row.keep + 1], temperature))
         if with_entropy:
             entropies.append(token_entropy(logits.detach(), temperature))
-        where.extend(i * completion_len + j for i in row for j in range(c[i]))
-
-    index = torch.tensor(where, dtype=torch.long, device=input_ids.device)
-
-    def unpack(values: list[torch.Tensor]) -> torch.Tensor:
-        flat = torch.cat(values) if values else torch.zeros(0, device=input_ids.device)
-        out = flat.new_zeros(b * completion_len).index_put((index,), flat)
-        return out.view(b, completion_len)
-
-    return unpack(logps), (unpack(entropies) if with_entropy else None)
+    return packed.unpack(logps), (packed.unpack(entropies) if with_entropy else None)

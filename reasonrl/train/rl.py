@@ -49,7 +49,7 @@ from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.data import step_indices
-from reasonrl.train.forward import completion_logprobs, position_ids
+from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 
@@ -242,14 +242,6 @@ def policy_loss(
     return loss, stats
 
 
-def completion_values(critic: ValueModel, mb: Rollout) -> torch.Tensor:
-    """The critic's V before each completion token. → [b, C]."""
-    c = mb.completion_ids.shape[1]
-    attn = mb.attention_mask
-    values = critic(mb.input_ids, attn, position_ids(attn))
-    return values[:, -c - 1 : -1]
-
-
 @torch.no_grad()
 def _forward_all(fn: Callable[[Rollout], torch.Tensor], ro: Rollout, micro: int) -> torch.Tensor:
     return torch.cat([fn(ro.select(slice(m, m + micro))) for m in range(0, len(ro), micro)])
@@ -306,6 +298,11 @@ def train_rl(
             pack_tokens=cfg.model.pack_tokens,
         )[0]
 
+    def values_of(mb: Rollout) -> torch.Tensor:
+        assert critic is not None
+        c = mb.completion_ids.shape[1]
+        return critic.completion_values(mb.input_ids, mb.attention_mask, c, cfg.model.pack_tokens)
+
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, start) as bar:
         for step in range(start, r.steps):
             t0 = time.perf_counter()
@@ -325,7 +322,7 @@ def train_rl(
                 reward_kl = kl_estimate(algo.kl, old_logp, ref_logp)
             old_values = None
             if critic is not None:
-                old_values = _forward_all(lambda mb: completion_values(critic, mb), ro, micro)
+                old_values = _forward_all(values_of, ro, micro)
             policy.train()
             adv, returns = token_advantages(batch, algo, mask, reward_kl, old_values)
 
@@ -359,7 +356,7 @@ def train_rl(
                             loss.backward()
                             _accumulate(stats, mb_stats)
                         if critic is not None:
-                            v = completion_values(critic, mb)
+                            v = values_of(mb)
                             vl, _ = value_loss(v, old_values[rows], returns[rows], algo.value_clip)
                             vloss = aggregate("token_mean", vl, mask[rows], tokens, len(rows_mini))
                             vloss.backward()

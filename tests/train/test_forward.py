@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from reasonrl.config import ModelConfig
-from reasonrl.models import load_model
+from reasonrl.models import load_model, resolve_model_path
+from reasonrl.models.value import ValueModel
 from reasonrl.train.forward import completion_logprobs, pack_rows
 
 
@@ -62,3 +63,15 @@ def test_packing_refuses_another_layout(model):
     holed[0, -c + 2] = 0  # a hole inside a completion
     with pytest.raises(ValueError, match="left-padded"):
         completion_logprobs(model, ids, holed, c, pack_tokens=64)
+
+
+def test_packed_critic_values_equal_padded():
+    torch.manual_seed(0)
+    critic = ValueModel.from_pretrained(resolve_model_path("bundled"))
+    torch.nn.init.normal_(critic.head.weight, std=0.1)
+    ids, mask, c = _batch()
+    cmask = mask[:, -c:].bool()
+    padded = critic.completion_values(ids, mask, c)
+    packed = critic.completion_values(ids, mask, c, pack_tokens=30)
+    torch.testing.assert_close(packed[cmask], padded[cmask], rtol=0, atol=1e-5)
+    assert (packed[~cmask] == 0).all() and padded[cmask].std() > 0

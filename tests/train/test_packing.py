@@ -40,8 +40,9 @@ RL = [
         ("tiny-cold-start", SFT, ["loss/sft", "grad_norm"]),
         ("quickstart", RL, ["loss/policy", "grad_norm", "kl/mean", "entropy/mean"]),
         ("quickstart-lora", RL, ["loss/policy", "grad_norm", "kl/mean"]),
+        ("quickstart", [*RL, "algo.name=ppo"], ["loss/policy", "loss/value", "grad_norm"]),
     ],
-    ids=["sft", "grpo", "grpo-lora"],
+    ids=["sft", "grpo", "grpo-lora", "ppo"],
 )
 def test_one_step_logs_the_same_packed_as_padded(tmp_path, recipe, overrides, keys):
     logged = []
