@@ -21,7 +21,7 @@ def _batch(b=24, p=12, c=20, vocab=300):
     return ids.cuda(), mask.long().cuda(), c
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_packed_equals_padded_on_cuda(attn, dtype):
     torch.backends.cuda.matmul.allow_tf32 = False
