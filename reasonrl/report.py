@@ -55,7 +55,12 @@ GROUPS = (
     _Group("kl", "KL", ("kl/mean",)),
     _Group("response_length", "Response length (tokens)", ("response/length_mean",)),
     _Group("entropy", "Entropy", ("entropy/mean",)),
-    _Group("pairwise", "Held-out pairwise accuracy", ("eval/pairwise_accuracy",)),
+    _Group(
+        "pairwise",
+        "Held-out pairwise accuracy",
+        ("eval/pairwise_accuracy",),
+        "eval/pairwise_accuracy/",  # by kind of rejected response
+    ),
     _Group("loss", "Loss", (), "loss/"),
 )
 

@@ -28,6 +28,7 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+    kind: str | None = None  # generated pairs: how the rejected response is worse
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class EncodedPair:
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    kind: str | None = None
 
 
 def fit_to_length(
@@ -62,13 +64,13 @@ def encode_pairs(
     chosen = [ids + [eos] for ids in enc(p.chosen for p in pairs)]
     rejected = [ids + [eos] for ids in enc(p.rejected for p in pairs)]
     out, truncated = [], 0
-    for p, c, r in zip(prompts, chosen, rejected, strict=True):
+    for pair, p, c, r in zip(pairs, prompts, chosen, rejected, strict=True):
         pc, c2 = fit_to_length(p, c, max_length)
         pr, r2 = fit_to_length(p, r, max_length)
         # Both responses share one prompt: keep the shorter cut so the pair stays comparable.
         prompt = pc if len(pc) <= len(pr) else pr
         truncated += len(prompt) < len(p) or len(c2) < len(c) or len(r2) < len(r)
-        out.append(EncodedPair(prompt, c2, r2))
+        out.append(EncodedPair(prompt, c2, r2, pair.kind))
     return out, truncated
 
 
@@ -131,8 +133,9 @@ def generated_pairs(
     for sample in samples:
         estimate_wrong = estimate_trace(sample.meta["expression"])[1] != int(sample.answer)
         kinds = REJECTION_KINDS if estimate_wrong else REJECTION_KINDS[1:]
-        rejected = rejected_response(sample, rng.choice(kinds), rng)
-        pairs.append(PreferencePair(render(sample), solution_text(sample), rejected))
+        kind = rng.choice(kinds)
+        rejected = rejected_response(sample, kind, rng)
+        pairs.append(PreferencePair(render(sample), solution_text(sample), rejected, kind))
     return pairs
 
 

@@ -72,7 +72,8 @@ def evaluate_rm(
     rm: RewardModel, pairs: Sequence[EncodedPair], pad_id: int, batch_pairs: int
 ) -> dict[str, float]:
     """Held-out ``eval/pairwise_accuracy``, ``eval/margin`` (mean chosen − rejected score),
-    ``eval/chosen_score`` and ``eval/rejected_score``."""
+    ``eval/chosen_score``, ``eval/rejected_score`` and, for generated pairs, the accuracy on
+    each kind of rejected response (``eval/pairwise_accuracy/<kind>``)."""
     was_training = rm.training
     rm.eval()
     chosen, rejected = [], []
@@ -82,12 +83,17 @@ def evaluate_rm(
         rejected.append(r)
     rm.train(was_training)
     c, r = torch.cat(chosen), torch.cat(rejected)
-    return {
+    out = {
         "eval/pairwise_accuracy": _accuracy(c - r),
         "eval/margin": (c - r).mean().item(),
         "eval/chosen_score": c.mean().item(),
         "eval/rejected_score": r.mean().item(),
     }
+    kinds = [p.kind for p in pairs]
+    for kind in sorted({k for k in kinds if k is not None}):
+        rows = torch.tensor([k == kind for k in kinds])
+        out[f"eval/pairwise_accuracy/{kind}"] = _accuracy((c - r)[rows])
+    return out
 
 
 def train_rm(
@@ -222,6 +228,15 @@ def run_rm_stage(
         "wall_s": time.time() - t0,
         "model_dir": str(run_dir / MODEL_DIR),
     }
+    by_kind = {
+        kind: {
+            "pairwise_accuracy": final[f"eval/pairwise_accuracy/{kind}"],
+            "n": sum(p.kind == kind for p in eval_pairs),
+        }
+        for kind in sorted({p.kind for p in eval_pairs if p.kind is not None})
+    }
+    if by_kind:
+        summary["eval"]["by_kind"] = by_kind
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     table = Table(title="held-out preference pairs")
     for col in ("pairwise accuracy", "margin", "n", "truncated"):
@@ -231,6 +246,13 @@ def run_rm_stage(
         f"{100 * ev['pairwise_accuracy']:.1f}%", f"{ev['margin']:.3f}", str(ev["n"]), str(cut_eval)
     )
     console.print(table)
+    if by_kind:
+        kinds = Table(title="by kind of rejected response")
+        for col in ("kind", "pairwise accuracy", "n"):
+            kinds.add_column(col)
+        for kind, row in by_kind.items():
+            kinds.add_row(kind, f"{100 * row['pairwise_accuracy']:.1f}%", str(row["n"]))
+        console.print(kinds)
     from reasonrl.report import build_report
 
     console.print(f"report: {build_report(run_dir)}")

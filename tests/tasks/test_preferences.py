@@ -105,13 +105,15 @@ def test_generated_pairs_prefer_the_careful_correct_trace():
         assert pair.chosen == solution_text(sample)
         rejected = pair.rejected
         if "~" in rejected:
-            kinds.add("estimate")
+            kind = "estimate"
         elif "<think>" not in rejected or "<answer>" not in rejected:
-            kinds.add("malformed")
+            kind = "malformed"
         elif rejected.startswith(pair.chosen.split("</think>")[0]):
-            kinds.add("mismatch")
+            kind = "mismatch"
         else:
-            kinds.add("slip")
+            kind = "slip"
+        assert pair.kind == kind  # the label the pair carries is what the text shows
+        kinds.add(kind)
         if "<answer>" in rejected and "<think>" in rejected:
             assert _answer(rejected) != int(sample.answer)
     assert kinds == {"estimate", "slip", "mismatch", "malformed"}

@@ -47,6 +47,13 @@ def test_rm_stage_learns_and_writes_its_run_dir(tmp_path):
     assert summary == json.loads((run_dir / "summary.json").read_text())
     assert summary["stage"] == "rm" and summary["steps"] == 16
     assert summary["eval"]["n"] == 64 and summary["eval"]["truncated"] == 0
+    by_kind = summary["eval"]["by_kind"]  # generated pairs know how the rejected one is worse
+    assert set(by_kind) <= {"estimate", "slip", "mismatch", "malformed"} and len(by_kind) >= 3
+    assert sum(row["n"] for row in by_kind.values()) == 64
+    # the overall accuracy is the kinds' accuracies weighted by their counts
+    weighted = sum(row["pairwise_accuracy"] * row["n"] for row in by_kind.values()) / 64
+    assert weighted == pytest.approx(summary["eval"]["pairwise_accuracy"], abs=1e-6)
+    assert all(f"eval/pairwise_accuracy/{kind}" in evals[-1] for kind in by_kind)
     assert summary["eval"]["pairwise_accuracy"] == pytest.approx(
         evals[-1]["eval/pairwise_accuracy"]
     )
