@@ -22,9 +22,11 @@ def _correct(texts: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
     return [r.score == 1.0 for r in _checker().batch(texts, samples)]
 
 
-def _mean_ci(values: Sequence[float]) -> dict[str, float]:
+def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean score with its CI, and the per-problem scores (in problem order) for a paired
+    comparison with another evaluation of the same problems."""
     mean, low, high = mean_ci(values, clip=False)
-    return {"mean": mean, "ci_low": low, "ci_high": high}
+    return {"mean": mean, "ci_low": low, "ci_high": high, "values": list(values)}
 
 
 def _per_task(

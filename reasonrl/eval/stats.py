@@ -44,3 +44,14 @@ def mean_ci(
     if not clip:
         return mean, mean - half, mean + half
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def paired_change(
+    before: Sequence[float], after: Sequence[float], z: float = Z95
+) -> tuple[float, float, float]:
+    """(mean, low, high) of ``after - before`` per problem: the change of a mean score between
+    two evaluations of the same problems, with the interval of the paired differences (much
+    narrower than the two means' intervals where problems differ more than the models do)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired scores need the same problems ({len(before)} vs {len(after)})")
+    return mean_ci([a - b for a, b in zip(after, before, strict=True)], z, clip=False)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.eval import evaluate
+from reasonrl.eval.stats import paired_change
 from reasonrl.logging import METRICS_FILE, RunLogger
 from reasonrl.models import (
     init_model,
@@ -206,6 +207,41 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                     f"{label}: mean {name} score of the greedy completions {s['mean']:.3f} "
                     f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
                 )
+    for label, changes in score_changes(summary).items():
+        for name, c in changes.items():
+            console.print(
+                f"{label}: mean {name} score {c['mean']:+.3f} "
+                f"[paired 95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}] over {c['n']} problems"
+            )
+
+
+def score_changes(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """The change of each reward-model score from ``before`` to ``after`` on the same problems,
+    with the CI of the per-problem differences: {"change" or "change · <task>": {name: {mean,
+    ci_low, ci_high, n}}}; empty unless both evaluations kept their per-problem scores."""
+    before, after = summary.get("before"), summary.get("after")
+    if not before or not after:
+        return {}
+    pairs = [("change", before, after)] + [
+        (f"change · {task}", before["tasks"][task], part)
+        for task, part in (after.get("tasks") or {}).items()
+        if task in (before.get("tasks") or {})
+    ]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, b, a in pairs:
+        for name, s in (a.get("scores") or {}).items():
+            old = (b.get("scores") or {}).get(name, {}).get("values")
+            new = s.get("values")
+            if old is None or new is None or len(old) != len(new):
+                continue
+            mean, low, high = paired_change(old, new)
+            out.setdefault(label, {})[name] = {
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n": len(new),
+            }
+    return out
 
 
 def start_run(
@@ -345,6 +381,8 @@ def run(
     }
     if cfg.stage == "rl":
         summary["memory"] = memory
+    if changes := score_changes(summary):
+        summary["score_changes"] = changes
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     print_summary(console, summary)
     from reasonrl.report import build_report

@@ -26,6 +26,7 @@ def test_scorers_score_the_greedy_completions():
     score = result["scores"]["length"]
     assert math.isclose(score["mean"], sum(lengths) / 3)
     assert score["ci_low"] <= score["mean"] <= score["ci_high"]
+    assert score["values"] == [float(n) for n in lengths]  # per problem, for paired changes
     assert "scores" not in evaluate(engine, prompts, samples, cfg)
 
 

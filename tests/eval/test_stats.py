@@ -44,3 +44,20 @@ def test_mean_ci():
 def test_wilson_interval_holds_the_proportion_at_the_ends(n):
     assert wilson_interval(0, n)[0] == 0.0
     assert wilson_interval(n, n)[1] == 1.0
+
+
+def test_paired_change_is_the_ci_of_the_differences():
+    from reasonrl.eval.stats import Z95, paired_change
+
+    before = [-3.0, -1.0, 0.0, 2.0, 5.0]
+    after = [-2.5, -0.6, 0.6, 2.3, 5.7]  # every problem up by 0.3 to 0.7
+    mean, low, high = paired_change(before, after)
+    diffs = [0.5, 0.4, 0.6, 0.3, 0.7]
+    sd = (sum((d - 0.5) ** 2 for d in diffs) / 4) ** 0.5
+    assert mean == pytest.approx(0.5)
+    half = Z95 * sd / 5**0.5
+    assert (low, high) == pytest.approx((0.5 - half, 0.5 + half))
+    # the two means' own intervals overlap widely; the paired one excludes 0
+    assert mean_ci(before, clip=False)[2] > mean_ci(after, clip=False)[1] and low > 0
+    with pytest.raises(ValueError, match="same problems"):
+        paired_change(before, after[:-1])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from reasonrl.config import ModelConfig, load_config
@@ -170,3 +171,24 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
             "grad_norm",
         ):
             assert abs(x[key] - y[key]) <= 1e-6, (x["step"], key, x[key], y[key])
+
+
+def test_score_changes_pair_the_problems_overall_and_per_task():
+    from reasonrl.train.run import score_changes
+
+    def result(values, tasks):
+        return {
+            "scores": {"rm": {"values": values}},
+            "tasks": {t: {"scores": {"rm": {"values": v}}} for t, v in tasks.items()},
+        }
+
+    before = result([1.0, 2.0, 3.0, 4.0], {"a": [1.0, 2.0], "b": [3.0, 4.0]})
+    after = result([1.5, 2.5, 3.0, 4.0], {"a": [1.5, 2.5], "b": [3.0, 4.0]})
+    changes = score_changes({"before": before, "after": after})
+    assert set(changes) == {"change", "change · a", "change · b"}
+    assert changes["change"]["rm"]["mean"] == pytest.approx(0.25)
+    assert changes["change · a"]["rm"] == {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 2}
+    assert changes["change · b"]["rm"]["mean"] == 0.0
+    assert score_changes({"before": None, "after": after}) == {}
+    old = {"scores": {"rm": {"mean": 1.0}}}  # an evaluation saved without per-problem scores
+    assert score_changes({"before": old, "after": after}) == {}
