@@ -211,7 +211,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         for name, c in changes.items():
             console.print(
                 f"{label}: mean {name} score {c['mean']:+.3f} "
-                f"[paired 95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}] over {c['n']} problems"
+                f"(paired 95% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}) over {c['n']} problems"
             )
 
 
