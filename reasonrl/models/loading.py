@@ -58,24 +58,28 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
-def load_model(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
-    """The causal LM named by ``cfg`` in the configured dtype, on ``device``.
+def copy_out_of_file(model: torch.nn.Module) -> torch.nn.Module:
+    """Give ``model``'s CPU tensors memory of their own (in place; returns the model).
 
-    The weights are copied out of the checkpoint file: transformers maps safetensors files into
-    memory, so weights that are never written (a LoRA base, a frozen reference, an evaluated
-    model) would change if the file were rewritten in place while they are in use (``cp`` over
-    a model directory does that)."""
-    dtype = getattr(torch, cfg.dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), dtype=dtype)
-    except OSError as e:
-        raise ConfigError(f"could not load a model from {cfg.path!r}: {e}") from e
-    model = model.to(device or pick_device(cfg.device))
+    transformers maps safetensors files into memory, so weights that are never written (a LoRA
+    base, a frozen reference or reward model, an evaluated model) would change if the file were
+    rewritten in place while they are in use (``cp`` over a model directory does that)."""
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.device.type == "cpu":  # on an accelerator it is a copy already
                 tensor.data = tensor.data.clone()
     return model
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.Module:
+    """The causal LM named by ``cfg`` in the configured dtype, on ``device``, its weights
+    copied out of the checkpoint file (:func:`copy_out_of_file`)."""
+    dtype = getattr(torch, cfg.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.path), dtype=dtype)
+    except OSError as e:
+        raise ConfigError(f"could not load a model from {cfg.path!r}: {e}") from e
+    return copy_out_of_file(model.to(device or pick_device(cfg.device)))
 
 
 def init_model(init: ModelInit, tokenizer: Any, dtype: str = "float32") -> torch.nn.Module:

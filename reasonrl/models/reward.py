@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from reasonrl.algos import token_logprobs
 from reasonrl.config import ConfigError, LoRAConfig
-from reasonrl.models.loading import pick_device, resolve_model_path
+from reasonrl.models.loading import copy_out_of_file, pick_device, resolve_model_path
 from reasonrl.models.lora import apply_lora, is_lora
 from reasonrl.models.value import HEAD_FILE, ValueModel
 from reasonrl.train.forward import position_ids
@@ -239,11 +239,7 @@ def load_reward_model(
         )
         if model.config.pad_token_id is None:  # HF's own forward needs one for batches
             model.config.pad_token_id = model.config.eos_token_id
-    # transformers maps safetensors files into memory: a frozen reward model (the verifier's)
-    # would change if its directory were rewritten during a run, so copy the weights out.
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+    copy_out_of_file(model)  # a frozen reward model must not follow a rewrite of its file
     rm = RewardModel(model, head, pool, likelihood)
     return rm.to(device or pick_device("auto"))
 
