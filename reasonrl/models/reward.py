@@ -12,7 +12,7 @@ Pooling (``rm.pool``, value head only): ``last`` reads the score at the last tok
 is (one wrong step in a chain) rather than having to be carried to the end of the sequence.
 The pooling is saved in the decoder's config (``reward_pool``) and restored on load.
 
-Likelihood (``rm.likelihood_weight`` β > 0, value head only): the score gains β times the mean
+Likelihood (``rm.likelihood`` β > 0, value head only): the score gains β times the mean
 log-probability of the response tokens under the model's own language-model head, the
 length-normalised implicit reward of SimPO. A chain with one wrong sum is what a model trained
 on correct chains finds unlikely, while a scalar head read at one position has to learn that
@@ -70,9 +70,9 @@ class RewardModel(torch.nn.Module):
         return layer(hidden).squeeze(-1).float()
 
     def _pooled(self, hidden: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        """hidden [N, L, H], response_mask [N, L] (1 on response tokens) → [N] scores."""
+        """hidden [N, L, H], response_mask [N, L] (1 or True on response tokens) → [N] scores."""
         if self.pool == "last":  # the last response token (responses are never empty)
-            last = response_mask.shape[1] - 1 - response_mask.flip(1).argmax(1)
+            last = response_mask.shape[1] - 1 - response_mask.long().flip(1).argmax(1)
             return self._score(hidden[torch.arange(hidden.shape[0]), last])
         mask = response_mask.float()
         return (self._score(hidden) * mask).sum(1) / mask.sum(1)
@@ -116,11 +116,7 @@ class RewardModel(torch.nn.Module):
         width = input_ids.shape[1]
         columns = torch.arange(width, device=input_ids.device)
         response_mask = columns >= width - response_lengths.to(input_ids.device)[:, None]
-        scores = (
-            self._score(hidden[:, -1])
-            if self.pool == "last"
-            else self._pooled(hidden, response_mask)
-        )
+        scores = self._pooled(hidden, response_mask)
         if self.likelihood:  # position t - 1 predicts token t
             predicting = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1)
             # a response whose prompt was cut away entirely has no context for its first token
@@ -218,10 +214,10 @@ def load_reward_model(
         raise ConfigError(f"{path} holds a reward model with a {found!r} head, not {head!r}")
     head = head or found
     torch_dtype = getattr(torch, dtype)
-    config = AutoConfig.from_pretrained(path)
     # save_pretrained writes the pooling and the likelihood weight into the decoder's config
-    saved_pool = getattr(config, "reward_pool", None) if found else None
-    saved_likelihood = getattr(config, "reward_likelihood", None) if found else None
+    config = AutoConfig.from_pretrained(path) if found else None
+    saved_pool = getattr(config, "reward_pool", None)
+    saved_likelihood = getattr(config, "reward_likelihood", None)
     if pool is not None and saved_pool is not None and pool != saved_pool:
         raise ConfigError(f"{path} holds a reward model with {saved_pool!r} pooling, not {pool!r}")
     if likelihood is not None and saved_likelihood is not None and likelihood != saved_likelihood:
