@@ -189,7 +189,8 @@ def _summary_rows(table: Table, results: dict[str, Any], suffix: str = "") -> No
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    """The before/after table (and the same for each task of a mix)."""
+    """The before/after table (and the same for each task of a mix), the mean reward-model
+    scores, and their paired changes where the summary holds them (``score_changes``)."""
     table = Table(title="held-out accuracy")
     for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
         table.add_column(col)
@@ -207,7 +208,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                     f"{label}: mean {name} score of the greedy completions {s['mean']:.3f} "
                     f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
                 )
-    for label, changes in score_changes(summary).items():
+    for label, changes in (summary.get("score_changes") or {}).items():
         for name, c in changes.items():
             console.print(
                 f"{label}: mean {name} score {c['mean']:+.3f} "

@@ -197,14 +197,15 @@ def test_score_changes_pair_the_problems_overall_and_per_task():
 def test_print_summary_shows_the_paired_change():
     from rich.console import Console
 
-    from reasonrl.train.run import print_summary
+    from reasonrl.train.run import print_summary, score_changes
 
     def result(values):
         scores = {"rm": {"mean": sum(values) / 2, "ci_low": 0.0, "ci_high": 9.0, "values": values}}
         return {"accuracy": 0.5, "n": 2, "ci_low": 0.1, "ci_high": 0.9, "scores": scores}
 
     console = Console(record=True, width=200)
-    print_summary(console, {"before": result([1.0, 2.0]), "after": result([1.5, 2.5])})
+    summary = {"before": result([1.0, 2.0]), "after": result([1.5, 2.5])}
+    print_summary(console, summary | {"score_changes": score_changes(summary)})
     assert "change: mean rm score +0.500 (paired 95% CI +0.500 to +0.500) over 2 problems" in (
         console.export_text()
     )
