@@ -131,6 +131,31 @@ def test_padded_shapes_and_late_stop_checks_change_nothing(bundled):
     assert [k for k in engine._decoders] == [(16, 128)]  # 10 rows → 16; 40 + P → 128
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_the_decode_step_traces_whole_with_no_host_sync(bundled, greedy):
+    # A CUDA graph replays device work only: a host sync (.item(), bool(tensor)), a
+    # data-dependent shape or a Python branch on a tensor's value inside the step would be
+    # baked in or break capture. Dynamo refuses the same constructs under fullgraph=True, so
+    # tracing the step here checks on the CPU what capture needs; the traced step must also
+    # decode exactly what the plain one does.
+    model, tok = bundled
+    prompts = _prompts(tok)
+    settings = {"greedy": True} if greedy else {"temperature": 0.8, "top_p": 0.9, "top_k": 20}
+
+    def decode(engine):
+        torch.manual_seed(0)
+        return engine.generate(prompts, max_new_tokens=24, **settings)
+
+    plain = decode(FastEngine(model, tok, pad_shapes=True, sync_every=4))
+    engine = FastEngine(model, tok, pad_shapes=True, sync_every=4)
+    torch._dynamo.reset()
+    engine._step = torch.compile(engine._step, fullgraph=True, backend="eager")
+    traced = decode(engine)  # raises torch._dynamo.exc.Unsupported at any graph break
+    torch._dynamo.reset()
+    assert torch.equal(traced.completion_ids, plain.completion_ids)
+    torch.testing.assert_close(traced.logprobs, plain.logprobs, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("temperature", "top_p", "top_k"), [(0.7, 0.9, 0), (1.0, 1.0, 0), (1.2, 1.0, 5)]
 )
