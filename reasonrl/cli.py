@@ -154,22 +154,36 @@ def eval_cmd(
         str, typer.Option(help="Recipe whose task and eval settings to use.")
     ] = "quickstart",
     overrides: Overrides = None,
+    reward_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A saved reward model (e.g. RUN_DIR/model of an rm stage) that also scores the "
+            "greedy completions, raw; repeatable."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k."""
+    """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k, and
+    the mean score of the greedy completions under each reward model (the recipe's learned
+    reward terms and every --reward-model)."""
     import json
 
     from reasonrl.eval import evaluate
     from reasonrl.models import load_model, load_tokenizer, pick_device
+    from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
     from reasonrl.tasks import load_splits, render_prompt
-    from reasonrl.train.run import print_summary
+    from reasonrl.train.run import print_summary, reward_scorers
 
     cfg = _load(recipe, [*(overrides or []), f"model.path={model}"])
     try:
         tokenizer = load_tokenizer(cfg.model.path)
         policy = load_model(cfg.model, pick_device(cfg.model.device))
         _, held_out = load_splits(cfg.task)
+        scorers = reward_scorers(cfg) | {
+            path: RewardModelVerifier(path, normalize="none", device=cfg.model.device).raw_scores
+            for path in reward_model or []
+        }
     except ConfigError as e:
         _fail(str(e))
     prompts = [
@@ -177,7 +191,7 @@ def eval_cmd(
     ]
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
     with console.status(f"evaluating {model} on {cfg.eval.limit or len(held_out)} problems"):
-        result = evaluate(engine, prompts, held_out, cfg.eval)
+        result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
     print_summary(console, {"after": result})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
