@@ -157,11 +157,18 @@ def eval_cmd(
     reward_model: Annotated[
         list[str] | None,
         typer.Option(
-            help="A saved reward model (e.g. RUN_DIR/model of an rm stage) that also scores the "
-            "greedy completions, raw; repeatable."
+            help="A saved reward model, DIR or NAME=DIR (e.g. RUN_DIR/model of an rm stage), "
+            "that also scores the greedy completions, raw, under NAME (default: DIR); repeatable."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results of an earlier eval (its --out, or a run's eval_before.json) on the same "
+            "problems: shown as 'before', with the paired change of each reward-model score."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k, and
     the mean score of the greedy completions under each reward model (the recipe's learned
@@ -173,17 +180,24 @@ def eval_cmd(
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
     from reasonrl.tasks import load_splits, render_prompt
-    from reasonrl.train.run import print_summary, reward_scorers
+    from reasonrl.train.run import print_summary, reward_scorers, score_changes
 
     cfg = _load(recipe, [*(overrides or []), f"model.path={model}"])
+    before = None
+    if baseline is not None:
+        try:
+            before = json.loads(baseline.read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"could not read the baseline {baseline}: {e}")
     try:
         tokenizer = load_tokenizer(cfg.model.path)
         policy = load_model(cfg.model, pick_device(cfg.model.device))
         _, held_out = load_splits(cfg.task)
-        scorers = reward_scorers(cfg) | {
-            path: RewardModelVerifier(path, normalize="none", device=cfg.model.device).raw_scores
-            for path in reward_model or []
-        }
+        scorers = reward_scorers(cfg)
+        for spec in reward_model or []:
+            name, _, path = spec.rpartition("=")
+            verifier = RewardModelVerifier(path, normalize="none", device=cfg.model.device)
+            scorers[name or path] = verifier.raw_scores
     except ConfigError as e:
         _fail(str(e))
     prompts = [
@@ -192,10 +206,25 @@ def eval_cmd(
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
     with console.status(f"evaluating {model} on {cfg.eval.limit or len(held_out)} problems"):
         result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
-    print_summary(console, {"after": result})
+    summary = {"after": result}
+    if before is not None:
+        if _problems(before) != _problems(result):
+            _fail(f"the baseline {baseline} was evaluated on other problems than these")
+        summary |= {"before": before}
+        summary["score_changes"] = score_changes(summary)
+    print_summary(console, summary)
+    if before is not None:
+        paired = summary["score_changes"].get("change", {})
+        for name in sorted((result.get("scores") or {}).keys() - paired.keys()):
+            console.print(f"no paired change of {name}: the baseline kept no per-problem scores")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
+
+
+def _problems(result: dict) -> tuple[int, list[str]]:
+    """What identifies an evaluation's problems: their count and the first prompts."""
+    return result.get("n", 0), [e["prompt"] for e in result.get("examples", [])]
 
 
 @app.command()

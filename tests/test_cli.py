@@ -48,20 +48,26 @@ def test_classic_command_runs_and_rejects_unknown_algorithms(tmp_path):
     assert bad.exit_code != 0 and "value-iteration" in bad.output
 
 
-def test_eval_scores_the_greedy_completions_with_a_reward_model(tmp_path):
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
     import torch
 
     from reasonrl.models import load_tokenizer
     from reasonrl.models.reward import load_reward_model
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("rm") / "model")
+    rm = load_reward_model("bundled", head="value", device="cpu")
+    torch.nn.init.normal_(rm.model.head.weight)  # a new head scores everything 0
+    rm.save_pretrained(path)
+    load_tokenizer("bundled").save_pretrained(path)
+    return path
+
+
+def test_eval_scores_the_greedy_completions_with_a_reward_model(tmp_path, rm_dir):
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.tasks import Sample
 
-    torch.manual_seed(0)
-    rm_dir = str(tmp_path / "rm")
-    rm = load_reward_model("bundled", head="value", device="cpu")
-    torch.nn.init.normal_(rm.model.head.weight)  # a new head scores everything 0
-    rm.save_pretrained(rm_dir)
-    load_tokenizer("bundled").save_pretrained(rm_dir)
     out = tmp_path / "eval.json"
     args = ["eval", "--reward-model", rm_dir, "--out", str(out), "eval.limit=5", "eval.k=1"]
     result = runner.invoke(app, args)
@@ -74,6 +80,29 @@ def test_eval_scores_the_greedy_completions_with_a_reward_model(tmp_path):
     expected = RewardModelVerifier(rm_dir, normalize="none").raw_scores(completions, samples)
     assert saved["scores"][rm_dir]["values"] == pytest.approx(expected, abs=1e-5)
     assert len(set(expected)) > 1
+
+
+def test_eval_against_a_baseline_shows_both_and_the_paired_score_change(tmp_path, rm_dir):
+    base = tmp_path / "base.json"
+    common = ["--reward-model", f"judge={rm_dir}", "eval.limit=5", "eval.k=1"]
+    first = runner.invoke(app, ["eval", *common, "--out", str(base)])
+    assert first.exit_code == 0, first.output
+    # the same model again: every per-problem difference is 0
+    again = runner.invoke(app, ["eval", *common, "--baseline", str(base)])
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert "before" in text and "+0.0 pts" in text
+    assert "change: mean judge score +0.000 (paired 95% CI +0.000 to +0.000) over 5" in text
+    # a baseline without per-problem scores (written before they were kept) says so
+    saved = json.loads(base.read_text())
+    del saved["scores"]["judge"]["values"]
+    base.write_text(json.dumps(saved))
+    older = runner.invoke(app, ["eval", *common, "--baseline", str(base)])
+    assert "no paired change of judge" in " ".join(older.output.split())
+    # a baseline of other problems is refused
+    other = runner.invoke(app, ["eval", "--baseline", str(base), "eval.limit=4", "eval.k=1"])
+    assert other.exit_code == 2
+    assert "other problems" in other.output
 
 
 def test_eval_names_a_missing_reward_model(tmp_path):
