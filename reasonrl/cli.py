@@ -193,6 +193,9 @@ def eval_cmd(
         tokenizer = load_tokenizer(cfg.model.path)
         policy = load_model(cfg.model, pick_device(cfg.model.device))
         _, held_out = load_splits(cfg.task)
+        limit = min(cfg.eval.limit or len(held_out), len(held_out))
+        if before is not None and _problems(before) != (limit, [s.prompt for s in held_out[:5]]):
+            raise ConfigError(f"the baseline {baseline} was evaluated on other problems than these")
         scorers = reward_scorers(cfg)
         for spec in reward_model or []:
             name, _, path = spec.rpartition("=")
@@ -204,12 +207,10 @@ def eval_cmd(
         render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
     ]
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
-    with console.status(f"evaluating {model} on {cfg.eval.limit or len(held_out)} problems"):
+    with console.status(f"evaluating {model} on {limit} problems"):
         result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
     summary = {"after": result}
     if before is not None:
-        if _problems(before) != _problems(result):
-            _fail(f"the baseline {baseline} was evaluated on other problems than these")
         summary |= {"before": before}
         summary["score_changes"] = score_changes(summary)
     print_summary(console, summary)
@@ -223,7 +224,8 @@ def eval_cmd(
 
 
 def _problems(result: dict) -> tuple[int, list[str]]:
-    """What identifies an evaluation's problems: their count and the first prompts."""
+    """What identifies an evaluation's problems: their count and the first (up to 5) prompts
+    it keeps as examples."""
     return result.get("n", 0), [e["prompt"] for e in result.get("examples", [])]
 
 

@@ -13,6 +13,9 @@
 # files are copied to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+if [ $# -eq 0 ]; then
+    echo "usage: bash bench/gpu/run.sh PART... (tests, packing, main, scale, smoke)"; exit 2
+fi
 out="${OUT:-/tmp/reasonrl-gpu}"
 mkdir -p "$out"
 
@@ -49,7 +52,7 @@ run() {
     echo "=== rc=$? after $((SECONDS - t0))s ==="
 }
 
-step=(python3 bench/grpo_step.py)
+step=($py bench/grpo_step.py)
 for part in "$@"; do
     case "$part" in
     tests)
