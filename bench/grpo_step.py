@@ -7,7 +7,7 @@ work. reasonrl runs its real trainer (``train_rl``) with the ``hf`` or ``fast`` 
 
   one GPU:   python bench/grpo_step.py --shape 0.5b --completions 128 --engine fast --peer trl
   scaling:   --shape 0.5b|1.5b|3b  --completions 128|512  (16|64 prompts × 8)
-  packed:    --pack-tokens 4096 (our training forwards without padding; --attn picks the kernel)
+  packed:    --pack-tokens 1024 (our training forwards without padding; --attn picks the kernel)
   CPU smoke: python bench/grpo_step.py --tiny --engine fast --peer trl
 
 Each run adds (or replaces) its entry in ``bench/results/grpo_step_<gpu-or-cpu>.json``: step

@@ -3,7 +3,7 @@
 # with .whl/ carried (bench/gpu/fetch_wheels.sh). Each part's runs have their own time limits,
 # which add up to what the comment says, so each call stays inside the device's 10 minutes:
 #
-#   bash bench/gpu/run.sh tests packing  # versions, GPU, tests/gpu; bench/packing.py   (≤ 6.5 min)
+#   bash bench/gpu/run.sh tests packing  # versions, GPU, tests/gpu; bench/packing.py (≤ 8.5 min)
 #   bash bench/gpu/run.sh main           # 0.5B × 128: fast vs TRL, hf engine, packed rows (≤ 8 min)
 #   bash bench/gpu/run.sh scale          # 0.5B × 512, 1.5B and 3B, each vs TRL         (≤ 9 min)
 #   bash bench/gpu/run.sh smoke          # the scripts on tiny shapes, on any machine    (≤ 7 min)
@@ -57,17 +57,19 @@ for part in "$@"; do
     case "$part" in
     tests)
         preflight
-        run 300 $py -m pytest -q -rs -p no:cacheprovider tests/gpu
+        run 240 $py -m pytest -q -rs -p no:cacheprovider tests/gpu
         ;;
     packing)
         run 90 $py bench/packing.py --device cuda --shape 0.5b --attn sdpa --completions 32 \
-            --prompt-tokens 64 --new-tokens 256 --pack 1024 4096 16384
+            --prompt-tokens 64 --new-tokens 256 --pack 512 1024 4096
+        run 150 $py bench/packing.py --device cuda --shape 0.5b --attn flex_attention \
+            --completions 32 --prompt-tokens 64 --new-tokens 256 --pack 4096 16384
         ;;
     main)
         run 240 "${step[@]}" --shape 0.5b --completions 128 --engine fast --peer trl
         run 120 "${step[@]}" --shape 0.5b --completions 128 --engine hf --peer none
         run 120 "${step[@]}" --shape 0.5b --completions 128 --engine fast --peer none \
-            --pack-tokens 4096
+            --pack-tokens 1024
         ;;
     scale)
         run 200 "${step[@]}" --shape 0.5b --completions 512 --engine fast --peer trl --steps 2
