@@ -34,16 +34,25 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     pack_tokens: int = 0,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p of each of the last ``completion_len`` tokens given everything before it.
 
     input_ids, attention_mask: [B, L] → (logp [B, C], entropy [B, C] or None). ``pack_tokens``
     > 0: the forward runs on packed rows of at most that many tokens (a longer sequence gets a
-    row of its own); log-probs and entropies are 0 at masked positions.
+    row of its own); log-probs and entropies are 0 at masked positions. The entropy is detached
+    (a statistic) unless ``entropy_grad`` (an entropy bonus in the loss).
     """
     if pack_tokens:
         return _packed_logprobs(
-            model, input_ids, attention_mask, completion_len, temperature, with_entropy, pack_tokens
+            model,
+            input_ids,
+            attention_mask,
+            completion_len,
+            temperature,
+            with_entropy,
+            pack_tokens,
+            entropy_grad,
         )
     out = model(
         input_ids=input_ids,
@@ -55,7 +64,9 @@ def completion_logprobs(
     logits = out.logits[:, :-1]
     targets = input_ids[:, -completion_len:]
     logp = token_logprobs(logits, targets, temperature)
-    entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        entropy = token_entropy(logits if entropy_grad else logits.detach(), temperature)
     return logp, entropy
 
 
@@ -144,6 +155,7 @@ def _packed_logprobs(
     temperature: float,
     with_entropy: bool,
     pack_tokens: int,
+    entropy_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens)
     logps, entropies = [], []
@@ -156,5 +168,7 @@ def _packed_logprobs(
         ).logits[0]
         logps.append(token_logprobs(logits, row.ids[row.keep + 1], temperature))
         if with_entropy:
-            entropies.append(token_entropy(logits.detach(), temperature))
+            entropies.append(
+                token_entropy(logits if entropy_grad else logits.detach(), temperature)
+            )
     return packed.unpack(logps), (packed.unpack(entropies) if with_entropy else None)

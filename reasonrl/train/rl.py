@@ -208,6 +208,7 @@ def policy_loss(
         cfg.rollout.temperature,
         with_entropy=True,
         pack_tokens=cfg.model.pack_tokens,
+        entropy_grad=bool(algo.entropy_coef),
     )
     mask, advantages = mask.to(logp.dtype), advantages.to(logp.dtype)
     old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
@@ -268,7 +269,9 @@ def train_rl(
     r, algo, temperature = cfg.rl, cfg.algo, cfg.rollout.temperature
     micro = r.micro_batch_completions
     optimizer = build_optimizer(policy.parameters(), r.learning_rate, r.weight_decay, r.adam_betas)
-    scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps, r.min_lr_ratio)
+    # the policy's schedule spans the steps that train it: none during PPO's critic warm-up
+    critic_only = algo.critic_warmup_steps if critic is not None else 0
+    scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps - critic_only, r.min_lr_ratio)
     critic_opt = None
     if critic is not None:
         critic_opt = build_optimizer(
@@ -310,8 +313,14 @@ def train_rl(
             ro = batch.rollout
             t_gen = time.perf_counter() - t0
             mask = loss_mask(batch, algo)
+            b = len(ro)
+            mini = min(r.mini_batch_completions or b, b)
+            updates = algo.ppo_epochs * math.ceil(b / mini)
             policy.eval()  # no dropout while scoring the batch
-            needs_old = algo.ppo_epochs > 1 or algo.kl_in == "reward"
+            # The sampling policy's log-probs: the ratio's denominator once an update has moved
+            # the weights (several updates per step), and the KL penalty's when it is a reward.
+            # With one update they equal the current ones, detached, so they are not computed.
+            needs_old = updates > 1 or algo.kl_in == "reward"
             old_logp = _forward_all(logp_of(policy), ro, micro) if needs_old else None
             ref_logp = None
             with reference_model(policy, ref_model) as ref:
@@ -327,10 +336,7 @@ def train_rl(
             adv, returns = token_advantages(batch, algo, mask, reward_kl, old_values)
 
             stats: dict[str, float] = {}
-            b = len(ro)
-            mini = min(r.mini_batch_completions or b, b)
-            updates = algo.ppo_epochs * math.ceil(b / mini)
-            train_policy = critic is None or step >= algo.critic_warmup_steps
+            train_policy = step >= critic_only
             for _ in range(algo.ppo_epochs):
                 order = torch.randperm(b).tolist() if algo.ppo_epochs > 1 else list(range(b))
                 for m in range(0, b, mini):
@@ -345,9 +351,7 @@ def train_rl(
                                 mb,
                                 mask[rows],
                                 adv[rows],
-                                None
-                                if old_logp is None or algo.ppo_epochs == 1
-                                else old_logp[rows],
+                                old_logp[rows] if updates > 1 else None,
                                 ref_logp[rows] if ref_logp is not None else None,
                                 cfg,
                                 tokens,
@@ -371,8 +375,9 @@ def train_rl(
                         torch.nn.utils.clip_grad_norm_(critic.parameters(), r.max_grad_norm)
                         critic_opt.step()
                         critic_opt.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
+            lr = scheduler.get_last_lr()[0] if train_policy else 0.0
+            if train_policy:
+                scheduler.step()
             ckpt.step_done(step)
             done = ckpt.done
             dt = time.perf_counter() - t0

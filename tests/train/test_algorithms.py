@@ -115,3 +115,33 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
     ]
     assert recomputed == batch.components["answer"]
     assert 1 <= batch.rounds <= 4
+
+
+def test_later_mini_batches_are_clipped_against_the_sampling_policy(tmp_path):
+    # One epoch, four optimizer updates per step: from the second update on the weights have
+    # moved, so the ratio to the log-probs the completions were sampled with leaves 1 and the
+    # clip engages (it could not if the "old" log-probs were the current ones, detached).
+    cfg = load_config(
+        "quickstart",
+        ["task.train_size=200", "task.eval_size=10", "rl.prompts_per_step=4"]
+        + SMALL
+        + ["rl.mini_batch_completions=4", "rl.learning_rate=1e-2", "algo.ppo_epochs=1"],
+    )
+    run(cfg, tmp_path / "run")
+    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "clip/fraction" in m]
+    assert len(metrics) == 2
+    assert max(m["clip/fraction"] for m in metrics) > 0.01
+
+
+def test_the_policy_schedule_starts_after_the_critic_warm_up(tmp_path):
+    # PPO's first steps train only the critic; the policy's learning-rate schedule (no warm-up
+    # here, then cosine) must begin at its peak on the first step that trains the policy.
+    cfg = load_config(
+        "quickstart",
+        ["task.train_size=200", "task.eval_size=10", "rl.prompts_per_step=4"]
+        + SMALL
+        + ["rl.steps=3", "rl.warmup_steps=0", "algo.name=ppo", "algo.critic_warmup_steps=2"],
+    )
+    run(cfg, tmp_path / "run")
+    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "lr" in m]
+    assert [m["lr"] for m in metrics] == [0.0, 0.0, pytest.approx(1e-3)]

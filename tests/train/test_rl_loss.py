@@ -65,3 +65,32 @@ def test_loss_value_matches_the_formula(tiny_qwen):
     kl = torch.exp(ref - logp) - (ref - logp) - 1
     expected = ((-adv[:, None] + 0.5 * kl) * mask).sum() / tokens
     torch.testing.assert_close(loss, expected.detach())
+
+
+def test_the_entropy_bonus_has_the_entropy_gradient(tiny_qwen):
+    # zero advantages and no KL: the loss is -coef x the token mean of the entropy, and its
+    # gradient is that of the entropy computed straight from the model's logits
+    model = tiny_qwen.double()
+    cfg = load_config(None, ["algo.beta=0", "algo.entropy_coef=0.5", "algo.aggregation=token_mean"])
+    ro = _rollout(4, 3, 4)
+    mask = ro.completion_mask.double()
+    tokens = int(mask.sum())
+    zeros = torch.zeros(4, 4, dtype=torch.float64)
+    model.zero_grad()
+    loss, _ = policy_loss(model, ro, mask, zeros, None, None, cfg, tokens, 4)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(
+        input_ids=ro.input_ids,
+        attention_mask=ro.attention_mask,
+        position_ids=(ro.attention_mask.cumsum(-1) - 1).clamp(min=0),
+    ).logits[:, -5:-1]
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    expected = -0.5 * (entropy * mask).sum() / tokens
+    torch.testing.assert_close(loss, expected.detach())
+    expected.backward()
+    assert any(g.abs().sum() > 0 for g in got)
+    for a, b in zip(got, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b)
