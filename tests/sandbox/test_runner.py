@@ -121,6 +121,16 @@ def test_asserts_verdicts(sandbox, code, status, reason):
     assert reason in verdict.details[0].reason
 
 
+def test_a_solution_cannot_end_the_tests_loop_with_stop_iteration(sandbox):
+    # all(map(...)) would stop at a StopIteration raised by a call and call the rest passed
+    tests = _asserts("assert all(map(lambda t: square(t[0]) == t[1], [(3, 9), (4, 16)]))\n")
+    code = "def square(x):\n    raise StopIteration('done')"
+    verdict = sandbox.evaluate(EvaluateRequest(code=code, tests=tests))
+    assert verdict.status == "failed"
+    good = sandbox.evaluate(EvaluateRequest(code="def square(x):\n    return x * x", tests=tests))
+    assert good.status == "passed"
+
+
 def test_top_level_asserts_without_entry_point(sandbox):
     tests = _asserts("assert add(1, 2) == 3\nassert add(-1, 1) == 0\n")
     good = sandbox.evaluate(EvaluateRequest(code="def add(a, b):\n    return a + b", tests=tests))
