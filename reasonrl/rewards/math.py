@@ -4,8 +4,11 @@ The answer is the single <answer> tag, else the last ``\\boxed{}``; longer than 
 is ``unparsed``. math-verify (sympy) evaluates what it parses and some inputs never finish
 (``\\dfrac{5^{5^{5^{5^5}}}}{3}``) even under its own ``signal.alarm`` timeouts, so it runs in a
 pool of worker processes: a comparison that outlives ``timeout`` seconds of wall clock kills its
-worker (a fresh one replaces it) and scores None with status ``timeout``, which the trainer
-masks and counts instead of calling it wrong.
+worker (a fresh one replaces it) and scores 0 with status ``timeout``. The answer made the
+checker run past its deadline, as a program past its time limit fails its tests: were it None
+(masked out of the group's statistics), an answer built to be unevaluable would escape the
+negative advantage a wrong one gets, and take its format and penalty terms with it. A worker
+that fails (``error``) is the checker's fault and scores None.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ class MathVerifier:
             return RewardResult(0.0, "unparsed", {"answer": answer and answer[:200]})
         status, detail = self.pool.compare(sample.answer, answer, self.timeout)
         details = {"answer": answer[:200], "detail": detail}
-        if status in ("timeout", "error"):
+        if status == "error":
             return RewardResult(None, status, details)
         return RewardResult(1.0 if status == "ok" else 0.0, status, details)
 

@@ -134,10 +134,11 @@ def test_answer_extraction(verifier, completion, score, status):
 
 
 def test_pathological_input_times_out_instead_of_hanging():
+    # scored 0, not None: an unevaluable answer must not escape the advantage of a wrong one
     verifier = MathVerifier(timeout=1.0, workers=1)
     start = time.monotonic()
     result = verifier("<answer>\\dfrac{5^{5^{5^{5^5}}}}{3}</answer>", Sample("q", "\\frac{5}{3}"))
-    assert (result.score, result.status) == (None, "timeout")
+    assert (result.score, result.status) == (0.0, "timeout")
     assert time.monotonic() - start < 5.0  # the deadline, plus killing the worker
     # the killed worker was replaced: the pool still answers
     again = verifier("<answer>3</answer>", Sample("q", "3"))
