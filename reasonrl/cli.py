@@ -180,7 +180,7 @@ def eval_cmd(
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
     from reasonrl.tasks import load_splits, render_prompt
-    from reasonrl.train.run import print_summary, reward_scorers, score_changes
+    from reasonrl.train.run import print_summary, reward_scorers, score_changes, seed_everything
 
     cfg = _load(recipe, [*(overrides or []), f"model.path={model}"])
     before = None
@@ -189,6 +189,11 @@ def eval_cmd(
             before = json.loads(baseline.read_text())
         except (OSError, ValueError) as e:
             _fail(f"could not read the baseline {baseline}: {e}")
+        if not isinstance(before, dict) or not {"accuracy", "n", "examples"} <= before.keys():
+            _fail(
+                f"the baseline {baseline} is not the results of an evaluation (what "
+                "`reasonrl eval --out` writes, or a run's eval_before.json)"
+            )
     try:
         tokenizer = load_tokenizer(cfg.model.path)
         policy = load_model(cfg.model, pick_device(cfg.model.device))
@@ -198,15 +203,16 @@ def eval_cmd(
             raise ConfigError(f"the baseline {baseline} was evaluated on other problems than these")
         scorers = reward_scorers(cfg)
         for spec in reward_model or []:
-            name, _, path = spec.rpartition("=")
+            name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
             verifier = RewardModelVerifier(path, normalize="none", device=cfg.model.device)
-            scorers[name or path] = verifier.raw_scores
+            scorers[name] = verifier.raw_scores
     except ConfigError as e:
         _fail(str(e))
     prompts = [
         render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
     ]
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
+    seed_everything(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
     with console.status(f"evaluating {model} on {limit} problems"):
         result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
     summary = {"after": result}

@@ -235,7 +235,7 @@ class EvalConfig(_Strict):
     before: bool = True  # evaluate the starting model on the held-out split
     after: bool = True  # and the trained one
     every: int = Field(0, ge=0)  # also evaluate every N steps during training (0: never)
-    limit: int | None = None  # evaluate on the first N held-out problems only
+    limit: int | None = Field(None, ge=1)  # evaluate on the first N held-out problems only
     every_limit: int = Field(200, gt=0)  # held-out problems used by the evals during training
     k: int = Field(8, ge=0)  # samples per problem for pass@k (0: greedy pass@1 only)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

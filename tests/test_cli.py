@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -110,3 +112,22 @@ def test_eval_names_a_missing_reward_model(tmp_path):
     result = runner.invoke(app, ["eval", "--reward-model", missing, "eval.limit=2"])
     assert result.exit_code == 2
     assert "no-such-rm" in result.output
+
+
+def test_eval_is_seeded_and_refuses_what_is_not_an_evaluation(tmp_path):
+    # the same model, recipe and seed sample the same completions: --baseline compares models,
+    # not draws of the random generator
+    # (two processes: torch seeds its generator at random in each)
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        command = ["eval", "--out", str(out), "eval.limit=20", "eval.k=4"]
+        subprocess.run([sys.executable, "-m", "reasonrl", *command], check=True, timeout=300)
+    a, b = (json.loads(o.read_text()) for o in outs)
+    assert a["pass_at_k"] == b["pass_at_k"] and 0 < a["pass_at_k"]["1"] < 1
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for bad in ("list.json", "missing.json"):
+        result = runner.invoke(app, ["eval", "--baseline", str(tmp_path / bad), "eval.limit=2"])
+        assert result.exit_code == 2
+        assert bad in " ".join(result.output.split())
+    result = runner.invoke(app, ["eval", "eval.limit=0"])
+    assert result.exit_code == 2 and "eval.limit" in result.output

@@ -30,6 +30,10 @@ def resolve_model_path(path: str) -> str:
     if p.exists():
         if not p.is_dir():
             raise ConfigError(f"model path is not a directory: {p}")
+        if not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise ConfigError(
+                f"{p} holds no model: no config.json (nor a LoRA adapter's adapter_config.json)"
+            )
         return str(p)
     # A hub id is "name" or "org/name"; anything else that does not exist is a missing path.
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1

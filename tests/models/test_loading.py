@@ -18,6 +18,14 @@ def test_missing_model_path_names_the_path(tmp_path):
     assert resolve_model_path("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub id passes through
 
 
+def test_a_directory_without_a_model_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ConfigError, match="holds no model: no config.json"):
+        resolve_model_path(str(tmp_path))
+    with pytest.raises(ConfigError, match="holds no model"):
+        load_tokenizer(str(tmp_path))
+
+
 def test_bundled_model_is_small_and_loads_in_hf_format():
     files = {p.name: p.stat().st_size for p in bundled_model_dir().iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
