@@ -53,15 +53,24 @@ def _load(recipe: str | None, overrides: list[str] | None) -> RunConfig:
 
 
 @contextmanager
-def _training(where: str) -> Iterator[None]:
+def _training(run_dir: Path) -> Iterator[None]:
     """A bad configuration is an error message; Ctrl-C (after the trainer's checkpoint) says
-    where the checkpoint is and how to continue."""
+    whether there is a checkpoint (or a finished stage) to continue from, and how."""
     try:
         yield
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        err_console.print(f"\ninterrupted: checkpoint saved {where}; continue with --resume")
+        saved = [*run_dir.rglob("checkpoints/step-*"), *run_dir.glob("*/summary.json")]
+        if saved:
+            err_console.print(
+                f"\ninterrupted: progress saved under {run_dir}; continue with --resume"
+            )
+        else:
+            err_console.print(
+                f"\ninterrupted before the first checkpoint: nothing to resume in {run_dir}; "
+                "--overwrite starts it again"
+            )
         raise typer.Exit(130) from None
 
 
@@ -69,7 +78,7 @@ def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> Non
     from reasonrl.train.run import run
 
     run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
-    with _training(f"in {run_dir}/checkpoints"):
+    with _training(run_dir):
         run(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
 
 
@@ -94,7 +103,7 @@ def run(
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
     run_dir = out or Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
-    with _training(f"under {run_dir}"):
+    with _training(run_dir):
         run_pipeline(
             recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console
         )

@@ -60,6 +60,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
+    if resume and latest_checkpoint(run_dir) is None:
+        # Training from step 0 again would append a second copy of the first steps' metrics.
+        raise ConfigError(
+            f"{run_dir} holds no checkpoint to resume from (it stopped before the first one): "
+            "--overwrite runs it again from the start"
+        )
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +304,8 @@ def run(
     if cfg.eval.before and cfg.model.init is None:
         if before_path.exists():
             before = json.loads(before_path.read_text())
-        else:
+        n = min(cfg.eval.limit or len(held_out), len(held_out))
+        if before is None or before["n"] != n:  # none yet, or saved under another eval.limit
             before = run_eval("before")
             before_path.write_text(json.dumps(before, indent=2))
         print_summary(console, {"before": before})

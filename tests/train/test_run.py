@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from reasonrl.config import ModelConfig, load_config
+from reasonrl.config import ConfigError, ModelConfig, load_config
 from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model
 from reasonrl.train.run import run
@@ -173,6 +173,36 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
             assert abs(x[key] - y[key]) <= 1e-6, (x["step"], key, x[key], y[key])
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    # interrupted in the first evaluation: no checkpoint exists, and the message must not say one
+    # does; --resume then refuses instead of training from step 0 into the same metrics file
+    overrides = ["eval.limit=300", "eval.k=0", "rl.steps=2", "log.tensorboard=false"]
+    part = _cli(tmp_path / "part", overrides)
+    config = tmp_path / "part" / "config.yaml"
+    deadline = time.time() + 120
+    while time.time() < deadline and not config.exists():
+        time.sleep(0.01)
+    time.sleep(1.0)  # into the evaluation of 300 problems
+    part.send_signal(signal.SIGINT)
+    _, err = part.communicate(timeout=120)
+    assert part.returncode == 130, err
+    assert "nothing to resume" in err and "progress saved" not in err
+    resumed = _cli(tmp_path / "part", overrides, "--resume")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 2 and "nothing to resume" in err
+
+
+def test_resume_without_a_checkpoint_refuses_instead_of_training_again(tmp_path):
+    # metrics but no checkpoint (log.checkpoint_every=0): starting over would log steps 1, 2
+    # a second time into the same metrics.jsonl
+    overrides = _task(tmp_path) + TINY + ["rl.steps=2", "log.checkpoint_every=0"]
+    overrides += ["eval.before=false", "eval.after=false", "log.tensorboard=false"]
+    run(load_config("quickstart", overrides), tmp_path / "run")
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        run(load_config("quickstart", overrides), tmp_path / "run", resume=True)
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
 def test_score_changes_pair_the_problems_overall_and_per_task():
     from reasonrl.train.run import score_changes
 
@@ -209,3 +239,13 @@ def test_print_summary_shows_the_paired_change():
     assert "change: mean rm score +0.500 (paired 95% CI +0.500 to +0.500) over 2 problems" in (
         console.export_text()
     )
+
+
+def test_resume_with_another_eval_limit_evaluates_the_start_again(tmp_path):
+    # the saved "before" of 3 problems cannot be compared with an "after" of 5
+    base = _task(tmp_path) + TINY + ["eval.k=0", "eval.after=false", "log.checkpoint_every=1"]
+    run(load_config("quickstart", base + ["eval.limit=3", "rl.steps=1"]), tmp_path / "run")
+    cfg = load_config("quickstart", base + ["eval.limit=5", "rl.steps=2"])
+    run(cfg, tmp_path / "run", resume=True)
+    before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
+    assert before["n"] == 5
