@@ -20,7 +20,7 @@ from reasonrl.rewards.fmt import (
     tag_count,
     think_answer_format,
 )
-from reasonrl.rewards.gym import reasoning_gym_score
+from reasonrl.rewards.gym import ReasoningGymVerifier
 from reasonrl.rewards.math import MathVerifier
 from reasonrl.rewards.numeric import exact_answer, numeric
 from reasonrl.rewards.reward_model import RewardModelVerifier
@@ -30,7 +30,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
     "answer": exact_answer,
     "numeric": numeric,
     "math": MathVerifier,
-    "reasoning_gym": reasoning_gym_score,
+    "reasoning_gym": ReasoningGymVerifier,
     "format": think_answer_format,
     "tag_count": tag_count,
     "overlong": overlong,

