@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,24 @@ from reasonrl.sandbox.schema import MAX_CODE_CHARS
 from reasonrl.tasks.base import Sample
 
 
+def prefix_helpers(prefix: str, entry_point: str | None) -> str:
+    """The functions and classes the prefix defines, other than the one to write, as source.
+
+    They go again after the model's code, so that the tests call the prompt's helpers: a
+    completion that redefines HumanEval/38's ``encode_cyclic`` (or /32's ``poly``) as the
+    identity would otherwise pass a test that only checks ``decode(encode(s)) == s``."""
+    try:
+        tree = ast.parse(prefix)
+    except (SyntaxError, ValueError):
+        return ""
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return "\n\n\n".join(
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, kinds) and node.name != entry_point
+    )
+
+
 class CodeVerifier:
     """1 if the program passes ``sample.meta["tests"]`` (a sandbox ``/evaluate`` test spec),
     else 0; with ``partial``, the fraction of io cases passed.
@@ -30,7 +49,8 @@ class CodeVerifier:
     The program is ``sample.meta["code_prefix"]`` (HumanEval: the prompt, for its imports and
     helpers) followed by the last fenced python block of the completion (``extract="fenced"``),
     the whole completion (``"raw"``: a base model continuing the prompt) or the text of its
-    <answer> tag (``"answer"``: one-line programs in the R1 format).
+    <answer> tag (``"answer"``: one-line programs in the R1 format), then the prefix's helpers
+    again (:func:`prefix_helpers`).
 
     ``url``: a sandbox server (``reasonrl sandbox serve``; token from ``token`` or
     ``REASONRL_SANDBOX_TOKEN``); without one, jails run in-process (root needed, as for the
@@ -72,6 +92,10 @@ class CodeVerifier:
             return RewardResult(0.0, "unparsed")
         prefix = sample.meta.get("code_prefix", "")
         program = prefix + ("\n" if prefix and not prefix.endswith("\n") else "") + code
+        tests = sample.meta.get("tests")
+        entry = tests.get("entry_point") if isinstance(tests, dict) else None
+        if helpers := prefix_helpers(prefix, entry):
+            program += "\n\n\n" + helpers + "\n"
         if len(program) > MAX_CODE_CHARS:
             return RewardResult(0.0, "unparsed", {"reason": "program too long"})
         try:

@@ -112,3 +112,32 @@ def test_sandbox_down_is_none_never_zero():
     down.executor.retries, down.executor.backoff_s = 1, 0.01
     result = down("```python\ndef square(x):\n    return x * x\n```", SQUARE)
     assert (result.score, result.status) == (None, "error")
+
+
+def _humaneval(task_id: str) -> Sample:
+    from reasonrl.tasks.humaneval import humaneval_samples
+
+    return next(s for s in humaneval_samples() if s.meta["task_id"] == task_id)
+
+
+@pytest.mark.parametrize(
+    ("task_id", "cheat"),
+    [
+        (
+            "HumanEval/38",
+            "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s",
+        ),
+        (
+            "HumanEval/50",
+            "def encode_shift(s):\n    return s\n\ndef decode_shift(s):\n    return s",
+        ),
+        ("HumanEval/32", "def poly(xs, x):\n    return 0\n\ndef find_zero(xs):\n    return 0.0"),
+    ],
+)
+def test_redefining_the_prompts_helpers_does_not_pass(local, task_id, cheat):
+    # the tests check decode(encode(s)) == s, or poly(xs, find_zero(xs)) ~ 0: with the helpers
+    # made trivial by the completion, any answer would pass
+    sample = _humaneval(task_id)
+    assert local(f"```python\n{cheat}\n```", sample).score == 0.0
+    body = sample.answer[len(sample.prompt) :]  # the canonical solution still passes
+    assert local(f"```python\n{body}\n```", sample).score == 1.0
