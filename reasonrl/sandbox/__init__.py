@@ -47,9 +47,11 @@ Not covered:
 - the kernel is shared and system calls are not filtered (no seccomp): a kernel exploit
   escapes any namespace (use a VM for hostile users);
 - tests in ``asserts`` mode that reference helpers defined by the solution (HumanEval's
-  ``poly``) call the candidate's versions of them; values that are not plain data (objects,
-  callbacks, generators) cannot cross, and in-place changes to arguments are not seen;
-- only Python; no packages beyond the standard library inside the jail.
+  ``poly``) call the solution's versions of them (the ``code`` reward defines the prompt's
+  helpers again after the candidate's code, so these are the prompt's); values that are not
+  plain data (objects, callbacks, generators) cannot cross, and in-place changes to arguments
+  are not seen;
+- only Python; no packages beyond the standard library inside the jail for candidate code.
 """
 
 from reasonrl.sandbox.client import SandboxClient, SandboxUnavailable
