@@ -250,9 +250,16 @@ def report(
     compare: Annotated[
         list[Path] | None, typer.Option(help="Other run directories to plot alongside.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write a comparison report.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of a comparison report: report.html and its plots "
+            "(default RUN_DIR/comparison)."
+        ),
+    ] = None,
 ) -> None:
-    """Rebuild RUN_DIR/report.html (plots and the before/after table) from its files."""
+    """Rebuild RUN_DIR/report.html (plots and the before/after table) from its files; with
+    --compare DIR (repeated for more runs), a report that draws the runs on the same axes."""
     from reasonrl.report import build_comparison_report, build_report
 
     dirs = [run_dir, *(compare or [])]
@@ -260,7 +267,7 @@ def report(
         if not (d / "metrics.jsonl").exists():
             _fail(f"no metrics.jsonl in {d}: not a run directory")
     if compare:
-        path = build_comparison_report(dirs, out or run_dir / "comparison.html")
+        path = build_comparison_report(dirs, out or run_dir / "comparison")
     else:
         path = build_report(run_dir)
     console.print(f"wrote {path}")

@@ -131,3 +131,15 @@ def test_eval_is_seeded_and_refuses_what_is_not_an_evaluation(tmp_path):
         assert bad in " ".join(result.output.split())
     result = runner.invoke(app, ["eval", "eval.limit=0"])
     assert result.exit_code == 2 and "eval.limit" in result.output
+
+
+def test_report_compare_writes_one_report_of_the_runs(tmp_path):
+    dirs = [tmp_path / name for name in ("run-alpha", "run-beta", "run-gamma")]
+    for i, d in enumerate(dirs):
+        with RunLogger(d, tensorboard=False) as log:
+            log.log(1, {"reward/mean": i / 4})
+    args = ["report", str(dirs[0]), "--compare", str(dirs[1]), "--compare", str(dirs[2])]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = (dirs[0] / "comparison" / "report.html").read_text()
+    assert all(d.name in page for d in dirs)
