@@ -80,16 +80,20 @@ def _tagged(samples: list[Sample], task: str) -> list[Sample]:
 def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held_out) for a task config; the held-out questions never occur in train.
 
-    A ``mix`` concatenates its tasks' splits, each sample tagged with its task's name in
-    ``meta["task"]``; the training split is shuffled by ``split_seed`` so that the tasks
-    interleave."""
+    A ``mix`` joins its tasks' splits, each sample tagged with its task's name in
+    ``meta["task"]``. The training split is shuffled by ``split_seed``; the held-out split is
+    interleaved in proportion to the tasks' sizes (no randomness), so that its first N
+    problems (``eval.limit``, the evaluations during training) hold every task in its share."""
     if cfg.mix:
-        train, held_out = [], []
-        for entry in cfg.mix:
+        train, keyed = [], []
+        for t, entry in enumerate(cfg.mix):
             entry_train, entry_held_out = load_splits(entry)
             train += _tagged(entry_train, entry.name)
-            held_out += _tagged(entry_held_out, entry.name)
+            n = len(entry_held_out)
+            tagged = _tagged(entry_held_out, entry.name)
+            keyed += [((i + 0.5) / n, t, s) for i, s in enumerate(tagged)]
         random.Random(cfg.split_seed).shuffle(train)
+        held_out = [s for _, _, s in sorted(keyed, key=lambda k: k[:2])]
         return train, held_out
     if cfg.source == "jsonl":
         train, held_out = read_jsonl_samples(cfg.train_path), read_jsonl_samples(cfg.eval_path)
