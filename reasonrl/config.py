@@ -196,8 +196,11 @@ class AlgoConfig(_Strict):
             return data
         name = data.get("name", "grpo")
         preset = ALGORITHM_DEFAULTS.get(name)
-        if preset is None:
-            return data  # the Literal check names the valid choices
+        if preset is None:  # one message, not one per field the preset would have filled
+            close = difflib.get_close_matches(str(name), ALGORITHM_DEFAULTS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            names = ", ".join(ALGORITHM_DEFAULTS)
+            raise ValueError(f"name {name!r} is not one of {names}{hint}")
         defaults = {k: v for k, v in vars(preset).items() if k != "paper"}
         defaults["dynamic_sampling"] = defaults["overlong_filter"] = name == "dapo"
         return {**defaults, **data}
@@ -502,9 +505,9 @@ def _explain(err: ValidationError, source: str) -> str:
             msg = f"  unknown key '{path}'"
             msg += f" — did you mean '{suggestion}'?" if suggestion else f" (valid: {fields})"
         else:
-            msg = f"  {path or '<root>'}: {e['msg']}"
-            if "input" in e and e["type"] != "missing":
-                msg += f" (got {e['input']!r})"
+            msg = f"  {path or '<root>'}: {e['msg'].removeprefix('Value error, ')}"
+            if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"  # a section's own check names what is wrong
         lines.append(msg)
     return "\n".join(lines)
 

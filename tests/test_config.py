@@ -48,6 +48,14 @@ def test_unknown_override_key_names_full_path_and_suggestion():
     assert "did you mean 'rl.learning_rate'" in str(e.value)
 
 
+def test_a_misspelt_algorithm_is_one_line_with_a_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config("quickstart", ["algo.name=grpoo"])
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 1  # not one "Field required" per key the preset would have filled
+    assert "'grpoo'" in lines[0] and "did you mean 'grpo'?" in lines[0]
+
+
 def test_unknown_key_in_recipe_file_names_path_and_suggestion(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rl:\n  completions_per_promt: 4\neval:\n  sampling:\n    temprature: 0.7\n")
