@@ -24,6 +24,7 @@ Overrides address a stage by its name (``general.rl.steps=20``) or every stage (
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import re
 import shutil
@@ -96,12 +97,18 @@ def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str],
     """Overrides for every stage, and per stage name (``name.key=value``)."""
     shared: list[str] = []
     per_stage: dict[str, list[str]] = {n: [] for n in names}
+    keys = set(RunConfig.model_fields)
     for text in overrides:
         head, dot, rest = text.partition(".")
         if dot and head in per_stage:
             per_stage[head].append(rest)
-        else:
-            shared.append(text)
+            continue
+        close = difflib.get_close_matches(head, names, n=1)
+        if dot and head not in keys and close:  # else validation names the unknown key
+            raise ConfigError(
+                f"unknown stage or key {head!r} in {text!r} — did you mean the stage {close[0]!r}?"
+            )
+        shared.append(text)
     return shared, per_stage
 
 

@@ -62,6 +62,11 @@ def test_overrides_address_one_stage_or_all(tmp_path):
             ["b.rl.lerning_rate=1"],
             "did you mean 'rl.learning_rate'",
         ),
+        (
+            [{"name": "warmup"}, {"name": "general"}],
+            ["genral.rl.steps=2"],
+            "did you mean the stage 'general'",
+        ),
         ([{"name": "a", "model": {"path": "@b"}}, {"name": "b"}], [], "'@b' is not an earlier"),
         ([{"name": "a"}, {"name": "a"}], [], "two stages are called 'a'"),
         ([{"stage": "rl"}], [], "stage 0 needs a 'name'"),
