@@ -233,6 +233,29 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _scores_table(summary: Mapping[str, Any]) -> str:
+    """Each reward model's mean score of the greedy completions [95% CI] before and after
+    (and per task of a mix), then its paired change; '' if no evaluation was scored."""
+    rows = []
+    for phase in ("before", "after"):
+        result = summary.get(phase) or {}
+        parts = [(phase, result)] + [
+            (f"{phase} · {t}", r) for t, r in sorted((result.get("tasks") or {}).items())
+        ]
+        for label, part in parts:
+            for name, sc in (part.get("scores") or {}).items():
+                n = len(sc["values"]) if "values" in sc else part.get("n", "–")
+                cell = f"{sc['mean']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]"
+                rows.append([label, name, cell, str(n)])
+    for label, changes in (summary.get("score_changes") or {}).items():
+        for name, c in changes.items():
+            cell = f"{c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] (paired)"
+            rows.append([label, name, cell, str(c["n"])])
+    if not rows:
+        return ""
+    return _table(["", "reward model", "mean score [95% CI]", "n"], rows)
+
+
 def _wall_time(seconds: Any) -> str:
     if not _is_number(seconds):
         return "–"
@@ -287,6 +310,8 @@ def build_report(run_dir: Path) -> Path:
     table = _summary_table(summary)
     if table:
         sections.append("<h2>Evaluation before / after</h2>\n" + table)
+    if scores := _scores_table(summary):
+        sections.append("<h2>Reward-model scores of the greedy completions</h2>\n" + scores)
     if "wall_s" in summary:
         sections.append(f"<p><b>Wall time:</b> {_wall_time(summary['wall_s'])}</p>")
     sections.append(_plots_section(plots))

@@ -214,3 +214,21 @@ def test_report_and_console_table_break_a_mix_down_by_task(tmp_path: Path) -> No
     assert (
         "change · chain_sum" in text and "+2.0 pts" in text and "before · linear_function" in text
     )
+
+
+def test_report_tables_the_reward_model_scores_and_their_paired_change(tmp_path: Path) -> None:
+    summary = json.loads(json.dumps(SUMMARY))
+    score = {"mean": -7.5, "ci_low": -7.968, "ci_high": -7.032, "values": [-7.0, -8.0]}
+    summary["before"]["scores"] = {"rm": score}
+    summary["after"]["scores"] = {"rm": {**score, "mean": -1.321, "values": [-1.0, -1.6]}}
+    summary["after"]["tasks"] = {"chain_sum": {**summary["after"], "scores": {"rm": score}}}
+    change = {"mean": 6.178, "ci_low": 5.723, "ci_high": 6.634, "n": 500}
+    summary["score_changes"] = {"change": {"rm": change}}
+    run_dir = _make_run(tmp_path / "run")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    page = build_report(run_dir).read_text()
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", page)]
+    assert ["before", "rm", "-7.500 [-7.968, -7.032]", "2"] in cells
+    assert ["after · chain_sum", "rm", "-7.500 [-7.968, -7.032]", "2"] in cells
+    assert ["change", "rm", "+6.178 [+5.723, +6.634] (paired)", "500"] in cells
+    assert "Reward-model scores" not in build_report(_make_run(tmp_path / "plain")).read_text()
