@@ -197,10 +197,12 @@ def _summary_rows(table: Table, results: dict[str, Any], suffix: str = "") -> No
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     """The before/after table (and the same for each task of a mix), the mean reward-model
     scores, and their paired changes where the summary holds them (``score_changes``)."""
+    phases = {p: summary[p] for p in ("before", "after") if summary.get(p)}
+    if not phases:  # eval.before and eval.after both off
+        return
     table = Table(title="held-out accuracy")
     for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
         table.add_column(col)
-    phases = {p: summary[p] for p in ("before", "after") if summary.get(p)}
     _summary_rows(table, phases)
     for task in sorted({t for res in phases.values() for t in res.get("tasks") or {}}):
         per_task = {p: r["tasks"][task] for p, r in phases.items() if task in r.get("tasks", {})}

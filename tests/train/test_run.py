@@ -249,3 +249,13 @@ def test_resume_with_another_eval_limit_evaluates_the_start_again(tmp_path):
     run(cfg, tmp_path / "run", resume=True)
     before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
     assert before["n"] == 5
+
+
+def test_print_summary_prints_nothing_without_evaluations():
+    from rich.console import Console
+
+    from reasonrl.train.run import print_summary
+
+    console = Console(record=True, width=120)
+    print_summary(console, {"wall_s": 3.0})  # eval.before=false eval.after=false
+    assert console.export_text() == ""
