@@ -102,7 +102,7 @@ def run(
     if not pipeline:
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
-    run_dir = out or Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
+    run_dir = out or _pipeline_dir(recipe)
     with _training(run_dir):
         run_pipeline(
             recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console
@@ -178,6 +178,20 @@ def eval_cmd(
             "problems: shown as 'before', with the paired change of each reward-model score."
         ),
     ] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            help="With a multi-stage recipe: the policy stage whose task, eval settings and "
+            "reward models to use."
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --stage: the pipeline's run directory, where its '@name' models are "
+            "(default runs/<recipe name>)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k, and
     the mean score of the greedy completions under each reward model (the recipe's learned
@@ -191,7 +205,7 @@ def eval_cmd(
     from reasonrl.tasks import load_splits, render_prompt
     from reasonrl.train.run import print_summary, reward_scorers, score_changes, seed_everything
 
-    cfg = _load(recipe, [*(overrides or []), f"model.path={model}"])
+    cfg = _eval_config(recipe, overrides or [], model, stage, run_dir)
     before = None
     if baseline is not None:
         try:
@@ -236,6 +250,44 @@ def eval_cmd(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
+
+
+def _pipeline_dir(recipe: str) -> Path:
+    """Where ``reasonrl run`` puts a multi-stage recipe's run by default."""
+    return Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
+
+
+def _eval_config(
+    recipe: str, overrides: list[str], model: str, stage: str | None, run_dir: Path | None
+) -> RunConfig:
+    """The config ``reasonrl eval`` uses: the recipe's, or one policy stage's of a multi-stage
+    recipe (its ``@name`` reward models resolved under ``run_dir``), with ``model`` as the
+    model to evaluate."""
+    from reasonrl.pipeline import is_pipeline, load_pipeline
+
+    try:
+        pipeline = is_pipeline(recipe)
+    except ConfigError as e:
+        _fail(str(e))
+    if not pipeline:
+        if stage is not None:
+            _fail(f"--stage is for multi-stage recipes; {recipe} has one stage")
+        return _load(recipe, [*overrides, f"model.path={model}"])
+    try:
+        stages = load_pipeline(recipe, overrides, run_dir or _pipeline_dir(recipe))
+    except ConfigError as e:
+        _fail(str(e))
+    policies = [s.name for s in stages if s.cfg.stage != "rm"]
+    if stage is None:
+        _fail(
+            f"{recipe} is a multi-stage recipe: name the stage to evaluate with, --stage {policies}"
+        )
+    if stage not in policies:
+        _fail(f"{stage!r} is not a policy stage of {recipe}: --stage one of {policies}")
+    cfg = next(s.cfg for s in stages if s.name == stage)
+    return cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"path": model, "init": None})}
+    )
 
 
 def _problems(result: dict) -> tuple[int, list[str]]:

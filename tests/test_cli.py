@@ -143,3 +143,23 @@ def test_report_compare_writes_one_report_of_the_runs(tmp_path):
     assert result.exit_code == 0, result.output
     page = (dirs[0] / "comparison" / "report.html").read_text()
     assert all(d.name in page for d in dirs)
+
+
+def test_eval_with_a_stage_of_a_multi_stage_recipe(tmp_path):
+    import yaml
+
+    recipe = tmp_path / "pipe.yaml"
+    task = {"name": "chain_sum", "train_size": 50, "eval_size": 10}
+    stages = [
+        {"name": "warm", "stage": "sft"},
+        {"name": "tuned", "stage": "rl", "eval": {"k": 0, "limit": 4}},
+    ]
+    recipe.write_text(yaml.safe_dump({"name": "pipe", "task": task, "stages": stages}))
+    out = tmp_path / "eval.json"
+    args = ["eval", "--recipe", str(recipe), "--stage", "tuned", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["n"] == 4  # the stage's own eval settings
+    for extra, message in (([], "--stage ['warm', 'tuned']"), (["--stage", "x"], "'x' is not")):
+        result = runner.invoke(app, ["eval", "--recipe", str(recipe), *extra])
+        assert result.exit_code == 2 and message in " ".join(result.output.split())
