@@ -24,6 +24,20 @@ from reasonrl.sandbox.schema import MAX_CODE_CHARS
 from reasonrl.tasks.base import Sample
 
 
+def sandbox_executor(url: str | None, token: str | None, reward: str) -> Sandbox | SandboxClient:
+    """Where a reward's programs run: the sandbox server at ``url`` (token from ``token`` or
+    ``REASONRL_SANDBOX_TOKEN``), else jails in this process; ConfigError when there is no url
+    and this machine cannot build jails."""
+    if url:
+        return SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
+    problem = isolation_problem()
+    if problem is not None:
+        raise ConfigError(
+            f"the {reward} reward has no sandbox url and cannot run jails here: {problem}"
+        )
+    return Sandbox()
+
+
 def prefix_helpers(prefix: str, entry_point: str | None) -> str:
     """The functions and classes the prefix defines, other than the one to write, as source.
 
@@ -72,15 +86,7 @@ class CodeVerifier:
         if extract not in ("fenced", "raw", "answer"):
             raise ConfigError(f"code verifier: extract {extract!r} is not fenced, raw or answer")
         self.timeout, self.workers, self.extract, self.partial = timeout, workers, extract, partial
-        self.executor: Sandbox | SandboxClient
-        if url:
-            self.executor = SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
-        else:
-            problem = isolation_problem()
-            if problem is not None:
-                msg = f"the code reward has no sandbox url and cannot run jails here: {problem}"
-                raise ConfigError(msg)
-            self.executor = Sandbox()
+        self.executor = sandbox_executor(url, token, "code")
 
     def __call__(self, completion: str, sample: Sample) -> RewardResult:
         code = {

@@ -34,20 +34,20 @@ from __future__ import annotations
 import ast
 import builtins
 import json
-import os
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from reasonrl.config import ConfigError
 from reasonrl.rewards.base import RewardResult
+from reasonrl.rewards.code import sandbox_executor
 from reasonrl.rewards.extract import extract_answer
 from reasonrl.sandbox import (
     RunCodeRequest,
     Sandbox,
     SandboxClient,
     SandboxUnavailable,
-    isolation_problem,
 )
 from reasonrl.sandbox.schema import MAX_CODE_CHARS, MAX_TIMEOUT_S
 from reasonrl.tasks.base import Sample
@@ -140,9 +140,8 @@ class ReasoningGymVerifier:
     ) -> None:
         self.dataset, self.partial, self.timeout = dataset, partial, timeout
         self.workers, self.memory_mb = workers, memory_mb
-        self.executor: Sandbox | SandboxClient | None = None
-        if url:
-            self.executor = SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
+        self.url, self.token = url, token
+        self.executor: Sandbox | SandboxClient | None = None  # made on first use
 
     def __call__(self, completion: str, sample: Sample) -> RewardResult:
         return self.batch([completion], [sample])[0]
@@ -201,11 +200,10 @@ class ReasoningGymVerifier:
     def _run_all(self, items: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Raw results by index: packed into runs below the stdin limit, ``workers`` at once."""
         if self.executor is None:
-            problem = isolation_problem()
-            if problem is not None:
-                error = {"reason": f"no sandbox url and no jails here: {problem}"}
-                return {i: error for i in items}
-            self.executor = Sandbox()
+            try:
+                self.executor = sandbox_executor(self.url, self.token, "reasoning_gym")
+            except ConfigError as e:  # the reward cannot be computed here: None, not 0
+                return {i: {"reason": str(e)} for i in items}
         chunks: list[list[int]] = [[]]
         size = 0
         for i, item in items.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import reasoning_gym
 
+import reasonrl.rewards.code as code
 import reasonrl.rewards.gym as gym
 from reasonrl.rewards import get_verifier
 from reasonrl.rewards.gym import ReasoningGymVerifier
@@ -95,7 +96,7 @@ def test_no_answer_tag_is_unparsed():
 
 
 def test_no_sandbox_is_none_not_zero(monkeypatch):
-    monkeypatch.setattr(gym, "isolation_problem", lambda: "no namespaces on this machine")
+    monkeypatch.setattr(code, "isolation_problem", lambda: "no namespaces on this machine")
     result = ReasoningGymVerifier()("<answer>5</answer>", S)
     assert (result.score, result.status) == (None, "error")
     assert "no namespaces" in result.details["reason"]
