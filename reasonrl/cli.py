@@ -61,8 +61,12 @@ def _training(run_dir: Path) -> Iterator[None]:
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        saved = [*run_dir.rglob("checkpoints/step-*"), *run_dir.glob("*/summary.json")]
-        if saved:
+        from reasonrl.train.checkpoint import latest_checkpoint
+
+        # a run's checkpoint, or a pipeline stage's checkpoint or finished summary
+        stages = [d for d in run_dir.glob("*") if d.is_dir()]
+        saved = any(latest_checkpoint(d) for d in [run_dir, *stages])
+        if saved or any(run_dir.glob("*/summary.json")):
             err_console.print(
                 f"\ninterrupted: progress saved under {run_dir}; continue with --resume"
             )
