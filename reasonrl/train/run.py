@@ -50,8 +50,9 @@ BEFORE_FILE = "eval_before.json"
 MODEL_DIR = "model"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked; ``overwrite`` clears it first."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber an earlier run unless asked; ``overwrite`` clears it first. Returns
+    the checkpoint to resume from (None for a fresh run)."""
     has_run = (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
     if has_run and not (resume or overwrite):
         raise ConfigError(
@@ -60,7 +61,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
-    if resume and latest_checkpoint(run_dir) is None:
+    resume_from = latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
         # Training from step 0 again would append a second copy of the first steps' metrics.
         raise ConfigError(
             f"{run_dir} holds no checkpoint to resume from (it stopped before the first one): "
@@ -69,6 +71,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return resume_from
 
 
 def seed_everything(seed: int) -> None:
@@ -259,11 +262,11 @@ def start_run(
     """What every stage does first: the run directory (checked, or its checkpoint found), the
     saved config.yaml, the sizes table, the seed. Returns the device and the checkpoint to
     resume from (None for a fresh run)."""
-    prepare_run_dir(run_dir, resume, overwrite)
+    resume_from = prepare_run_dir(run_dir, resume, overwrite)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _print_sizes(console, cfg, run_dir)
     seed_everything(cfg.seed)
-    return pick_device(cfg.model.device), (latest_checkpoint(run_dir) if resume else None)
+    return pick_device(cfg.model.device), resume_from
 
 
 def run(
