@@ -202,7 +202,7 @@ def eval_cmd(
     reward terms and every --reward-model)."""
     import json
 
-    from reasonrl.eval import evaluate
+    from reasonrl.eval import eval_size, evaluate
     from reasonrl.models import load_model, load_tokenizer, pick_device
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
@@ -225,7 +225,7 @@ def eval_cmd(
         tokenizer = load_tokenizer(cfg.model.path)
         policy = load_model(cfg.model, pick_device(cfg.model.device))
         _, held_out = load_splits(cfg.task)
-        limit = min(cfg.eval.limit or len(held_out), len(held_out))
+        limit = eval_size(cfg.eval, len(held_out))
         if before is not None and _problems(before) != (limit, [s.prompt for s in held_out[:5]]):
             raise ConfigError(f"the baseline {baseline} was evaluated on other problems than these")
         scorers = reward_scorers(cfg)

@@ -60,6 +60,12 @@ def _per_task(
 Scorer = Callable[[Sequence[str], Sequence[Sample]], list[float]]
 
 
+def eval_size(cfg: EvalConfig, available: int) -> int:
+    """How many of ``available`` held-out problems an evaluation scores: the first
+    ``cfg.limit``, or all of them."""
+    return min(cfg.limit or available, available)
+
+
 def evaluate(
     engine: RolloutEngine,
     prompts: Sequence[str],
@@ -76,8 +82,8 @@ def evaluate(
     "examples": [...]}``, and for a task mix ``"tasks": {name: {"accuracy", "n", "ci_low",
     "ci_high", "pass_at_k", "scores"}}``.
     """
-    if cfg.limit is not None:
-        prompts, samples = prompts[: cfg.limit], samples[: cfg.limit]
+    n = eval_size(cfg, len(prompts))
+    prompts, samples = prompts[:n], samples[:n]
     s = cfg.sampling
     greedy = engine.generate(list(prompts), max_new_tokens=s.max_new_tokens, greedy=True)
     correct = _correct(greedy.texts, samples)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonrl.config import ConfigError, RunConfig, dump_config
-from reasonrl.eval import evaluate
+from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.stats import paired_change
 from reasonrl.logging import METRICS_FILE, RunLogger
 from reasonrl.models import (
@@ -298,10 +298,10 @@ def run(
     engine = make_engine(model, tokenizer, cfg.rollout.batch_completions)
     eval_engine = make_engine(model, tokenizer, cfg.eval.batch_completions)
 
+    n_eval = eval_size(cfg.eval, len(held_out))
+
     def run_eval(tag: str) -> dict[str, Any]:
-        with console.status(
-            f"evaluating ({tag}) on {cfg.eval.limit or len(held_out)} held-out problems"
-        ):
+        with console.status(f"evaluating ({tag}) on {n_eval} held-out problems"):
             return evaluate(eval_engine, eval_prompts, held_out, cfg.eval, reward_scorers(cfg))
 
     before_path = run_dir / BEFORE_FILE
@@ -309,8 +309,7 @@ def run(
     if cfg.eval.before and cfg.model.init is None:
         if before_path.exists():
             before = json.loads(before_path.read_text())
-        n = min(cfg.eval.limit or len(held_out), len(held_out))
-        if before is None or before["n"] != n:  # none yet, or saved under another eval.limit
+        if before is None or before["n"] != n_eval:  # none yet, or saved under another eval.limit
             before = run_eval("before")
             before_path.write_text(json.dumps(before, indent=2))
         print_summary(console, {"before": before})
