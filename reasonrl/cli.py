@@ -203,6 +203,7 @@ def eval_cmd(
     import json
 
     from reasonrl.eval import eval_size, evaluate
+    from reasonrl.eval.evaluate import EXAMPLES
     from reasonrl.models import load_model, load_tokenizer, pick_device
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
@@ -226,7 +227,8 @@ def eval_cmd(
         policy = load_model(cfg.model, pick_device(cfg.model.device))
         _, held_out = load_splits(cfg.task)
         limit = eval_size(cfg.eval, len(held_out))
-        if before is not None and _problems(before) != (limit, [s.prompt for s in held_out[:5]]):
+        first = [s.prompt for s in held_out[: min(EXAMPLES, limit)]]
+        if before is not None and _problems(before) != (limit, first):
             raise ConfigError(f"the baseline {baseline} was evaluated on other problems than these")
         scorers = reward_scorers(cfg)
         for spec in reward_model or []:
@@ -295,8 +297,8 @@ def _eval_config(
 
 
 def _problems(result: dict) -> tuple[int, list[str]]:
-    """What identifies an evaluation's problems: their count and the first (up to 5) prompts
-    it keeps as examples."""
+    """What identifies an evaluation's problems: their count and the first prompts it keeps as
+    examples (``EXAMPLES`` of them at most)."""
     return result.get("n", 0), [e["prompt"] for e in result.get("examples", [])]
 
 

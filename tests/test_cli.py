@@ -86,7 +86,7 @@ def test_eval_scores_the_greedy_completions_with_a_reward_model(tmp_path, rm_dir
 
 def test_eval_against_a_baseline_shows_both_and_the_paired_score_change(tmp_path, rm_dir):
     base = tmp_path / "base.json"
-    common = ["--reward-model", f"judge={rm_dir}", "eval.limit=5", "eval.k=1"]
+    common = ["--reward-model", f"judge={rm_dir}", "eval.limit=4", "eval.k=1"]  # < 5 examples
     first = runner.invoke(app, ["eval", *common, "--out", str(base)])
     assert first.exit_code == 0, first.output
     # the same model again: every per-problem difference is 0
@@ -94,7 +94,7 @@ def test_eval_against_a_baseline_shows_both_and_the_paired_score_change(tmp_path
     assert again.exit_code == 0, again.output
     text = " ".join(again.output.split())
     assert "before" in text and "+0.0 pts" in text
-    assert "change: mean judge score +0.000 (paired 95% CI +0.000 to +0.000) over 5" in text
+    assert "change: mean judge score +0.000 (paired 95% CI +0.000 to +0.000) over 4" in text
     # a baseline without per-problem scores (written before they were kept) says so
     saved = json.loads(base.read_text())
     del saved["scores"]["judge"]["values"]
@@ -102,7 +102,7 @@ def test_eval_against_a_baseline_shows_both_and_the_paired_score_change(tmp_path
     older = runner.invoke(app, ["eval", *common, "--baseline", str(base)])
     assert "no paired change of judge" in " ".join(older.output.split())
     # a baseline of other problems is refused
-    other = runner.invoke(app, ["eval", "--baseline", str(base), "eval.limit=4", "eval.k=1"])
+    other = runner.invoke(app, ["eval", "--baseline", str(base), "eval.limit=3", "eval.k=1"])
     assert other.exit_code == 2
     assert "other problems" in other.output
 

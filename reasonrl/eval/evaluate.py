@@ -58,6 +58,7 @@ def _per_task(
 
 
 Scorer = Callable[[Sequence[str], Sequence[Sample]], list[float]]
+EXAMPLES = 5  # greedy completions kept in a result, the first problems'
 
 
 def eval_size(cfg: EvalConfig, available: int) -> int:
@@ -98,7 +99,7 @@ def evaluate(
         "pass_at_k_ci": {},
         "examples": [
             {"prompt": samples[i].prompt, "completion": greedy.texts[i], "correct": correct[i]}
-            for i in range(min(5, n))
+            for i in range(min(EXAMPLES, n))
         ],
     }
     scores = {name: scorer(greedy.texts, samples) for name, scorer in (scorers or {}).items()}
