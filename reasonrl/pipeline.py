@@ -125,6 +125,28 @@ def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str],
     return shared, per_stage
 
 
+def _check_shared_rewards(shared: list[str], stages: dict[str, dict[str, Any]]) -> None:
+    """An override for every stage of a reward term that only some RL stages have would add
+    the term to the others (a reward model's weight making it a reward of the first RL stage):
+    it is refused, naming the stages that have the term."""
+    default = set(RunConfig.model_fields["rewards"].get_default(call_default_factory=True))
+    rl = {
+        n: set(d.get("rewards") or default)
+        for n, d in stages.items()
+        if d.get("stage", "rl") == "rl"
+    }
+    for text in shared:
+        keys = text.partition("=")[0].strip().split(".")
+        if keys[0] != "rewards" or len(keys) < 2:
+            continue
+        having = [n for n, terms in rl.items() if keys[1] in terms]
+        if having and len(having) < len(rl):
+            raise ConfigError(
+                f"override {text!r}: only stage(s) {having} have the reward {keys[1]!r}; "
+                f"address one by name, e.g. {having[0]}.{text}"
+            )
+
+
 def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> list[Stage]:
     """The validated stages of a multi-stage recipe, with ``@name`` resolved under ``run_dir``.
 
@@ -147,6 +169,11 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
     shared, per_stage = _split_overrides(overrides, names)
     defaults = {k: v for k, v in data.items() if k not in ("stages", "name", "out")}
     pipeline_name = str(data.get("name", path.stem))
+    own = {
+        raw["name"]: _merge(defaults, {k: v for k, v in raw.items() if k != "name"})
+        for raw in stages
+    }
+    _check_shared_rewards(shared, own)
 
     out: list[Stage] = []
     models: dict[str, Path] = {}
@@ -154,8 +181,7 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
     for i, raw in enumerate(stages):
         name = raw["name"]
         where = f"{path} stage '{name}'"
-        merged = _merge(defaults, {k: v for k, v in raw.items() if k != "name"})
-        merged = apply_overrides(merged, [*shared, *per_stage[name]])
+        merged = apply_overrides(own[name], [*shared, *per_stage[name]])
         merged["name"] = f"{pipeline_name}/{name}"
         has_path = "path" in (merged.get("model") or {})
         if not has_path and "init" not in (merged.get("model") or {}) and last_policy:

@@ -68,6 +68,22 @@ def test_an_override_for_every_stage_beats_what_a_stage_sets_itself(tmp_path):
     assert general.cfg.rl.learning_rate == 5e-5  # the rest of the stage's section stays
 
 
+def test_an_override_for_every_stage_of_a_reward_only_some_stages_have_is_refused(tmp_path):
+    judge = {"verifier": "reward_model", "options": {"path": "@a"}}
+    stages = [
+        {"name": "a", "stage": "sft"},
+        {"name": "b", "stage": "rl", "rewards": {"correct": 1.0, "format": 0.1}},
+        {"name": "c", "stage": "rl", "rewards": {"judge": judge, "format": 0.1}},
+    ]
+    recipe = _recipe(tmp_path, stages)
+    # it would have made the reward model a reward of stage b as well
+    with pytest.raises(ConfigError, match=r"only stage\(s\) \['c'\].*c\.rewards\.judge\.weight=2"):
+        load_pipeline(recipe, ["rewards.judge.weight=2"], tmp_path / "out")
+    _, b, c = load_pipeline(recipe, ["rewards.format=0.2", "c.rewards.judge.weight=2"], tmp_path)
+    assert b.cfg.rewards["format"].weight == c.cfg.rewards["format"].weight == 0.2
+    assert c.cfg.rewards["judge"].weight == 2 and "judge" not in b.cfg.rewards
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
