@@ -1,9 +1,9 @@
 """Typed run configuration: YAML recipes, dotted command-line overrides, helpful errors.
 
-A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every field is documented once,
-beside its definition. Sizes are named by their unit (``prompts_per_step``,
-``completions_per_prompt``, ``micro_batch_completions``) so that nobody has to guess whether a
-batch counts prompts or completions.
+A recipe is a YAML 1.2 file (:func:`load_yaml`) whose keys mirror :class:`RunConfig`. Every
+field is documented once, beside its definition. Sizes are named by their unit
+(``prompts_per_step``, ``completions_per_prompt``, ``micro_batch_completions``) so that nobody
+has to guess whether a batch counts prompts or completions.
 
 This module must not import torch: ``reasonrl run`` validates the recipe before anything heavy
 is loaded, so a typo fails in well under a second.
