@@ -259,8 +259,10 @@ def eval_cmd(
 
 
 def _pipeline_dir(recipe: str) -> Path:
-    """Where ``reasonrl run`` puts a multi-stage recipe's run by default."""
-    return Path(f"runs/{read_recipe(recipe)[0].get('name', Path(recipe).stem)}")
+    """Where ``reasonrl run`` puts a multi-stage recipe's run without --out: the recipe's
+    top-level ``out``, else runs/<name>."""
+    data = read_recipe(recipe)[0]
+    return Path(str(data.get("out") or f"runs/{data.get('name', Path(recipe).stem)}"))
 
 
 def _eval_config(

@@ -1,9 +1,9 @@
 """Typed run configuration: YAML recipes, dotted command-line overrides, helpful errors.
 
-A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every field is documented once,
-beside its definition. Sizes are named by their unit (``prompts_per_step``,
-``completions_per_prompt``, ``micro_batch_completions``) so that nobody has to guess whether a
-batch counts prompts or completions.
+A recipe is a YAML 1.2 file (:func:`load_yaml`) whose keys mirror :class:`RunConfig`. Every
+field is documented once, beside its definition. Sizes are named by their unit
+(``prompts_per_step``, ``completions_per_prompt``, ``micro_batch_completions``) so that nobody
+has to guess whether a batch counts prompts or completions.
 
 This module must not import torch: ``reasonrl run`` validates the recipe before anything heavy
 is loaded, so a typo fails in well under a second.
@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from yaml.constructor import ConstructorError
 
 
 class ConfigError(ValueError):
@@ -421,6 +422,83 @@ class RunConfig(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
+# YAML 1.2's core schema, not PyYAML's YAML 1.1: only true/false are booleans, so the
+# documented `task.chat_template: on` stays the string "on"; 1e-5 is a number; dates, sexagesimals
+# (1:30) and numbers with leading zeros (0755, YAML 1.1's octal) stay text. Recipes, overrides and
+# the config.yaml of a run directory are all read with it.
+_CORE_SCALARS = [
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "float",
+        r"[-+]?(?:\.[0-9]+|(?:0|[1-9][0-9]*)(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+.0123456789",
+    ),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+]
+
+
+def _add_core_resolvers(cls: type[yaml.SafeLoader] | type[yaml.SafeDumper]) -> None:
+    for tag, pattern, first in _CORE_SCALARS:
+        cls.add_implicit_resolver(
+            f"tag:yaml.org,2002:{tag}", re.compile(f"^(?:{pattern})$"), list(first)
+        )
+
+
+class _CoreLoader(yaml.SafeLoader):
+    """YAML 1.2 core schema (plus ``<<`` merge keys); a key given twice in one mapping is an
+    error, where PyYAML would silently keep the last."""
+
+    yaml_implicit_resolvers: dict = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_number(self, node: yaml.ScalarNode) -> int | float:
+        text = str(self.construct_scalar(node))
+        try:
+            if node.tag.endswith(":int"):
+                return int(text, 0)
+            return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+        except ValueError:
+            problem = f"{text!r} is not a number"
+            raise ConstructorError(None, None, problem, node.start_mark) from None
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+_add_core_resolvers(_CoreLoader)
+_CoreLoader.add_implicit_resolver(_MERGE, re.compile(r"^<<$"), ["<"])
+_CoreLoader.add_constructor("tag:yaml.org,2002:int", _CoreLoader.construct_number)
+_CoreLoader.add_constructor("tag:yaml.org,2002:float", _CoreLoader.construct_number)
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """Quotes a string that YAML 1.1 *or* 1.2 would read as something else ("on", "1e-5",
+    "0755"), so that a dumped config reads back the same with either."""
+
+
+_add_core_resolvers(_QuotingDumper)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the core-schema loader recipes use (yaml.YAMLError if invalid)."""
+    return yaml.load(text, Loader=_CoreLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that :func:`load_yaml` (and YAML 1.1 readers) read back as ``data``."""
+    return yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False)
+
+
 def bundled_recipes() -> dict[str, Path]:
     """Recipes shipped inside the package, by file stem."""
     root = resources.files("reasonrl") / "recipes"
@@ -440,18 +518,17 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
     raise ConfigError(f"recipe file not found: {path}{extra}")
 
 
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"rl.learning_rate=5e-6"`` → ``(["rl", "learning_rate"], 5e-06)``."""
+    """``"rl.learning_rate=5e-6"`` → ``(["rl", "learning_rate"], 5e-06)``; the value is read
+    as YAML 1.2, as recipes are (``on`` stays a string, ``1e-5`` is a number)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML 1.1 reads "5e-6" as a string; numbers are what people mean.
-    if isinstance(value, str) and _FLOAT_RE.match(value):
-        value = float(value)
+    try:
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})") from None
     return key.strip().split("."), value
 
 
@@ -528,9 +605,12 @@ def read_recipe(recipe: str | Path) -> tuple[dict[str, Any], Path]:
     """The raw mapping of a recipe (path or bundled name) and the file it came from."""
     path = resolve_recipe_path(recipe)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"recipe {path} must be a mapping of keys to values")
     return loaded or {}, path
@@ -546,4 +626,4 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
 
 def dump_config(cfg: RunConfig) -> str:
     """The whole resolved config as YAML (saved in every run directory)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(cfg.model_dump(mode="json"))

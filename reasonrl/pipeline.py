@@ -18,7 +18,9 @@ A multi-stage recipe has a ``stages`` list; every other top-level key (``task``,
 without ``model.path`` starts from the last policy stage (not ``rm``) before it. Stage ``i``
 runs in ``RUN_DIR/<i>-<name>``; on ``--resume`` finished stages (those with a
 ``summary.json``) are skipped and an interrupted one continues from its checkpoint.
-Overrides address a stage by its name (``general.rl.steps=20``) or every stage (``seed=1``).
+Overrides address a stage by its name (``general.rl.steps=20``) or every stage (``seed=1``,
+``rl.steps=2``, which also beats the steps a stage sets itself); the name addressed beats both.
+The run directory is ``--out``, else the recipe's top-level ``out``, else ``runs/<name>``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -41,7 +42,7 @@ from reasonrl.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
-    dump_config,
+    dump_yaml,
     read_recipe,
     validate_config,
 )
@@ -93,6 +94,11 @@ def _resolve_refs(value: Any, models: dict[str, Path], where: str) -> Any:
     return str(models[match[1]])
 
 
+# Keys that name the pipeline's run itself: a stage's name and directory come from the recipe's
+# stages and RUN_DIR, so an override of them could only be ignored.
+_PIPELINE_KEYS = {"name": "set 'name:' in the recipe", "out": "pass --out DIR"}
+
+
 def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list]]:
     """Overrides for every stage, and per stage name (``name.key=value``)."""
     shared: list[str] = []
@@ -100,7 +106,14 @@ def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str],
     keys = set(RunConfig.model_fields)
     for text in overrides:
         head, dot, rest = text.partition(".")
-        if dot and head in per_stage:
+        staged = bool(dot) and head in per_stage
+        key = (rest if staged else text).partition("=")[0].strip()
+        if key in _PIPELINE_KEYS:
+            raise ConfigError(
+                f"override {text!r}: a multi-stage recipe's {key} is not set per run; "
+                f"{_PIPELINE_KEYS[key]}"
+            )
+        if staged:
             per_stage[head].append(rest)
             continue
         close = difflib.get_close_matches(head, names, n=1)
@@ -112,10 +125,34 @@ def _split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str],
     return shared, per_stage
 
 
+def _check_shared_rewards(shared: list[str], stages: dict[str, dict[str, Any]]) -> None:
+    """An override for every stage of a reward term that only some RL stages have would add
+    the term to the others (a reward model's weight making it a reward of the first RL stage):
+    it is refused, naming the stages that have the term."""
+    default = set(RunConfig.model_fields["rewards"].get_default(call_default_factory=True))
+    rl = {
+        n: set(d.get("rewards") or default)
+        for n, d in stages.items()
+        if d.get("stage", "rl") == "rl"
+    }
+    for text in shared:
+        keys = text.partition("=")[0].strip().split(".")
+        if keys[0] != "rewards" or len(keys) < 2:
+            continue
+        having = [n for n, terms in rl.items() if keys[1] in terms]
+        if having and len(having) < len(rl):
+            raise ConfigError(
+                f"override {text!r}: only stage(s) {having} have the reward {keys[1]!r}; "
+                f"address one by name, e.g. {having[0]}.{text}"
+            )
+
+
 def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> list[Stage]:
     """The validated stages of a multi-stage recipe, with ``@name`` resolved under ``run_dir``.
 
-    Every stage is validated before anything runs, so a typo in the last stage fails at once.
+    A stage's keys beat the recipe's top-level defaults; an override for every stage beats
+    both, and an override addressed to the stage by name beats that. Every stage is validated
+    before anything runs, so a typo in the last stage fails at once.
     """
     data, path = read_recipe(recipe)
     stages = data.get("stages")
@@ -131,8 +168,12 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
         names.append(name)
     shared, per_stage = _split_overrides(overrides, names)
     defaults = {k: v for k, v in data.items() if k not in ("stages", "name", "out")}
-    defaults = apply_overrides(defaults, shared)
     pipeline_name = str(data.get("name", path.stem))
+    own = {
+        raw["name"]: _merge(defaults, {k: v for k, v in raw.items() if k != "name"})
+        for raw in stages
+    }
+    _check_shared_rewards(shared, own)
 
     out: list[Stage] = []
     models: dict[str, Path] = {}
@@ -140,8 +181,7 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
     for i, raw in enumerate(stages):
         name = raw["name"]
         where = f"{path} stage '{name}'"
-        merged = _merge(defaults, {k: v for k, v in raw.items() if k != "name"})
-        merged = apply_overrides(merged, per_stage[name])
+        merged = apply_overrides(own[name], [*shared, *per_stage[name]])
         merged["name"] = f"{pipeline_name}/{name}"
         has_path = "path" in (merged.get("model") or {})
         if not has_path and "init" not in (merged.get("model") or {}) and last_policy:
@@ -244,8 +284,8 @@ def run_pipeline(
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
     _prepare(run_dir, resume, overwrite)
-    resolved = {s.name: yaml.safe_load(dump_config(s.cfg)) for s in stages}
-    (run_dir / PIPELINE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
+    (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))
 
     rows = []
     for i, stage in enumerate(stages):

@@ -163,3 +163,15 @@ def test_eval_with_a_stage_of_a_multi_stage_recipe(tmp_path):
     for extra, message in (([], "--stage ['warm', 'tuned']"), (["--stage", "x"], "'x' is not")):
         result = runner.invoke(app, ["eval", "--recipe", str(recipe), *extra])
         assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_run_takes_a_multi_stage_recipes_out_and_refuses_what_it_would_ignore(tmp_path):
+    import yaml
+
+    recipe, out = tmp_path / "pipe.yaml", tmp_path / "elsewhere"
+    stages = [{"name": "a", "stage": "sft"}]
+    recipe.write_text(yaml.safe_dump({"name": "pipe", "out": str(out), "stages": stages}))
+    result = runner.invoke(app, ["run", str(recipe), "--resume"])
+    assert result.exit_code == 2 and f"nothingtoresumein{out}" in "".join(result.output.split())
+    result = runner.invoke(app, ["run", str(recipe), "name=other"])
+    assert result.exit_code == 2 and "set 'name:' in the recipe" in " ".join(result.output.split())

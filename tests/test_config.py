@@ -175,3 +175,65 @@ def test_task_mix_errors_name_the_entry_and_the_misplaced_keys():
         validate_config({"task": {"mix": mix, "train_size": 10}}, "test")
     with pytest.raises(ConfigError, match="names each task once"):
         validate_config({"task": {"mix": [{"name": "chain_sum"}, {"name": "chain_sum"}]}}, "t")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("task.chat_template=on", "on"),  # YAML 1.1 read on/off/yes/no as booleans
+        ("task.chat_template=off", "off"),
+        ("x=no", "no"),
+        ("x=0755", "0755"),  # YAML 1.1's octal 493
+        ("x=2024-01-02", "2024-01-02"),  # YAML 1.1's date
+        ("x=1:30", "1:30"),  # YAML 1.1's sexagesimal 90
+        ("x=1e-5", 1e-5),
+        ("x=0x1f", 31),
+        ("x=false", False),
+    ],
+)
+def test_override_values_are_read_as_yaml_1_2(text, value):
+    parsed = parse_override(text)[1]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_documented_chat_template_values_load_from_overrides_and_recipes(tmp_path):
+    for value in ("auto", "on", "off"):
+        assert load_config(None, [f"task.chat_template={value}"]).task.chat_template == value
+        recipe = tmp_path / f"{value}.yaml"
+        recipe.write_text(f"task:\n  chat_template: {value}\n")
+        assert load_config(recipe).task.chat_template == value
+
+
+def test_a_key_given_twice_in_a_recipe_is_an_error_naming_it_and_its_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rl:\n  steps: 400\n  learning_rate: 1e-5\n  steps: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe)
+    assert str(e.value) == f"{recipe}:4: invalid YAML: duplicate key 'steps'"
+
+
+def test_invalid_yaml_is_one_line_with_file_and_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 1\nrl:\n  steps: [1, 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe)
+    assert str(e.value).startswith(f"{recipe}:4: invalid YAML: ") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"'task\.params=\{a: 1': the value is not valid"):
+        load_config(None, ["task.params={a: 1"])
+
+
+def test_config_yaml_quotes_strings_that_yaml_would_read_as_something_else(tmp_path):
+    params = "{label: on, x: 1e-5, mode: '0755', day: 2024-01-02, t: 1:30}"
+    cfg = load_config(None, ["task.chat_template=off", f"task.params={params}"])
+    assert cfg.task.params == {
+        "label": "on",
+        "x": 1e-5,
+        "mode": "0755",
+        "day": "2024-01-02",
+        "t": "1:30",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    # and a YAML 1.1 reader (PyYAML's safe_load) reads back the same values
+    assert validate_config(yaml.safe_load(path.read_text()), "1.1") == cfg

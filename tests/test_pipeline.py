@@ -53,6 +53,53 @@ def test_overrides_address_one_stage_or_all(tmp_path):
     assert b.cfg.rl.steps == 5 and a.cfg.rl.steps != 5
 
 
+def test_an_override_for_every_stage_beats_what_a_stage_sets_itself(tmp_path):
+    stages = [
+        {"name": "cold", "stage": "sft", "sft": {"steps": 400}},
+        {"name": "reasoning", "stage": "rl", "rl": {"steps": 60}},
+        {"name": "general", "stage": "rl", "rl": {"steps": 60, "learning_rate": 5e-5}},
+    ]
+    recipe = _recipe(tmp_path, stages, sft={"steps": 9})
+    overrides = ["rl.steps=2", "sft.steps=3", "general.rl.steps=5"]
+    cold, reasoning, general = load_pipeline(recipe, overrides, tmp_path / "out")
+    assert cold.cfg.sft.steps == 3
+    assert reasoning.cfg.rl.steps == 2
+    assert general.cfg.rl.steps == 5  # the stage named beats the override for all
+    assert general.cfg.rl.learning_rate == 5e-5  # the rest of the stage's section stays
+
+
+def test_an_override_for_every_stage_of_a_reward_only_some_stages_have_is_refused(tmp_path):
+    judge = {"verifier": "reward_model", "options": {"path": "@a"}}
+    stages = [
+        {"name": "a", "stage": "sft"},
+        {"name": "b", "stage": "rl", "rewards": {"correct": 1.0, "format": 0.1}},
+        {"name": "c", "stage": "rl", "rewards": {"judge": judge, "format": 0.1}},
+    ]
+    recipe = _recipe(tmp_path, stages)
+    # it would have made the reward model a reward of stage b as well
+    with pytest.raises(ConfigError, match=r"only stage\(s\) \['c'\].*c\.rewards\.judge\.weight=2"):
+        load_pipeline(recipe, ["rewards.judge.weight=2"], tmp_path / "out")
+    _, b, c = load_pipeline(recipe, ["rewards.format=0.2", "c.rewards.judge.weight=2"], tmp_path)
+    assert b.cfg.rewards["format"].weight == c.cfg.rewards["format"].weight == 0.2
+    assert c.cfg.rewards["judge"].weight == 2 and "judge" not in b.cfg.rewards
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("out=runs/x", "pass --out DIR"),
+        ("b.out=runs/x", "pass --out DIR"),
+        ("name=other", "set 'name:' in the recipe"),
+        ("a.name=other", "set 'name:' in the recipe"),
+    ],
+)
+def test_overrides_of_the_pipelines_own_name_and_directory_are_refused(tmp_path, override, message):
+    recipe = _recipe(tmp_path, [{"name": "a", "stage": "sft"}, {"name": "b", "stage": "rl"}])
+    with pytest.raises(ConfigError, match=message) as e:
+        load_pipeline(recipe, [override], tmp_path / "out")
+    assert override in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("stages", "overrides", "message"),
     [
