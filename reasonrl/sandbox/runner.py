@@ -10,7 +10,6 @@ import base64
 import contextlib
 import fcntl
 import functools
-import glob
 import json
 import os
 import secrets
@@ -59,6 +58,9 @@ class Limits:
     request_memory_mb: int = 4096
 
 
+_BOUND = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # jail.py binds them
+
+
 @dataclass(frozen=True)
 class _Host:
     """What of this machine the jails use: found once per server."""
@@ -74,11 +76,16 @@ class _Host:
 def _host() -> _Host:
     python = os.path.realpath(sys.executable)
     prefix = os.path.realpath(sys.base_prefix)
+    # Every site-packages and dist-packages directory in what the jail binds: a walk (a second
+    # or two, once per process), since bundled interpreters put theirs anywhere under /usr.
     hide = set()
-    for root in ("/", "/usr", "/usr/local", prefix):
-        for path in glob.glob(os.path.join(root, "lib*/python*/*-packages")):
-            if path.endswith(("/site-packages", "/dist-packages")) and os.path.isdir(path):
-                hide.add(os.path.realpath(path))  # as the jail sees it: its links are the host's
+    for root in (*_BOUND, prefix):
+        if os.path.islink(root):  # /lib -> usr/lib: walked as /usr
+            continue
+        for base, dirs, _ in os.walk(root):
+            packages = [d for d in dirs if d in ("site-packages", "dist-packages")]
+            hide.update(os.path.join(base, d) for d in packages)
+            dirs[:] = [d for d in dirs if d not in packages]
     # A virtualenv's, a conda environment's and `pip install --user`'s packages: wherever this
     # interpreter itself imports them from.
     sites = {*site.getsitepackages(), *sysconfig.get_paths().values()}
