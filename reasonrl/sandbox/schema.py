@@ -81,8 +81,11 @@ class RunCodeRequest(BaseModel):
 
 
 class RunResult(BaseModel):
-    """How the program ended. ``return_code`` is None when the sandbox killed it (time limit,
-    output cap); ``execution_time`` is wall-clock seconds including the jail's setup."""
+    """How the program ended, as SandboxFusion reports it: ``TimeLimitExceeded`` (deadline or
+    CPU limit) has no ``return_code``; ``Finished`` has the exit status, negative for the
+    signal that killed the program (-9 for output over the cap); this server never answers
+    ``Error`` (SandboxFusion's sandbox-side failure: here ``SandboxError`` with no run result).
+    ``execution_time`` is wall-clock seconds including the jail's setup."""
 
     status: Literal["Finished", "Error", "TimeLimitExceeded"]
     return_code: int | None
