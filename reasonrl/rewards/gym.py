@@ -298,10 +298,7 @@ def emit(record):
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 os.environ["MPLCONFIGDIR"] = "/tmp"
-import site, sysconfig  # the jail's python starts without site-packages on its path
-
-sys.path += [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
-try:
+try:  # the jail puts the server's site directories on the path of a packages request
     import reasoning_gym
 except BaseException as e:
     emit({"fatal": f"reasoning_gym does not import in the jail: {type(e).__name__}: {e}"})

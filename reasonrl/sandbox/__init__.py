@@ -6,23 +6,44 @@
 What every run gets (:mod:`reasonrl.sandbox.jail` builds it, the server must start as root):
 
 - its own PID, network, mount, IPC and UTS namespaces (util-linux ``unshare``), and its own
-  process group; the candidate is PID 1 of its namespace, so when it ends or is killed every
-  process it started (a fork bomb, a background daemon) dies with it;
+  process group; PID 1 of the namespace is a tiny init whose command line names no host path
+  (no staging directory, no prefix) and whose environment the program cannot read; the program
+  is its child, and when the program ends or is killed every process it started (a fork bomb,
+  a background daemon) dies with the namespace;
 - no network at all: only a loopback device that is down (the server itself is unreachable);
 - an empty environment (nothing of the server's), a random unprivileged uid and no groups,
   ``no_new_privs``, nosuid mounts, and a chroot (inside which the kernel refuses to create
   user namespaces, so the mounts cannot be undone);
 - a new root on a size-capped tmpfs: read-only ``/usr``, ``/lib*`` and the Python standard
-  library, every site-packages directory hidden (a ``/run_code`` request of reasonrl's own
-  with ``packages: true`` leaves them visible, read-only: for trusted programs such as the
-  reasoning-gym scorer, never for candidate code), a private ``/proc``, a ``/dev`` with null,
-  zero, random and urandom only, a writable ``/tmp`` and working directory ``/sandbox`` that
-  vanish with the namespace; the host's files (``/home``, ``/root``, ``/work``, the data sets
-  in site-packages, the tests) are not in it;
+  library, every site-packages and dist-packages directory hidden (the base interpreter's,
+  the system's, any bundled interpreter's under ``/usr``), a private ``/proc``, a ``/dev``
+  with null, zero, random and urandom only, a writable ``/tmp`` and working directory
+  ``/sandbox`` that vanish with the namespace; the host's files (``/home``, ``/root``,
+  ``/work``, the data sets in site-packages, the tests) are not in it. A ``/run_code``
+  request of reasonrl's own with ``packages: true`` gets the server's own site directories
+  instead (its virtualenv's, its conda environment's, ``pip install --user``'s), read-only and
+  on ``sys.path``: for trusted programs such as the reasoning-gym scorer, never for candidate
+  code;
 - rlimits on address space, CPU seconds, processes (threads included), file size, open files,
-  core dumps (0);
+  core dumps (0); a request's ``memory_limit_MB`` is capped to the server's memory per
+  request (``--request-memory-mb``, 4096 by default);
+- a bound on the memory of a request as a whole, all its processes and jails together: a
+  memory cgroup limited to ``--request-memory-mb`` where the host lets the server make one
+  (cgroup v1 or v2; the program's processes are the out-of-memory killer's first victims),
+  else fewer processes per jail so that processes x address space stays within it.
+  ``sandbox serve`` prints which one applies;
 - stdout and stderr read with a byte cap (the jail is killed on excess) and a wall-clock
-  deadline after which PID 1 of the namespace is killed, which takes every process with it.
+  deadline after which PID 1 of the namespace is killed, which takes every process with it;
+  the jail's own diagnostics (``unshare``'s, a failed setup's) go to a separate stream and
+  never into the program's stderr.
+
+``/run_code`` answers as SandboxFusion's server does, so that its unchanged client accepts
+every result: a program past its deadline (or CPU limit) is ``TimeLimitExceeded`` with no
+return code; any other is ``Finished`` with its exit status, negative for the signal that
+killed it (``-9`` when the sandbox killed it for output over the cap, or the memory cgroup
+did); ``Success`` only for ``Finished`` with 0, else ``Failed``; ``SandboxError`` only when
+the jail could not be built. ``files`` whose names collide (``a`` and ``a/b``), contain NUL,
+are too long or leave the working directory are refused with a 422 that says why.
 
 How a verdict is reached (``/evaluate``):
 
@@ -42,8 +63,10 @@ How a verdict is reached (``/evaluate``):
 
 Not covered:
 
-- CPU and memory of the jail as a whole are bounded only per process times the process cap
-  (no cgroups); a fork bomb holds the CPUs until the deadline, slowing other runs;
+- CPU time of the jail as a whole is bounded only per process times the process cap (no CPU
+  cgroup); a fork bomb holds the CPUs until the deadline, slowing other runs;
+- the program's own process can find the interpreter's prefix (``sys.executable``, its
+  mounts) and, in its memory, the jail's configuration: nothing in them is secret or reachable;
 - the kernel is shared and system calls are not filtered (no seccomp): a kernel exploit
   escapes any namespace (use a VM for hostile users);
 - tests in ``asserts`` mode that reference helpers defined by the solution (HumanEval's

@@ -1,4 +1,5 @@
-"""``reasonrl sandbox serve [--host 127.0.0.1] [--port 8080] [--workers N] [--token T]``.
+"""``reasonrl sandbox serve [--host 127.0.0.1] [--port 8080] [--workers N] [--token T]
+[--request-memory-mb 4096]``.
 
 Starts the code-execution server (as root: it builds namespaces, then drops each run to a
 random unprivileged uid). Check it with ``curl localhost:8080/health``. Runs on any Linux
@@ -40,7 +41,17 @@ def serve(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Default wall-clock seconds per run.")] = 10.0,
-    memory_mb: Annotated[int, typer.Option(help="Default address space per process.")] = 1024,
+    memory_mb: Annotated[
+        int, typer.Option(min=1, help="Default address space per process (MB).")
+    ] = 1024,
+    request_memory_mb: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Memory of one request, all its processes together (MB): a memory cgroup where "
+            "the host allows one, else fewer processes per run. Caps a request's memory_limit_MB.",
+        ),
+    ] = 4096,
 ) -> None:
     """Serve POST /run_code, POST /evaluate and GET /health."""
     import uvicorn
@@ -58,8 +69,14 @@ def serve(
         typer.echo(f"error: cannot isolate runs on this machine: {problem}", err=True)
         raise typer.Exit(2)
     workers = workers or os.cpu_count() or 1
-    sandbox = Sandbox(Limits(timeout_s=timeout, memory_mb=memory_mb))
+    limits = Limits(
+        timeout_s=timeout,
+        memory_mb=min(memory_mb, request_memory_mb),
+        request_memory_mb=request_memory_mb,
+    )
+    sandbox = Sandbox(limits)
     typer.echo(f"sandbox on http://{host}:{port} with {workers} workers, queue {queue}")
+    typer.echo(f"memory: {sandbox.memory_bound()}")
     uvicorn.run(
         create_app(sandbox, workers, queue, token), host=host, port=port, log_level="warning"
     )

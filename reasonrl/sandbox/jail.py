@@ -1,19 +1,29 @@
 """The code that runs inside a sandbox jail. Standard library only.
 
 ``runner.py`` starts it as ``unshare --pid --net --mount --ipc --uts --fork --kill-child --
-PYTHON -I -S jail.py CONFIG_JSON``, so it begins as root, as PID 1 of fresh namespaces. It then:
+python3.X -I -S -c BOOT SOURCE_FD CONFIG_FD``: ``BOOT`` executes this file's source read from a
+pipe, and the configuration comes through another pipe, so the command line of the jail's PID 1
+names no host path (the interpreter is found through ``PATH``, which only PID 1 can read). It
+begins as root, as PID 1 of fresh namespaces, and then:
 
-1. builds a new root on a size-capped tmpfs: read-only, nosuid bind mounts of ``/usr`` (and the
-   ``/bin``, ``/lib*`` links or directories) and of the Python prefix, with every site-packages
-   directory hidden under an empty read-only tmpfs; ``/dev`` with null, zero, random, urandom
-   only; a fresh ``/proc`` of the new PID namespace; a writable ``/tmp`` and ``/sandbox``
-   (the working directory, holding the request's files);
-2. ``chroot``s into it, sets the rlimits (address space, CPU seconds, processes, file size, open
-   files, core dumps), drops to the unprivileged ``uid`` given by the server with no
-   supplementary groups, sets ``no_new_privs``, and re-arms the parent-death signal;
-3. writes one byte to ``ready_fd``: from here on, any failure is the candidate's, not the
-   sandbox's, so a candidate cannot pass itself off as an infrastructure error;
-4. plays its role:
+1. joins the request's memory cgroup (when the server has one), then builds a new root on a
+   size-capped tmpfs: read-only, nosuid bind mounts of ``/usr`` (and the ``/bin``, ``/lib*``
+   links or directories) and of the Python prefix, with every site-packages and dist-packages
+   directory hidden under an empty read-only tmpfs (a trusted request with ``packages`` gets the
+   server's own site directories instead, read-only); ``/dev`` with null, zero, random, urandom
+   only; a fresh ``/proc`` of the new PID namespace; a writable ``/tmp`` and ``/sandbox`` (the
+   working directory, holding the request's files); and ``chroot``s into it;
+2. forks the worker and stays as a tiny init: it reaps orphans, and when the worker ends it
+   reports the worker's exit status on the control pipe and exits, which kills every process
+   left in the namespace (a fork bomb, a background daemon);
+3. the worker sets the rlimits (address space, CPU seconds, processes, file size, open files,
+   core dumps), drops to the unprivileged ``uid`` given by the server with no supplementary
+   groups, sets ``no_new_privs`` and the parent-death signal, writes ``R`` on the control pipe and
+   closes it: from here on, any failure is the candidate's, not the sandbox's, so a candidate
+   cannot pass itself off as an infrastructure error, nor forge its exit status. Until then its
+   stderr is the jail's diagnostics stream; then the program's own stderr pipe replaces it, so
+   diagnostics of the jail (and of ``unshare``) never mix with the program's output;
+4. the worker plays its role:
    - ``exec``: run ``/sandbox/main.py`` as ``__main__`` (stdin, stdout, stderr are the request's);
    - ``runner``: execute ``/sandbox/solution.py`` and then serve calls of its functions over
      two pipes, exchanging plain data only (``marshal`` of builtin types);
@@ -71,6 +81,13 @@ def _bind_ro(src: str, dst: str) -> None:
     _mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def join_cgroup(cfg: dict) -> None:
+    """Move this process (and so everything it will start) into the request's memory cgroup."""
+    if cfg["cgroup"]:
+        with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
+            f.write("0")  # 0: the writing process, whatever its PID in this namespace
+
+
 def build_root(cfg: dict) -> None:
     """Mount the jail's filesystem at ``cfg["root"]`` (an empty directory) and chroot into it."""
     root = cfg["root"]
@@ -81,9 +98,9 @@ def build_root(cfg: dict) -> None:
             os.symlink(os.readlink(src), dst)
         elif os.path.isdir(src):
             _bind_ro(src, dst)
-    prefix = cfg["prefix"]
-    if not os.path.exists(root + prefix):
-        _bind_ro(prefix, root + prefix)
+    for path in [cfg["prefix"], *cfg["site_dirs"]]:
+        if not os.path.exists(root + path):
+            _bind_ro(path, root + path)
     for hidden in cfg["hide"]:
         if os.path.isdir(root + hidden):
             _mount("tmpfs", root + hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
@@ -127,7 +144,7 @@ def drop_privileges(cfg: dict) -> None:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    # Changing credentials clears the parent-death signal that unshare --kill-child set.
+    # Changing credentials clears the parent-death signal.
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
 
@@ -278,22 +295,50 @@ def run_harness(rfd: int, wfd: int) -> None:
     print("\n" + json.dumps({"nonce": nonce, "verdict": verdict, "reason": reason}), flush=True)
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
+def _read_config(fd: int) -> dict:
+    with os.fdopen(fd, "rb") as f:
+        return json.loads(f.read())
+
+
+def _fail_setup(error: BaseException) -> None:
+    print(f"reasonrl-jail: setup failed: {type(error).__name__}: {error}", file=sys.stderr)
+    os._exit(SETUP_FAILED)
+
+
+def run_init(worker: int, cfg: dict) -> None:
+    """PID 1 while the worker runs: hold none of the program's streams, reap orphans, and once
+    the worker has ended report its exit status (negative: the signal that killed it)."""
+    for fd in (0, 1, cfg["stderr_fd"], *cfg["fds"]):
+        os.close(fd)
+    while True:
+        pid, status = os.wait()
+        if pid == worker:
+            break
+    os.write(cfg["control_fd"], b"X%d" % os.waitstatus_to_exitcode(status))
+    os._exit(0)  # the kernel now kills whatever is left in the namespace
+
+
+def run_worker(cfg: dict) -> None:
+    """Drop privileges, say ready, take the program's stderr, and play the role."""
     try:
-        build_root(cfg)
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")  # a memory cgroup at its limit kills the program's processes first
         drop_privileges(cfg)
     except BaseException as e:
-        print(f"reasonrl-jail: setup failed: {type(e).__name__}: {e}", file=sys.stderr)
-        os._exit(SETUP_FAILED)
-    os.write(cfg["ready_fd"], b"R")
-    os.close(cfg["ready_fd"])
-    role, fds = cfg["role"], cfg.get("fds", [])
+        _fail_setup(e)
+    os.write(cfg["control_fd"], b"R")
+    os.close(cfg["control_fd"])
+    os.dup2(cfg["stderr_fd"], 2)
+    os.close(cfg["stderr_fd"])
+    os.environ.clear()  # PATH only served to find the interpreter
+    role, fds = cfg["role"], cfg["fds"]
     if role == "exec":
         import runpy
         import site
 
         site.setquit()  # exit() and quit(), which -S leaves out
+        for path in cfg["site_dirs"]:  # empty unless a trusted request asked for packages
+            site.addsitedir(path)
         sys.argv = ["main.py"]
         sys.path.insert(0, "/sandbox")
         runpy.run_path("main.py", run_name="__main__")
@@ -301,6 +346,20 @@ def main() -> None:
         serve_calls(fds[0], fds[1])
     else:
         run_harness(fds[0], fds[1])
+
+
+def main() -> None:
+    cfg = _read_config(int(sys.argv[2]))
+    try:
+        join_cgroup(cfg)
+        build_root(cfg)
+        worker = os.fork()
+    except BaseException as e:
+        _fail_setup(e)
+    if worker == 0:
+        run_worker(cfg)
+    else:
+        run_init(worker, cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ passes and that no process or staging file of the jail is left. Where it can, a 
 so that the candidate would *pass* if the property failed (e.g. by reading the expected answer).
 """
 
+import glob
+import os
 import secrets
+import site
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -102,9 +106,11 @@ def test_a_gigabyte_of_stdout_is_cut_off(client):
     start = time.monotonic()
     result = run(client, code, run_timeout=30)
     assert result.status == "Failed"
-    assert result.run_result.status == "Error"
+    # SandboxFusion's outcome for a killed program: Finished, minus the signal
+    assert (result.run_result.status, result.run_result.return_code) == ("Finished", -9)
     assert "output exceeded" in result.message
     assert len(result.run_result.stdout) == 1 << 20
+    assert result.run_result.stderr == ""  # nothing of the jail's own (unshare: ...) in it
     assert time.monotonic() - start < 10.0
 
 
@@ -331,7 +337,8 @@ def test_server_environment_is_not_visible(client, monkeypatch):
     out = result.run_result.stdout
     assert secret not in out
     assert out.splitlines()[0] in ("{}", "{'LC_CTYPE': 'C.UTF-8'}")
-    assert out.splitlines()[-1] == "['1']"  # no process outside the jail is visible
+    assert out.splitlines()[-1] == "['1', '2']"  # the jail's init and the program, no other
+    assert "1 PermissionError" in out  # the init's environment (its PATH) is not readable
 
 
 def test_installed_packages_are_hidden_unless_a_trusted_request_asks(client):
@@ -349,3 +356,57 @@ def test_installed_packages_are_hidden_unless_a_trusted_request_asks(client):
     assert hidden.run_result.stdout.strip() == "ModuleNotFoundError"
     shown = run(client, probe, packages=True)  # the reasoning-gym scorer's request
     assert shown.run_result.stdout.strip() == "164"
+
+
+def test_no_site_or_dist_packages_reach_candidate_code(client):
+    # Every site-packages and dist-packages directory this machine has (the base interpreter's,
+    # the virtualenv's, Debian's), as the server's Python finds them: a candidate that puts
+    # them all on sys.path must still import nothing from them, and a walk of the jail's whole
+    # filesystem must find none with anything in it.
+    found = {p for p in sys.path + site.getsitepackages() if p.endswith("-packages")}
+    for root in ("/", "/usr", "/usr/local", sys.base_prefix):
+        found.update(glob.glob(os.path.join(root, "lib*/python*/*-packages")))
+    found = sorted(p for p in found if os.path.isdir(p) and os.listdir(p))
+    assert found, "this machine has no installed packages to hide"
+    code = f"""
+    import os, sys
+    sys.path += {found!r}
+    for name in ("pytest", "pydantic", "yaml", "sandbox_fusion", "reasonrl"):
+        try:
+            __import__(name)
+            print("imported", name)
+        except ImportError:
+            pass
+    skip = ("/proc", "/sys", "/dev")
+    for base, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if os.path.join(base, d) not in skip]
+        if base.endswith(("site-packages", "dist-packages")):
+            if dirs or files:
+                print("visible", base)
+            dirs.clear()
+    """
+    result = run(client, code, run_timeout=20)
+    assert result.status == "Success", result.run_result.stderr
+    assert result.run_result.stdout == ""
+
+
+def test_pid_1_reveals_nothing_of_the_host(client, live_server):
+    code = """
+    import os
+    print(open("/proc/1/cmdline", "rb").read().decode(errors="replace"))
+    for name in ("environ", "cwd", "root", "exe"):
+        try:
+            print(name, os.readlink(f"/proc/1/{name}") if name != "environ" else
+                  open("/proc/1/environ", "rb").read())
+        except OSError as e:
+            print(name, type(e).__name__)
+    """
+    result = run(client, code)
+    assert result.status == "Success", result.run_result.stderr
+    out = result.run_result.stdout
+    cmdline = out.splitlines()[0]
+    assert "/" not in cmdline  # no path at all: not the staging directory, not the prefix
+    assert str(live_server.base_dir) not in out
+    assert out.splitlines()[1:] == [
+        f"{n} PermissionError" for n in ("environ", "cwd", "root", "exe")
+    ]

@@ -146,3 +146,49 @@ def test_a_jail_that_cannot_be_built_is_an_error_not_the_candidates_fault(tmp_pa
     assert result.status == "SandboxError"
     assert "setup failed" in result.message
     assert list(tmp_path.iterdir()) == []
+
+
+# Forks, one after the other, children that each try to hold 80 MB (pages touched); then
+# prints how many of them hold it at once: the memory one request has.
+HOARD = """
+import os, select, time
+r, w = os.pipe()
+holding = []
+for _ in range(6):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        block = b"x" * (80 << 20)
+        os.write(w, b"+")
+        time.sleep(30)
+        os._exit(0)
+    while not select.select([r], [], [], 0.05)[0]:  # until it holds its block, or died trying
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            break
+    else:
+        os.read(r, 1)
+        holding.append(pid)
+print(sum(os.waitpid(p, os.WNOHANG) == (0, 0) for p in holding))
+"""
+
+
+@pytest.mark.parametrize(
+    "cgroups", [True, False], ids=["cgroup-where-allowed", "processes-x-memory"]
+)
+def test_a_requests_memory_is_bounded_in_total(tmp_path, cgroups):
+    sandbox = Sandbox(Limits(request_memory_mb=256), base_dir=tmp_path, memory_cgroups=cgroups)
+    result = sandbox.run_code(RunCodeRequest(code=HOARD, memory_limit_MB=128))
+    assert result.status == "Success", (result.message, result.run_result)
+    held = int(result.run_result.stdout)
+    assert held >= 1  # one child fits
+    assert held * 80 <= 256  # never more than the request's memory, whatever processes it has
+
+
+def test_the_clients_memory_limit_is_capped_by_the_servers(tmp_path):
+    sandbox = Sandbox(Limits(request_memory_mb=256), base_dir=tmp_path)
+    code = "block = b'x' * (300 << 20)\nprint('held')"
+    result = sandbox.run_code(RunCodeRequest(code=code, memory_limit_MB=2048))
+    assert result.status == "Failed"
+    assert "MemoryError" in result.run_result.stderr

@@ -85,3 +85,67 @@ def test_unreachable_server_raises_after_retries():
     client = SandboxClient("http://127.0.0.1:9", retries=1, backoff_s=0.01)
     with pytest.raises(SandboxUnavailable, match="after 2 attempts"):
         client.run_code(RunCodeRequest(code="print(1)"))
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"a": "eA==", "a/b": "eA=="}, "collide"),
+        ({"main.py/x": "eA=="}, "collide"),
+        ({"a\u0000b": "eA=="}, "NUL"),
+        ({"x" * 300: "eA=="}, "too long"),
+        ({"/".join(["d"] * 600): "eA=="}, "too long"),
+        ({"a": "eA==", "./a": "eA=="}, "twice"),
+    ],
+    ids=["file-and-dir", "main-as-dir", "nul", "long-name", "long-path", "same-file"],
+)
+def test_bad_file_names_get_422_with_the_reason(live_server, files, reason):
+    reply = httpx.post(f"{live_server.url}/run_code", json={"code": "print(1)", "files": files})
+    assert reply.status_code == 422
+    assert reason in reply.text
+
+
+def test_sandboxfusions_own_client_accepts_every_outcome(live_server):
+    # SandboxFusion's client, unchanged: it raises on a result its server would not give.
+    from sandbox_fusion import RunCodeRequest as FusionRequest
+    from sandbox_fusion import RunStatus, SummaryMapping, run_code, summary_run_code_result
+
+    mapping = SummaryMapping(
+        Success="ok", Failed="failed", RunFailed="run-failed", RunTimeout="timeout"
+    )
+    cases = {
+        "print(1)": ("Success", "Finished", 0, "ok"),
+        "import sys\nprint('e', file=sys.stderr)\nsys.exit(3)": (
+            "Failed",
+            "Finished",
+            3,
+            "run-failed",
+        ),
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)": (
+            "Failed",
+            "Finished",
+            -15,
+            "run-failed",
+        ),
+        "import time\ntime.sleep(30)": ("Failed", "TimeLimitExceeded", None, "timeout"),
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)": (
+            "Failed",
+            "Finished",
+            -9,
+            "run-failed",
+        ),
+        "import sys\nwhile True:\n    sys.stderr.write('x' * 65536)": (
+            "Failed",
+            "Finished",
+            -9,
+            "run-failed",
+        ),
+    }
+    for code, (status, run_status, return_code, summary) in cases.items():
+        request = FusionRequest(code=code, language="python", run_timeout=1)
+        result = run_code(request, endpoint=live_server.url, max_attempts=1)
+        run = result.run_result
+        assert (result.status, run.status, run.return_code) == (status, run_status, return_code)
+        assert summary_run_code_result(result, mapping) == summary
+        assert "unshare" not in run.stderr and "reasonrl-jail" not in run.stderr
+        assert result.status != RunStatus.SandboxError
