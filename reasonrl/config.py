@@ -533,20 +533,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted ``key=value`` into a nested recipe dict (copied, not mutated)."""
+    """Set each dotted ``key=value`` into a nested recipe dict (copied, not mutated); a number
+    addresses an item of a list (``task.mix.0.train_size=5``)."""
     import copy
 
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            child = node.get(k)
-            if not isinstance(child, dict):
-                child = {}
-                node[k] = child
-            node = child
-        node[keys[-1]] = value
+        node: Any = data
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                where = ".".join(keys[:depth])
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(
+                        f"override {text!r}: {where} is a list of {len(node)} item(s); "
+                        f"address one by its number, from 0 ({where}.0.…)"
+                    )
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+                continue
+            if last:
+                node[k] = value
+            else:
+                if not isinstance(node.get(k), dict | list):
+                    node[k] = {}
+                node = node[k]
     return data
 
 

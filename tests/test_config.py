@@ -8,6 +8,7 @@ import yaml
 from reasonrl.config import (
     ConfigError,
     RunConfig,
+    apply_overrides,
     bundled_recipes,
     dump_config,
     load_config,
@@ -237,3 +238,16 @@ def test_config_yaml_quotes_strings_that_yaml_would_read_as_something_else(tmp_p
     assert load_config(path) == cfg
     # and a YAML 1.1 reader (PyYAML's safe_load) reads back the same values
     assert validate_config(yaml.safe_load(path.read_text()), "1.1") == cfg
+
+
+def test_an_override_addresses_an_item_of_a_list_by_its_number():
+    recipe = {"task": {"mix": [{"name": "chain_sum", "train_size": 40}, {"name": "products"}]}}
+    data = apply_overrides(recipe, ["task.mix.1.train_size=5", "task.mix.0.name=basic_arithmetic"])
+    assert data["task"]["mix"] == [
+        {"name": "basic_arithmetic", "train_size": 40},
+        {"name": "products", "train_size": 5},
+    ]
+    assert recipe["task"]["mix"][1] == {"name": "products"}  # the recipe itself is untouched
+    for bad in ["task.mix.2.train_size=5", "task.mix.train_size=5"]:
+        with pytest.raises(ConfigError, match=r"task\.mix is a list of 2 item\(s\)"):
+            apply_overrides(recipe, [bad])
