@@ -45,6 +45,7 @@ from reasonrl.config import (
     read_recipe,
     validate_config,
 )
+from reasonrl.logging import check_trackers
 
 PIPELINE_FILE = "pipeline.yaml"
 SUMMARY_FILE = "summary.json"
@@ -243,6 +244,8 @@ def run_pipeline(
     console = console or Console()
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
+    for stage in stages:  # every stage's trackers before the first stage runs
+        check_trackers(stage.cfg.log.report_to)
     _prepare(run_dir, resume, overwrite)
     resolved = {s.name: yaml.safe_load(dump_config(s.cfg)) for s in stages}
     (run_dir / PIPELINE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))

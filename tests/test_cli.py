@@ -19,7 +19,7 @@ def test_every_command_has_useful_help():
 
 
 def test_report_rebuilds_from_a_run_directory(tmp_path):
-    with RunLogger(tmp_path, tensorboard=False) as log:
+    with RunLogger(tmp_path, report_to=()) as log:
         for step in range(1, 4):
             log.log(step, {"reward/mean": step / 4, "kl/mean": 0.01 * step})
     (tmp_path / "summary.json").write_text(
@@ -136,7 +136,7 @@ def test_eval_is_seeded_and_refuses_what_is_not_an_evaluation(tmp_path):
 def test_report_compare_writes_one_report_of_the_runs(tmp_path):
     dirs = [tmp_path / name for name in ("run-alpha", "run-beta", "run-gamma")]
     for i, d in enumerate(dirs):
-        with RunLogger(d, tensorboard=False) as log:
+        with RunLogger(d, report_to=()) as log:
             log.log(1, {"reward/mean": i / 4})
     args = ["report", str(dirs[0]), "--compare", str(dirs[1]), "--compare", str(dirs[2])]
     result = runner.invoke(app, args)

@@ -22,7 +22,7 @@ def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_metrics_and_samples_round_trip(tmp_path: Path) -> None:
-    with RunLogger(tmp_path, tensorboard=False) as logger:
+    with RunLogger(tmp_path, report_to=()) as logger:
         logger.log(0, {"reward/mean": 0.25, "loss/policy": -1.5})
         logger.log(1, {"reward/mean": 0.5, "perf/step_s": torch.tensor(2.0)})
         logger.log_samples(1, [{"prompt": "2+2?", "completion": "4", "reward": 1.0}])
@@ -40,7 +40,7 @@ def test_metrics_and_samples_round_trip(tmp_path: Path) -> None:
 
 def test_lines_are_on_disk_before_close(tmp_path: Path) -> None:
     # A run killed with Ctrl-C never reaches close(); every logged step must already be there.
-    logger = RunLogger(tmp_path, tensorboard=False)
+    logger = RunLogger(tmp_path, report_to=())
     logger.log(3, {"reward/mean": 1.0})
     logger.log_samples(3, [{"completion": "x"}])
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 3, "reward/mean": 1.0}]
@@ -49,7 +49,7 @@ def test_lines_are_on_disk_before_close(tmp_path: Path) -> None:
 
 
 def test_nan_and_inf_are_written_as_null(tmp_path: Path) -> None:
-    with RunLogger(tmp_path, tensorboard=False) as logger:
+    with RunLogger(tmp_path, report_to=()) as logger:
         logger.log(0, {"kl/mean": float("nan"), "loss/policy": float("inf"), "reward/mean": 0.1})
         logger.log_samples(0, [{"rewards": [1.0, float("nan")]}])
 
@@ -108,14 +108,14 @@ def test_resume_truncates_to_checkpoint_step(tmp_path: Path) -> None:
 
 
 def test_resume_keeps_lines_without_integer_step(tmp_path: Path) -> None:
-    with RunLogger(tmp_path, tensorboard=False) as logger:
+    with RunLogger(tmp_path, report_to=()) as logger:
         logger.log(0, {"reward/mean": 0.0})
         logger.log(5, {"reward/mean": 0.5})
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"phase": "before", "eval/accuracy": 0.4}) + "\n")
         f.write(json.dumps({"step": "final", "eval/accuracy": 0.6}) + "\n")
 
-    RunLogger(tmp_path, tensorboard=False, resume_step=2).close()
+    RunLogger(tmp_path, report_to=(), resume_step=2).close()
 
     assert read_jsonl(tmp_path / "metrics.jsonl") == [
         {"step": 0, "reward/mean": 0.0},

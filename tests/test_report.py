@@ -36,7 +36,7 @@ SUMMARY = {
 
 
 def _make_run(run_dir: Path, *, scale: float = 1.0, entropy: bool = False) -> Path:
-    with RunLogger(run_dir, tensorboard=False) as logger:
+    with RunLogger(run_dir, report_to=()) as logger:
         for step in range(10):
             metrics = {
                 "reward/mean": scale * step / 10,
@@ -97,7 +97,7 @@ def test_report_tables_the_summary_and_escapes_the_config(tmp_path: Path) -> Non
 
 def test_report_without_summary_config_or_evals(tmp_path: Path) -> None:
     run_dir = tmp_path / "bare"
-    with RunLogger(run_dir, tensorboard=False) as logger:
+    with RunLogger(run_dir, report_to=()) as logger:
         logger.log(0, {"response/length_mean": 120.0})
         logger.log(1, {"response/length_mean": float("nan")})
         logger.log(2, {"response/length_mean": 140.0})
