@@ -163,3 +163,17 @@ def test_eval_with_a_stage_of_a_multi_stage_recipe(tmp_path):
     for extra, message in (([], "--stage ['warm', 'tuned']"), (["--stage", "x"], "'x' is not")):
         result = runner.invoke(app, ["eval", "--recipe", str(recipe), *extra])
         assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "trackio"])
+def test_a_tracker_that_is_not_installed_stops_the_run_before_it_starts(
+    tmp_path, monkeypatch, tracker
+):
+    monkeypatch.setitem(sys.modules, tracker, None)  # as if not installed: import fails
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["quickstart", f"log.report_to=[{tracker}]", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"log.report_to lists {tracker}" in message
+    assert f"pip install 'reasonrl[{tracker}]'" in message
+    assert not out.exists()  # said before anything was written, let alone evaluated

@@ -175,3 +175,22 @@ def test_task_mix_errors_name_the_entry_and_the_misplaced_keys():
         validate_config({"task": {"mix": mix, "train_size": 10}}, "test")
     with pytest.raises(ConfigError, match="names each task once"):
         validate_config({"task": {"mix": [{"name": "chain_sum"}, {"name": "chain_sum"}]}}, "t")
+
+
+def test_report_to_names_the_trackers_and_log_tensorboard_still_works():
+    assert load_config(None, []).log.report_to == ["tensorboard"]
+    assert load_config(None, ["log.report_to=[wandb,trackio]"]).log.report_to == [
+        "wandb",
+        "trackio",
+    ]
+    assert load_config(None, ["log.report_to=wandb"]).log.report_to == ["wandb"]
+    assert load_config(None, ["log.report_to=none"]).log.report_to == []
+    # the key before report_to: false drops TensorBoard, true adds it to the others
+    assert load_config(None, ["log.tensorboard=false"]).log.report_to == []
+    both = load_config(None, ["log.report_to=[wandb]", "log.tensorboard=true"])
+    assert both.log.report_to == ["wandb", "tensorboard"]
+    assert "tensorboard:" not in dump_config(both)  # saved configs use the new key alone
+    with pytest.raises(ConfigError, match=r"log.report_to.0: Input should be 'tensorboard'"):
+        load_config(None, ["log.report_to=[wandbb]"])
+    with pytest.raises(ConfigError, match="tensorboard is true or false"):
+        load_config(None, ["log.tensorboard=5"])
