@@ -165,7 +165,7 @@ def run_reasonrl(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             _reset_peak(device)
             marks["stats"] = dict(vars(engine.stats)) if hasattr(engine, "stats") else None
 
-    with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), tensorboard=False) as logger:
+    with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), report_to=()) as logger:
         run_dir = Path(tmp)
         train_rl(
             cfg, model, None, tokenizer, engine, prompts, samples, run_dir, logger, None, after_step

@@ -123,7 +123,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
     engine = HFEngine(model, tokenizer, cfg.rollout.batch_completions)
-    with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), tensorboard=False) as log:
+    with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), report_to=()) as log:
         train_rl(cfg, model, ref, tokenizer, engine, prompts, train, Path(tmp), log)
     step_s = time.perf_counter() - t0
     peak = _peak(args.device)

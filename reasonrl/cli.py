@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reasonrl.config import ConfigError, RunConfig, load_config, read_recipe
 from reasonrl.sandbox.cli import sandbox_app
@@ -40,7 +41,8 @@ OverwriteOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    # escaped: a message's own brackets (pip install 'reasonrl[wandb]') are not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 

@@ -252,7 +252,31 @@ class LogConfig(_Strict):
     samples_per_log: int = Field(4, ge=0)
     checkpoint_every: int = Field(50, ge=0)  # 0: only at the end and on Ctrl-C
     keep_checkpoints: int = Field(2, gt=0)
-    tensorboard: bool = True
+    # Where metrics, the config and the sample tables go besides metrics.jsonl/samples.jsonl:
+    # tensorboard (events in the run dir), wandb (offline, in the run dir, unless WANDB_MODE is
+    # set or you are logged in), trackio (local, in the run dir unless TRACKIO_DIR is set); [].
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = ["tensorboard"]
+    project: str = "reasonrl"  # the wandb / trackio project; runs are named after their dir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_key(cls, data: Any) -> Any:
+        """``log.tensorboard: true|false``, the key before ``report_to``, still works; and
+        ``report_to: wandb`` (one name, as on the command line) or ``none``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        trackers = data.get("report_to", ["tensorboard"])
+        if isinstance(trackers, str):
+            trackers = [] if trackers == "none" else [trackers]
+        if "tensorboard" in data:
+            on = data.pop("tensorboard")
+            if not isinstance(on, bool):
+                raise ValueError(f"tensorboard is true or false (got {on!r})")
+            if isinstance(trackers, list):  # anything else is reported by the field's check
+                trackers = [t for t in trackers if t != "tensorboard"] + ["tensorboard"] * on
+        data["report_to"] = trackers
+        return data
 
 
 class PreferenceDataConfig(_Strict):

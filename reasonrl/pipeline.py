@@ -46,6 +46,7 @@ from reasonrl.config import (
     read_recipe,
     validate_config,
 )
+from reasonrl.logging import check_trackers
 
 PIPELINE_FILE = "pipeline.yaml"
 SUMMARY_FILE = "summary.json"
@@ -283,6 +284,8 @@ def run_pipeline(
     console = console or Console()
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
+    for stage in stages:  # every stage's trackers before the first stage runs
+        check_trackers(stage.cfg.log.report_to)
     _prepare(run_dir, resume, overwrite)
     resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
     (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))

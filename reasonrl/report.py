@@ -1,4 +1,5 @@
-"""HTML reports of finished runs: metric plots, the before/after evaluation, the config.
+"""HTML reports of finished runs: metric plots, the before/after evaluation, the last logged
+samples, the config.
 
 ``build_report(run_dir)`` turns one run directory into ``run_dir/report.html``;
 ``build_comparison_report(run_dirs, out)`` puts several runs on the same axes.
@@ -22,7 +23,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reasonrl.logging import METRICS_FILE, read_jsonl
+from reasonrl.logging import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 Series = dict[str, list[tuple[int, float]]]  # metric key -> [(step, value)] sorted by step
 
@@ -256,6 +257,48 @@ def _scores_table(summary: Mapping[str, Any]) -> str:
     return _table(["", "reward model", "mean score [95% CI]", "n"], rows)
 
 
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if _is_number(value) else "–"
+
+
+def _samples_section(run_dir: Path) -> str:
+    """The completions of the last step in ``samples.jsonl``: the prompt as the model saw it,
+    the completion, the gold answer, the reward and its components, token counts; '' if none."""
+    path = run_dir / SAMPLES_FILE
+    samples = read_jsonl(path) if path.exists() else []
+    if not samples:
+        return ""
+    last = max(s.get("step", 0) for s in samples)
+    shown = [s for s in samples if s.get("step", 0) == last]
+    names = list(dict.fromkeys(k for s in shown for k in s.get("rewards") or {}))
+    head = ["prompt", "completion", "gold answer", "reward", *names]
+    rows = []
+    for s in shown:
+        tokens = s.get("tokens") or {}
+        cut = " · truncated" if s.get("truncated") else ""
+        rows.append(
+            [
+                _text_cell(s.get("prompt", ""), f"{tokens.get('prompt', '?')} tokens"),
+                _text_cell(s.get("completion", ""), f"{tokens.get('completion', '?')} tokens{cut}"),
+                html.escape(str(s.get("gold_answer", "–"))),
+                _number(s.get("reward")),
+                *(_number((s.get("rewards") or {}).get(n)) for n in names),
+            ]
+        )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    steps = sorted({s.get("step", 0) for s in samples})
+    return (
+        f"<h2>Samples at step {last}</h2>\n<p>{len(samples)} samples from {len(steps)} steps in "
+        f"{SAMPLES_FILE}; these are the last step's.</p>\n"
+        f'<table class="samples"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _text_cell(text: str, note: str) -> str:
+    return f"<pre>{html.escape(text)}</pre><small>{html.escape(note)}</small>"
+
+
 def _wall_time(seconds: Any) -> str:
     if not _is_number(seconds):
         return "–"
@@ -276,6 +319,8 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: right; }
 td:first-child { text-align: left; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+table.samples td { text-align: left; vertical-align: top; }
+table.samples pre { white-space: pre-wrap; margin: 0; padding: 0.4em; max-width: 28em; }
 """
 
 
@@ -297,7 +342,8 @@ def _plots_section(plots: Sequence[tuple[str, Path]]) -> str:
 def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/plots/*.png`` and a self-contained ``run_dir/report.html``; return its path.
 
-    Reads ``metrics.jsonl`` and, when present, ``summary.json`` and ``config.yaml``.
+    Reads ``metrics.jsonl`` and, when present, ``summary.json``, ``samples.jsonl`` and
+    ``config.yaml``.
     Metric groups with no logged values get no plot.
     """
     run_dir = Path(run_dir)
@@ -315,6 +361,7 @@ def build_report(run_dir: Path) -> Path:
     if "wall_s" in summary:
         sections.append(f"<p><b>Wall time:</b> {_wall_time(summary['wall_s'])}</p>")
     sections.append(_plots_section(plots))
+    sections.append(_samples_section(run_dir))
     config_path = run_dir / "config.yaml"
     if config_path.exists():
         config = html.escape(config_path.read_text(encoding="utf-8"))

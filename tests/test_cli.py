@@ -19,7 +19,7 @@ def test_every_command_has_useful_help():
 
 
 def test_report_rebuilds_from_a_run_directory(tmp_path):
-    with RunLogger(tmp_path, tensorboard=False) as log:
+    with RunLogger(tmp_path, report_to=()) as log:
         for step in range(1, 4):
             log.log(step, {"reward/mean": step / 4, "kl/mean": 0.01 * step})
     (tmp_path / "summary.json").write_text(
@@ -136,7 +136,7 @@ def test_eval_is_seeded_and_refuses_what_is_not_an_evaluation(tmp_path):
 def test_report_compare_writes_one_report_of_the_runs(tmp_path):
     dirs = [tmp_path / name for name in ("run-alpha", "run-beta", "run-gamma")]
     for i, d in enumerate(dirs):
-        with RunLogger(d, tensorboard=False) as log:
+        with RunLogger(d, report_to=()) as log:
             log.log(1, {"reward/mean": i / 4})
     args = ["report", str(dirs[0]), "--compare", str(dirs[1]), "--compare", str(dirs[2])]
     result = runner.invoke(app, args)
@@ -175,3 +175,17 @@ def test_run_takes_a_multi_stage_recipes_out_and_refuses_what_it_would_ignore(tm
     assert result.exit_code == 2 and f"nothingtoresumein{out}" in "".join(result.output.split())
     result = runner.invoke(app, ["run", str(recipe), "name=other"])
     assert result.exit_code == 2 and "set 'name:' in the recipe" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "trackio"])
+def test_a_tracker_that_is_not_installed_stops_the_run_before_it_starts(
+    tmp_path, monkeypatch, tracker
+):
+    monkeypatch.setitem(sys.modules, tracker, None)  # as if not installed: import fails
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["quickstart", f"log.report_to=[{tracker}]", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"log.report_to lists {tracker}" in message
+    assert f"pip install 'reasonrl[{tracker}]'" in message
+    assert not out.exists()  # said before anything was written, let alone evaluated

@@ -251,3 +251,22 @@ def test_an_override_addresses_an_item_of_a_list_by_its_number():
     for bad in ["task.mix.2.train_size=5", "task.mix.train_size=5"]:
         with pytest.raises(ConfigError, match=r"task\.mix is a list of 2 item\(s\)"):
             apply_overrides(recipe, [bad])
+
+
+def test_report_to_names_the_trackers_and_log_tensorboard_still_works():
+    assert load_config(None, []).log.report_to == ["tensorboard"]
+    assert load_config(None, ["log.report_to=[wandb,trackio]"]).log.report_to == [
+        "wandb",
+        "trackio",
+    ]
+    assert load_config(None, ["log.report_to=wandb"]).log.report_to == ["wandb"]
+    assert load_config(None, ["log.report_to=none"]).log.report_to == []
+    # the key before report_to: false drops TensorBoard, true adds it to the others
+    assert load_config(None, ["log.tensorboard=false"]).log.report_to == []
+    both = load_config(None, ["log.report_to=[wandb]", "log.tensorboard=true"])
+    assert both.log.report_to == ["wandb", "tensorboard"]
+    assert "tensorboard:" not in dump_config(both)  # saved configs use the new key alone
+    with pytest.raises(ConfigError, match=r"log.report_to.0: Input should be 'tensorboard'"):
+        load_config(None, ["log.report_to=[wandbb]"])
+    with pytest.raises(ConfigError, match="tensorboard is true or false"):
+        load_config(None, ["log.tensorboard=5"])

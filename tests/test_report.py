@@ -36,7 +36,7 @@ SUMMARY = {
 
 
 def _make_run(run_dir: Path, *, scale: float = 1.0, entropy: bool = False) -> Path:
-    with RunLogger(run_dir, tensorboard=False) as logger:
+    with RunLogger(run_dir, report_to=()) as logger:
         for step in range(10):
             metrics = {
                 "reward/mean": scale * step / 10,
@@ -97,7 +97,7 @@ def test_report_tables_the_summary_and_escapes_the_config(tmp_path: Path) -> Non
 
 def test_report_without_summary_config_or_evals(tmp_path: Path) -> None:
     run_dir = tmp_path / "bare"
-    with RunLogger(run_dir, tensorboard=False) as logger:
+    with RunLogger(run_dir, report_to=()) as logger:
         logger.log(0, {"response/length_mean": 120.0})
         logger.log(1, {"response/length_mean": float("nan")})
         logger.log(2, {"response/length_mean": 140.0})
@@ -232,3 +232,40 @@ def test_report_tables_the_reward_model_scores_and_their_paired_change(tmp_path:
     assert ["after · chain_sum", "rm", "-7.500 [-7.968, -7.032]", "2"] in cells
     assert ["change", "rm", "+6.178 [+5.723, +6.634] (paired)", "500"] in cells
     assert "Reward-model scores" not in build_report(_make_run(tmp_path / "plain")).read_text()
+
+
+def test_report_shows_the_last_steps_samples_as_the_model_saw_them(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+
+    def sample(step: int, answer_score: float, truncated: bool) -> dict:
+        return {
+            "prompt": f"<|im_start|>user\n{step} + 1 =<|im_end|>\n<|im_start|>assistant\n",
+            "completion": f"<think>…</think><answer>{step + 1}</answer>",
+            "gold_answer": str(step + 1),
+            "reward": answer_score + 0.1,
+            "rewards": {"answer": answer_score, "format": 1.0},
+            "tokens": {"prompt": 12, "completion": 9},
+            "truncated": truncated,
+        }
+
+    with RunLogger(run_dir, report_to=()) as logger:
+        logger.log(1, {"reward/mean": 0.1})
+        logger.log_samples(1, [sample(1, 0.0, False)])
+        logger.log_samples(7, [sample(7, 1.0, False), sample(41, 0.0, True)])
+
+    page = build_report(run_dir).read_text()
+
+    assert "<h2>Samples at step 7</h2>" in page and "3 samples from 2 steps" in page
+    table = page[page.index('<table class="samples">') :]
+    table = table[: table.index("</table>")]
+    head = ["prompt", "completion", "gold answer", "reward", "answer", "format"]
+    assert re.findall(r"<th>([^<]*)</th>", table) == head
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table, re.S)
+    assert len(rows) == 2  # the last step's only
+    cells = rows[0].split("</td><td>")
+    assert html.unescape(cells[0]) == (
+        "<pre><|im_start|>user\n7 + 1 =<|im_end|>\n<|im_start|>assistant\n</pre>"
+        "<small>12 tokens</small>"
+    )
+    assert cells[2:] == ["8", "1.1", "1", "1"]
+    assert "9 tokens · truncated" in rows[1] and "truncated" not in rows[0]

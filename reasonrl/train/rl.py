@@ -397,7 +397,7 @@ def train_rl(
             if done % cfg.log.every == 0 or done == r.steps:
                 logger.log(done, metrics)
             if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
-                logger.log_samples(done, sample_records(batch, cfg))
+                logger.log_samples(done, sample_records(batch, cfg, tokenizer))
             bar.update(done, reward=metrics["reward/mean"], kl=metrics["kl/mean"])
             ckpt.end_of_step(on_step)
     return ckpt.done
@@ -460,17 +460,25 @@ def _nanmean(values: list[float]) -> float:
     return sum(valid) / len(valid) if valid else float("nan")
 
 
-def sample_records(batch: StepBatch, cfg: RunConfig) -> list[dict[str, Any]]:
-    """One logged completion per prompt, with every reward component."""
-    group = cfg.rl.completions_per_prompt
+def sample_records(batch: StepBatch, cfg: RunConfig, tokenizer: Any) -> list[dict[str, Any]]:
+    """One logged completion per prompt (``samples.jsonl``): the prompt as the model saw it
+    (decoded from its tokens, chat template and special tokens included), the completion, the
+    gold answer, the total reward and each component under ``rewards``, the token count of
+    each part, and whether the completion was cut at ``max_new_tokens``."""
+    ro, group = batch.rollout, cfg.rl.completions_per_prompt
     flat = batch.rewards.flatten().tolist()
-    return [
-        {
-            "prompt": batch.samples[i].prompt,
-            "answer": batch.samples[i].answer,
-            "completion": batch.rollout.texts[i],
-            "reward": flat[i],
-            **{k: v[i] for k, v in batch.components.items()},
-        }
-        for i in range(0, len(batch.samples), group)[: cfg.log.samples_per_log]
-    ]
+    records = []
+    for i in range(0, len(batch.samples), group)[: cfg.log.samples_per_log]:
+        prompt_ids = ro.prompt_ids[i][ro.prompt_mask[i].bool()].tolist()
+        records.append(
+            {
+                "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=False),
+                "completion": ro.texts[i],
+                "gold_answer": batch.samples[i].answer,
+                "reward": flat[i],
+                "rewards": {k: v[i] for k, v in batch.components.items()},
+                "tokens": {"prompt": len(prompt_ids), "completion": int(ro.lengths[i])},
+                "truncated": not bool(ro.finished[i]),
+            }
+        )
+    return records

@@ -22,7 +22,7 @@ from rich.table import Table
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.stats import paired_change
-from reasonrl.logging import METRICS_FILE, RunLogger
+from reasonrl.logging import METRICS_FILE, RunLogger, check_trackers
 from reasonrl.models import (
     init_model,
     load_model,
@@ -262,6 +262,7 @@ def start_run(
     """What every stage does first: the run directory (checked, or its checkpoint found), the
     saved config.yaml, the sizes table, the seed. Returns the device and the checkpoint to
     resume from (None for a fresh run)."""
+    check_trackers(cfg.log.report_to)  # a missing package now, not after the first evaluation
     resume_from = prepare_run_dir(run_dir, resume, overwrite)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _print_sizes(console, cfg, run_dir)
@@ -325,7 +326,13 @@ def run(
             logger.log(step, {"eval/accuracy": quick["accuracy"]})
 
     start_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    with RunLogger(run_dir, tensorboard=cfg.log.tensorboard, resume_step=start_step) as logger:
+    with RunLogger(
+        run_dir,
+        report_to=cfg.log.report_to,
+        resume_step=start_step,
+        config=cfg.model_dump(mode="json"),
+        project=cfg.log.project,
+    ) as logger:
         if before is not None and start_step is None:
             logger.log(0, {"eval/accuracy": before["accuracy"]})
         if cfg.stage == "sft":

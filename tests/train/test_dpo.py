@@ -66,7 +66,7 @@ def _setup(tmp_path, overrides, lora=False):
 def test_dpo_raises_the_held_out_margin(tmp_path, loss_type, lora):
     cfg, model, tok, train, held_out = _setup(tmp_path, [f"dpo.loss_type={loss_type}"], lora)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with RunLogger(tmp_path, tensorboard=False) as logger:
+    with RunLogger(tmp_path, report_to=()) as logger:
         assert train_dpo(cfg, model, tok, train, held_out, tmp_path, logger) == 6
     metrics = read_jsonl(tmp_path / "metrics.jsonl")
     evals = [m for m in metrics if "eval/dpo_margin" in m]
@@ -92,7 +92,7 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(tmp_path):
         cfg, model, tok, train, held_out = _setup(
             tmp_path, ["dpo.steps=1", f"dpo.micro_batch_pairs={micro}"]
         )
-        with RunLogger(out, tensorboard=False) as logger:
+        with RunLogger(out, report_to=()) as logger:
             train_dpo(cfg, model, tok, train, held_out, out, logger)
         logged.append(next(m for m in read_jsonl(out / "metrics.jsonl") if "loss/dpo" in m))
     for key in ("loss/dpo", "grad_norm", "dpo/margin"):
@@ -102,7 +102,7 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(tmp_path):
 def test_resume_uses_the_stored_reference_and_reproduces_the_run(tmp_path):
     cfg, model, tok, train, held_out = _setup(tmp_path, ["log.checkpoint_every=3"])
     full = tmp_path / "full"
-    with RunLogger(full, tensorboard=False) as logger:
+    with RunLogger(full, report_to=()) as logger:
         train_dpo(cfg, model, tok, train, held_out, full, logger)
 
     part = tmp_path / "part"
@@ -112,7 +112,7 @@ def test_resume_uses_the_stored_reference_and_reproduces_the_run(tmp_path):
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     assert state["extra"]["ref_train"].shape == (len(train), 2)
     resumed = load_model(ModelConfig(path=str(ckpt), device="cpu"))
-    with RunLogger(part, tensorboard=False, resume_step=3) as logger:
+    with RunLogger(part, report_to=(), resume_step=3) as logger:
         assert train_dpo(cfg, resumed, tok, train, held_out, part, logger, resume_from=ckpt) == 6
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -92,7 +92,7 @@ def _train(tmp_path, overrides, resume_from=None, on_step=None):
     torch.manual_seed(0)
     rm = load_reward_model(str(resume_from or "bundled"), "value", device="cpu")
     step = int(resume_from.name.split("-")[1]) if resume_from else None
-    with RunLogger(tmp_path, tensorboard=False, resume_step=step) as logger:
+    with RunLogger(tmp_path, report_to=(), resume_step=step) as logger:
         train_rm(
             cfg,
             rm,

@@ -88,7 +88,8 @@ def test_end_to_end_run_learns_and_writes_every_artifact(tmp_path, monkeypatch):
     saved = json.loads((run_dir / "summary.json").read_text())
     assert {"accuracy", "n"} <= set(saved["before"]) and saved["wall_s"] > 0
     samples = read_jsonl(run_dir / "samples.jsonl")
-    assert {"prompt", "completion", "reward", "answer", "steps"} <= set(samples[0])
+    keys = {"step", "prompt", "completion", "gold_answer", "reward", "rewards", "tokens"}
+    assert set(samples[0]) == keys | {"truncated"} and set(samples[0]["rewards"]) == {"steps"}
     assert (run_dir / "report.html").stat().st_size > 1000
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert load_config(run_dir / "config.yaml") == cfg
