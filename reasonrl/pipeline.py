@@ -166,6 +166,13 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
             raise ConfigError(f"{path}: stage {i} needs a 'name' of letters, digits, - or _")
         if name in names:
             raise ConfigError(f"{path}: two stages are called {name!r}")
+        if (
+            "out" in raw
+        ):  # a stage's directory is RUN_DIR/<i>-<name>: its own out could only be ignored
+            raise ConfigError(
+                f"{path}: stage {name!r} sets 'out', but stage {i} runs in RUN_DIR/{i}-{name}; "
+                "set out: at the top level of the recipe, or pass --out"
+            )
         names.append(name)
     shared, per_stage = _split_overrides(overrides, names)
     defaults = {k: v for k, v in data.items() if k not in ("stages", "name", "out")}

@@ -117,6 +117,7 @@ def test_overrides_of_the_pipelines_own_name_and_directory_are_refused(tmp_path,
         ([{"name": "a", "model": {"path": "@b"}}, {"name": "b"}], [], "'@b' is not an earlier"),
         ([{"name": "a"}, {"name": "a"}], [], "two stages are called 'a'"),
         ([{"stage": "rl"}], [], "stage 0 needs a 'name'"),
+        ([{"name": "a"}, {"name": "b", "out": "x"}], [], r"stage 'b' sets 'out'.*RUN_DIR/1-b"),
     ],
 )
 def test_bad_pipelines_fail_before_anything_runs(tmp_path, stages, overrides, message):
