@@ -48,7 +48,7 @@ def _jsonl_rows(path: str | Path, fields: tuple[str, str], what: str) -> Iterato
     for i, row in jsonl_rows(path, what):
         try:
             values = tuple(row.pop(f) for f in fields)
-        except (KeyError, AttributeError) as e:
+        except (KeyError, AttributeError, TypeError) as e:  # a missing field, not an object
             names = " and ".join(f"'{f}'" for f in fields)
             raise ConfigError(f"{path}:{i}: need a JSON object with {names} ({e})") from e
         yield (*values, row)
@@ -120,7 +120,13 @@ def dataset_samples(cfg: TaskConfig, split: str) -> list[Sample]:
     extracted per ``task.answer_format``, the other columns in ``meta``. Rows without a prompt
     or an answer are dropped, and how many is said once, on stderr."""
     where = f"dataset {cfg.path} [{split}]"
-    ds = open_dataset(cfg.path, split, cfg.subset)
+    try:
+        ds = open_dataset(cfg.path, split, cfg.subset)
+    except ConfigError as e:
+        if split != cfg.eval_split:
+            raise
+        hint = "or task.eval_split=null to hold out task.eval_size problems of task.train_split"
+        raise ConfigError(f"{e}\n(task.eval_split names the held-out split, {hint})") from e
     columns = list(ds.column_names)
     prompt_field = _column(cfg.prompt_field, _PROMPT_FIELDS, columns, "prompt_field", where)
     answer_field = _column(cfg.answer_field, _ANSWER_FIELDS, columns, "answer_field", where)

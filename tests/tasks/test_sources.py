@@ -50,6 +50,9 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(ConfigError, match="bad.jsonl:1"):
         read_jsonl_samples(bad)
+    bad.write_text('["prompt", "answer"]\n')  # JSON, but not an object
+    with pytest.raises(ConfigError, match="bad.jsonl:1: need a JSON object"):
+        read_jsonl_samples(bad)
     sft = tmp_path / "sft.jsonl"
     sft.write_text('{"prompt": "p", "completion": "c"}\n')
     assert read_sft_pairs(sft)[0][1] == "c"
