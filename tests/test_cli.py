@@ -189,3 +189,19 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_it_starts(
     assert f"log.report_to lists {tracker}" in message
     assert f"pip install 'reasonrl[{tracker}]'" in message
     assert not out.exists()  # said before anything was written, let alone evaluated
+
+
+def test_unreadable_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tiny_qwen):
+    task = tmp_path / "task.jsonl"
+    task.write_bytes(b'{"prompt": "1+1", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "3"}\n')
+    jsonl = ["task.source=jsonl", f"task.train_path={task}", f"task.eval_path={task}"]
+    model = tmp_path / "model"
+    tiny_qwen.save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    cases = [(jsonl, "task.jsonl:2: not UTF-8"), ([f"model.path={model}"], "truncated")]
+    for overrides, message in cases:
+        result = runner.invoke(app, ["run", "quickstart", *overrides, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2, result.output
+        output = " ".join(result.output.split())  # as one line, whatever the terminal's width
+        assert message in output and "Traceback" not in output

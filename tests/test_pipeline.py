@@ -174,3 +174,19 @@ def test_two_stage_run_chains_models_and_resume_skips_finished_stages(tmp_path):
     again = run_pipeline(recipe, [], out, resume=True)
     assert (out / "0-sft" / "summary.json").stat().st_mtime_ns == first
     assert again["stages"][1]["steps"] == 2
+
+
+def test_every_stage_is_checked_before_the_first_one_starts(tmp_path):
+    recipe = _recipe(
+        tmp_path,
+        [
+            {"name": "a", "stage": "sft", "sft": {"steps": 1}},
+            {"name": "b", "stage": "rl", "rewards": {"x": {"verifier": "no_such_module_xyz:f"}}},
+        ],
+        task=TINY_TASK,
+        eval={"before": False, "after": False},
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"^stage 'b': rewards\.x: cannot import verifier"):
+        run_pipeline(recipe, [], out)
+    assert not out.exists()  # stage a never ran, though b's model (a's) does not exist yet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,60 @@ def bundled_model_dir() -> Path:
     return Path(str(resources.files("reasonrl") / "assets" / "tiny-arith"))
 
 
+_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone (None: nothing seen).
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    ``data_offsets`` in the data that follows, and that data: a file cut short (an interrupted
+    copy or download) ends before the last offset, which the header says without reading the
+    weights."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"truncated or not safetensors ({size} bytes, header of {max(n, 0)} bytes)"
+        try:
+            header = json.loads(f.read(n))
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "corrupt header (not safetensors JSON)"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        state = "truncated" if size < expected else "corrupt"
+        return f"{state}: {size} bytes where its header needs {expected}"
+    return None
+
+
+def check_safetensors(model_dir: Path) -> None:
+    """A ConfigError naming the file if a ``*.safetensors`` file in ``model_dir`` is truncated
+    or corrupt, or a shard that a ``*.safetensors.index.json`` lists is missing; cheap (headers
+    only), so it runs before anything slow instead of failing halfway through a load."""
+    for index in sorted(model_dir.glob(f"*{_INDEX_SUFFIX}")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{index}: not a safetensors index (no weight_map)") from None
+        missing = sorted(s for s in shards if not (model_dir / s).is_file())
+        if missing:
+            raise ConfigError(
+                f"{index} lists shards that are missing: {missing}; copy the whole model "
+                "directory again"
+            )
+    for file in sorted(model_dir.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem is not None:
+            raise ConfigError(
+                f"{file}: {problem}; copy or save the model again (the file is damaged)"
+            )
+
+
 def resolve_model_path(path: str) -> str:
-    """A local directory as a string, or a hub id; a missing local path raises ConfigError."""
+    """A local directory as a string, or a hub id; a missing local path, or a local model
+    whose weight files are damaged (:func:`check_safetensors`), raises ConfigError."""
     if path == BUNDLED:
         path = str(bundled_model_dir())
         if not Path(path).is_dir():
@@ -34,6 +87,7 @@ def resolve_model_path(path: str) -> str:
             raise ConfigError(
                 f"{p} holds no model: no config.json (nor a LoRA adapter's adapter_config.json)"
             )
+        check_safetensors(p)
         return str(p)
     # A hub id is "name" or "org/name"; anything else that does not exist is a missing path.
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1

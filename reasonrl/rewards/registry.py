@@ -49,8 +49,11 @@ def _resolve(name: str) -> Callable[..., Any]:
             target: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 target = getattr(target, part)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot import verifier {name!r}: {e}") from e
+        except Exception as e:  # whatever the user's module raises on import is the answer
+            raise ConfigError(
+                f"cannot import verifier {name!r} ({type(e).__name__}: {e}): give module:function "
+                "with the module importable (installed, or its folder on PYTHONPATH)"
+            ) from e
         if not callable(target):
             raise ConfigError(f"verifier {name!r} is not callable")
         return target
@@ -64,13 +67,10 @@ def _resolve(name: str) -> Callable[..., Any]:
     return BUILTIN_VERIFIERS[name]
 
 
-def get_verifier(name: str, **cfg: Any) -> Verifier:
-    """The verifier called ``name`` (built-in, or ``module:attr``) configured with ``cfg``.
-
-    A function ``fn(completion, sample, *, option=…)`` gets ``cfg`` bound as keyword arguments;
-    a class is instantiated with ``cfg`` and its instances are the verifiers. Unknown names and
-    options raise :class:`ConfigError` naming the valid ones.
-    """
+def check_verifier(name: str, **cfg: Any) -> Callable[..., Any]:
+    """The function or class that ``get_verifier(name, **cfg)`` would use, checked to accept
+    ``cfg``, without calling it (so no model loads and no sandbox starts): how a run checks
+    its rewards before anything slow. Unknown names and options raise :class:`ConfigError`."""
     target = _resolve(name)
     signature = inspect.signature(target)
     try:
@@ -81,6 +81,17 @@ def get_verifier(name: str, **cfg: Any) -> Verifier:
     except TypeError as e:
         options = [p for p in signature.parameters if p not in ("completion", "sample", "n_tokens")]
         raise ConfigError(f"verifier {name!r}: {e} (options: {options})") from e
+    return target
+
+
+def get_verifier(name: str, **cfg: Any) -> Verifier:
+    """The verifier called ``name`` (built-in, or ``module:attr``) configured with ``cfg``.
+
+    A function ``fn(completion, sample, *, option=…)`` gets ``cfg`` bound as keyword arguments;
+    a class is instantiated with ``cfg`` and its instances are the verifiers. Unknown names and
+    options raise :class:`ConfigError` naming the valid ones.
+    """
+    target = check_verifier(name, **cfg)
     if isinstance(target, type):
         return target(**cfg)
     return functools.partial(target, **cfg) if cfg else target

@@ -9,7 +9,6 @@ Anthropic/hh-rlhf), with the tokenizer's chat template applied to the prompt.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from reasonrl.config import ConfigError, PreferenceDataConfig
 from reasonrl.tasks.base import Sample
+from reasonrl.tasks.files import jsonl_rows, open_dataset
 from reasonrl.tasks.prompts import render_prompt
 from reasonrl.tasks.traces import chain_trace, estimate_trace, solution_text
 
@@ -233,44 +233,21 @@ def read_preference_jsonl(
     path: str | Path, tokenizer: Any, limit: int | None = None
 ) -> list[PreferencePair]:
     """Pairs from a JSONL file (at most ``limit``); errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"preference file not found: {path}")
     pairs = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, row in jsonl_rows(path, "preference file"):
         if limit is not None and len(pairs) >= limit:
             break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{i}: not JSON ({e})") from e
         pairs.append(pair_from_row(row, tokenizer, f"{path}:{i}"))
     return pairs
-
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_preference_dataset(
     path: str, split: str, tokenizer: Any, limit: int | None = None
 ) -> list[PreferencePair]:
-    """Pairs from ``datasets.load_dataset(path, split=split)`` (at most ``limit``): a hub id, a
-    local dataset directory (``train.jsonl``/``test.jsonl`` give the splits), or one local
-    file (its only split is ``train``). Errors name the path, split and row."""
-    import datasets
-
-    local = Path(path).expanduser()
-    suffixes = [s for s in local.suffixes if s != ".gz"]
-    try:
-        if local.is_file() and suffixes and suffixes[-1] in _FILE_BUILDERS:
-            builder = _FILE_BUILDERS[suffixes[-1]]
-            ds = datasets.load_dataset(builder, data_files=str(local), split=split)
-        else:
-            ds = datasets.load_dataset(path, split=split)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"could not load split {split!r} of dataset {path!r}: {e}") from e
+    """Pairs from one split of a ``datasets`` dataset (at most ``limit``; see
+    :func:`reasonrl.tasks.files.open_dataset` for what ``path`` may be; a single file's only
+    split is ``train``). Errors name the path, split and row."""
+    ds = open_dataset(path, split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return [pair_from_row(row, tokenizer, f"{path} [{split}] row {i}") for i, row in enumerate(ds)]

@@ -1,21 +1,24 @@
 """Task sources → train and held-out lists of :class:`Sample`.
 
 Sources: reasoning-gym's procedural generators (by name and config), reasonrl's own
-(:func:`procedural_generator`), HumanEval, and JSONL files with ``prompt`` and ``answer``
-fields. Held-out problems never appear in the training split: the training split is drawn from
-a different seed and filtered against the held-out questions.
+(:func:`procedural_generator`), HumanEval, JSONL files with ``prompt`` and ``answer`` fields,
+and any ``datasets`` dataset (a hub id, a local directory, parquet/JSON/CSV files) whose
+columns hold a question and an answer, read as GSM8K's ``#### 42`` or MATH's ``\\boxed{}``
+solutions (:func:`dataset_samples`). Held-out problems never appear in the training split:
+the training split is drawn from a different seed and filtered against the held-out questions.
 """
 
 from __future__ import annotations
 
-import json
 import random
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from reasonrl.config import ConfigError, TaskConfig
 from reasonrl.tasks.base import Sample
+from reasonrl.tasks.files import jsonl_rows, open_dataset
 
 
 def reasoning_gym_samples(name: str, size: int, seed: int, params: dict[str, Any]) -> list[Sample]:
@@ -41,17 +44,11 @@ def procedural_generator(name: str) -> Callable[[int, int, dict[str, Any]], list
 
 def _jsonl_rows(path: str | Path, fields: tuple[str, str], what: str) -> Iterator[tuple[Any, ...]]:
     """(*the two ``fields``, the rest of the row) for each non-blank line of a JSONL file;
-    a missing file or a bad line is a ConfigError naming the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    a missing or empty file or a bad line is a ConfigError naming the file (and line)."""
+    for i, row in jsonl_rows(path, what):
         try:
-            row = json.loads(line)
             values = tuple(row.pop(f) for f in fields)
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        except (KeyError, AttributeError, TypeError) as e:  # a missing field, not an object
             names = " and ".join(f"'{f}'" for f in fields)
             raise ConfigError(f"{path}:{i}: need a JSON object with {names} ({e})") from e
         yield (*values, row)
@@ -71,6 +68,88 @@ def read_sft_pairs(path: str | Path) -> list[tuple[Sample, str]]:
         (Sample(str(prompt), str(row.pop("answer", "")), row), str(completion))
         for prompt, completion, row in _jsonl_rows(path, ("prompt", "completion"), "SFT data file")
     ]
+
+
+_PROMPT_FIELDS = ("prompt", "question", "problem")
+_ANSWER_FIELDS = ("answer", "solution")
+_MARKERS = {"gsm8k": "'#### <answer>'", "boxed": "\\boxed{…}", "raw": "text"}
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """The final answer of a GSM8K solution: what follows its last ``####``, without
+    thousands separators (``"… #### 1,200"`` → ``"1200"``); None without one."""
+    _, marker, tail = text.rpartition("####")
+    answer = tail.strip().replace(",", "")
+    return answer if marker and answer else None
+
+
+def gold_answer(text: str, answer_format: str) -> str | None:
+    """The gold answer in a dataset's answer field, per ``task.answer_format`` (not ``auto``:
+    see :func:`detect_answer_format`); None where the field has none."""
+    if answer_format == "gsm8k":
+        return gsm8k_answer(text)
+    if answer_format == "boxed":
+        from reasonrl.rewards.extract import last_boxed  # the same reading as the math verifier
+
+        return last_boxed(text)
+    return text.strip() or None
+
+
+def detect_answer_format(text: str) -> str:
+    """``auto``'s choice from one answer field: gsm8k (a ``####`` line), boxed, or raw."""
+    if "####" in text:
+        return "gsm8k"
+    return "boxed" if "\\boxed" in text or "\\fbox" in text else "raw"
+
+
+def _column(
+    chosen: str | None, known: tuple[str, ...], columns: list[str], key: str, where: str
+) -> str:
+    if chosen is None:
+        chosen = next((c for c in known if c in columns), None)
+        if chosen is None:
+            raise ConfigError(f"{where} has none of the columns {list(known)}: set task.{key}")
+    if chosen not in columns:
+        raise ConfigError(f"{where} has no column {chosen!r} (task.{key}); columns: {columns}")
+    return chosen
+
+
+def dataset_samples(cfg: TaskConfig, split: str) -> list[Sample]:
+    """The problems of one split of the ``datasets`` dataset ``cfg.path``: the prompt and gold
+    answer from their columns (``task.prompt_field``, ``task.answer_field``), the answer
+    extracted per ``task.answer_format``, the other columns in ``meta``. Rows without a prompt
+    or an answer are dropped, and how many is said once, on stderr."""
+    where = f"dataset {cfg.path} [{split}]"
+    try:
+        ds = open_dataset(cfg.path, split, cfg.subset)
+    except ConfigError as e:
+        if split != cfg.eval_split:
+            raise
+        hint = "or task.eval_split=null to hold out task.eval_size problems of task.train_split"
+        raise ConfigError(f"{e}\n(task.eval_split names the held-out split, {hint})") from e
+    columns = list(ds.column_names)
+    prompt_field = _column(cfg.prompt_field, _PROMPT_FIELDS, columns, "prompt_field", where)
+    answer_field = _column(cfg.answer_field, _ANSWER_FIELDS, columns, "answer_field", where)
+    answer_format = cfg.answer_format
+    samples = []
+    for row in ds:
+        prompt, text = row.pop(prompt_field), row.pop(answer_field)
+        text = "" if text is None else str(text)
+        if answer_format == "auto":  # the first row decides for the whole split
+            answer_format = detect_answer_format(text)
+        answer = gold_answer(text, answer_format)
+        if prompt is not None and str(prompt).strip() and answer is not None:
+            samples.append(Sample(str(prompt), answer, row))
+    if dropped := len(ds) - len(samples):
+        marker = _MARKERS[answer_format]
+        print(
+            f"{where}: {dropped} of {len(ds)} rows dropped (no prompt, or no {marker} answer in "
+            f"'{answer_field}'; task.answer_format={answer_format})",
+            file=sys.stderr,
+        )
+    if not samples:
+        raise ConfigError(f"{where}: no usable rows; check task.answer_field and answer_format")
+    return samples
 
 
 def _tagged(samples: list[Sample], task: str) -> list[Sample]:
@@ -97,6 +176,13 @@ def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
         return train, held_out
     if cfg.source == "jsonl":
         train, held_out = read_jsonl_samples(cfg.train_path), read_jsonl_samples(cfg.eval_path)
+    elif cfg.source == "dataset" and cfg.eval_split is not None:
+        train = dataset_samples(cfg, cfg.train_split)
+        held_out = dataset_samples(cfg, cfg.eval_split)
+    elif cfg.source == "dataset":  # one split: hold out eval_size of its problems
+        problems = dataset_samples(cfg, cfg.train_split)
+        random.Random(cfg.split_seed).shuffle(problems)
+        held_out, train = problems[: cfg.eval_size], problems[cfg.eval_size :]
     elif cfg.source == "humaneval":
         from reasonrl.tasks.humaneval import humaneval_samples
 

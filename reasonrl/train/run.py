@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from reasonrl.checks import check_config
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.stats import paired_change
@@ -279,6 +280,7 @@ def run(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json."""
+    check_config(cfg)  # every model, file and verifier it names, before anything slow
     if cfg.stage == "rm":
         from reasonrl.train.rm import run_rm_stage
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -61,3 +63,40 @@ def test_saved_model_loads_from_a_local_directory(tmp_path):
     for a, b in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
     assert load_tokenizer(str(tmp_path)).encode("1 + 2") == tok.encode("1 + 2")
+
+
+@pytest.fixture
+def saved_tiny(tmp_path, tiny_qwen):
+    path = tmp_path / "tiny"
+    tiny_qwen.save_pretrained(path)
+    return path
+
+
+def test_a_truncated_safetensors_file_is_named_before_loading(saved_tiny):
+    weights = saved_tiny / "model.safetensors"
+    data = weights.read_bytes()
+    assert resolve_model_path(str(saved_tiny)) == str(saved_tiny)
+    weights.write_bytes(data[: len(data) - 100])  # an interrupted copy
+    with pytest.raises(ConfigError, match=r"model\.safetensors: truncated: .* copy or save"):
+        resolve_model_path(str(saved_tiny))
+    with pytest.raises(ConfigError, match="truncated"):
+        load_model(ModelConfig(path=str(saved_tiny), device="cpu"))
+    weights.write_bytes(data[:5])
+    with pytest.raises(ConfigError, match="truncated or not safetensors"):
+        resolve_model_path(str(saved_tiny))
+
+
+def test_a_corrupt_safetensors_header_is_named(saved_tiny):
+    weights = saved_tiny / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:12] = b"\x00\xff{["  # the JSON header, scrambled
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"model\.safetensors: corrupt header"):
+        resolve_model_path(str(saved_tiny))
+
+
+def test_a_shard_missing_from_the_index_is_named(saved_tiny):
+    index = {"metadata": {}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors"}}
+    (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match=r"missing: \['model-00001-of-00002\.safetensors'\]"):
+        resolve_model_path(str(saved_tiny))

@@ -50,6 +50,9 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(ConfigError, match="bad.jsonl:1"):
         read_jsonl_samples(bad)
+    bad.write_text('["prompt", "answer"]\n')  # JSON, but not an object
+    with pytest.raises(ConfigError, match="bad.jsonl:1: need a JSON object"):
+        read_jsonl_samples(bad)
     sft = tmp_path / "sft.jsonl"
     sft.write_text('{"prompt": "p", "completion": "c"}\n')
     assert read_sft_pairs(sft)[0][1] == "c"
@@ -120,3 +123,72 @@ def test_mix_tags_each_sample_and_interleaves_both_splits():
     assert "linear_function" in tasks[:50]  # shuffled, not one task after the other
     assert not {s.prompt for s in train} & {s.prompt for s in held_out}
     assert load_splits(cfg) == (train, held_out)
+
+
+# --------------------------------------------------------------------------- datasets
+
+GSM8K_ROWS = [
+    {"question": f"Tom has {n} apples, buys {n} more. How many?", "answer": f"#### {2 * n:,}"}
+    for n in range(600, 610)
+]
+
+
+def _parquet(path, rows):
+    import datasets
+
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+
+
+def test_dataset_source_reads_gsm8k_layout_parquet_splits(tmp_path):
+    _parquet(tmp_path / "train.parquet", GSM8K_ROWS[:8])
+    _parquet(tmp_path / "test.parquet", GSM8K_ROWS[6:])  # two also in train: they stay held out
+    train, held_out = load_splits(TaskConfig(source="dataset", path=str(tmp_path)))
+    assert [s.answer for s in held_out] == ["1212", "1214", "1216", "1218"]  # "#### 1,212"
+    assert held_out[0] == Sample(GSM8K_ROWS[6]["question"], "1212", {})
+    assert [s.answer for s in train] == [str(2 * n) for n in range(600, 606)]
+
+
+def test_dataset_source_reads_math_solutions_and_counts_the_rows_it_drops(tmp_path, capsys):
+    rows = [
+        {"problem": f"{n}/2?", "solution": f"$\\boxed{{\\frac{{{n}}}{{2}}}}$", "level": "Level 1"}
+        for n in range(1, 9)
+    ]
+    rows.append({"problem": "Prove it.", "solution": "By induction.", "level": "Level 5"})
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TaskConfig(source="dataset", path=str(path), eval_split=None, eval_size=3)
+    train, held_out = load_splits(cfg)
+    assert len(train) == 5 and len(held_out) == 3  # one split: held-out problems drawn from it
+    assert {s.answer for s in train + held_out} == {f"\\frac{{{n}}}{{2}}" for n in range(1, 9)}
+    assert train[0].meta == {"level": "Level 1"}
+    err = capsys.readouterr().err
+    assert err.count("rows dropped") == 1 and "1 of 9 rows dropped" in err and "boxed" in err
+
+
+def test_dataset_source_maps_fields_and_reads_raw_answers_from_csv(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("q,a,topic\n2+2?,4,sums\n3+3?,6,sums\n5+1?,6,sums\n")
+    cfg = TaskConfig(
+        source="dataset",
+        path=str(path),
+        eval_split=None,
+        eval_size=1,
+        prompt_field="q",
+        answer_field="a",
+        answer_format="raw",
+    )
+    train, held_out = load_splits(cfg)
+    assert sorted(s.prompt for s in train + held_out) == ["2+2?", "3+3?", "5+1?"]
+    assert {s.answer for s in train + held_out} == {"4", "6"}
+    with pytest.raises(ConfigError, match=r"no column 'question' \(task.prompt_field\)"):
+        load_splits(cfg.model_copy(update={"prompt_field": "question"}))
+    with pytest.raises(ConfigError, match="split 'test'"):  # a file's only split is train
+        load_splits(cfg.model_copy(update={"eval_split": "test"}))
+
+
+def test_an_empty_held_out_file_is_an_error_naming_it(tmp_path):
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text('{"prompt": "1+1", "answer": "2"}\n')
+    held.write_text("")
+    with pytest.raises(ConfigError, match=r"eval\.jsonl is empty"):
+        load_splits(TaskConfig(source="jsonl", train_path=str(train), eval_path=str(held)))

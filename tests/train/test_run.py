@@ -260,3 +260,18 @@ def test_print_summary_prints_nothing_without_evaluations():
     console = Console(record=True, width=120)
     print_summary(console, {"wall_s": 3.0})  # eval.before=false eval.after=false
     assert console.export_text() == ""
+
+
+def test_bad_references_fail_before_the_run_directory_or_any_evaluation(tmp_path):
+    # a verifier that does not import used to fail only when training began, after the
+    # "before" evaluation; an rm stage's missing pair file after its model had loaded
+    overrides = _task(tmp_path) + TINY + ["eval.limit=2", "eval.k=0", "log.tensorboard=false"]
+    bad_verifier = overrides + ["rewards={steps: {verifier: 'no_such_module_xyz:stepwise'}}"]
+    with pytest.raises(ConfigError, match=r"^rewards\.steps: cannot import verifier"):
+        run(load_config("quickstart", bad_verifier), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    pairs = ["rm.data.source=jsonl", f"rm.data.train_path={tmp_path / 'train.jsonl'}"]
+    rm = ["stage=rm", *pairs, f"rm.data.eval_path={tmp_path / 'no-pairs.jsonl'}"]
+    with pytest.raises(ConfigError, match=r"^rm\.data\.eval_path: preference file not found"):
+        run(load_config("tiny-rm", rm), tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()
