@@ -161,7 +161,24 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _Wandb:
+class _HostedTracker:
+    """wandb and trackio share one interface: a run with ``log(dict, step=)`` and ``finish()``,
+    and a ``Table(columns=, data=)``."""
+
+    run: Any
+    table: Any
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def log_table(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({SAMPLES_TABLE: self.table(columns=columns, data=rows)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Wandb(_HostedTracker):
     def __init__(self, run_dir: Path, project: str, config: Mapping[str, Any]) -> None:
         import wandb
 
@@ -176,17 +193,8 @@ class _Wandb:
         )
         self.table = wandb.Table
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.run.log(dict(scalars), step=step)
 
-    def log_table(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({SAMPLES_TABLE: self.table(columns=columns, data=rows)}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
-
-
-class _Trackio:
+class _Trackio(_HostedTracker):
     def __init__(self, run_dir: Path, project: str, config: Mapping[str, Any]) -> None:
         # trackio reads TRACKIO_DIR once, when first imported: a later run in the same process
         # (a pipeline's next stage) logs where the first one did; trackio prints where.
@@ -195,15 +203,6 @@ class _Trackio:
 
         self.run = trackio.init(project=project, name=run_dir.name, config=dict(config))
         self.table = trackio.Table
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.run.log(dict(scalars), step=step)
-
-    def log_table(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({SAMPLES_TABLE: self.table(columns=columns, data=rows)}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class RunLogger:
