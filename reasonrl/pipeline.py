@@ -27,7 +27,6 @@ import copy
 import difflib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,8 @@ from reasonrl.config import (
     read_recipe,
     validate_config,
 )
+from reasonrl.train.rundir import PIPELINE_FILE, clear_run_dir, holds_run, locked
 
-PIPELINE_FILE = "pipeline.yaml"
 SUMMARY_FILE = "summary.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _REF_RE = re.compile(r"^@([A-Za-z0-9_-]+)$")
@@ -155,7 +154,7 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
     return out
 
 
-def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> None:
     has_run = (run_dir / PIPELINE_FILE).exists()
     if has_run and not (resume or overwrite):
         raise ConfigError(
@@ -165,7 +164,7 @@ def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
     if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir, console)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -236,14 +235,27 @@ def run_pipeline(
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary."""
+    """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary.
+    The pipeline holds ``run_dir``'s lock from start to end (each stage its own directory's)."""
+    console = console or Console()
+    with locked(run_dir):
+        return _run_stages(recipe, overrides, run_dir, resume, overwrite, console)
+
+
+def _run_stages(
+    recipe: str | Path,
+    overrides: list[str],
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    console: Console,
+) -> dict[str, Any]:
     from reasonrl.report import build_comparison_report
     from reasonrl.train.run import run
 
-    console = console or Console()
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
-    _prepare(run_dir, resume, overwrite)
+    _prepare(run_dir, resume, overwrite, console)
     resolved = {s.name: yaml.safe_load(dump_config(s.cfg)) for s in stages}
     (run_dir / PIPELINE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
@@ -254,7 +266,7 @@ def run_pipeline(
             console.print(f"[bold]stage {i} {stage.name}[/]: done, skipped")
         else:
             console.rule(f"stage {i}/{len(stages) - 1}: {stage.name} ({stage.cfg.stage})")
-            started = stage.dir.exists() and any(stage.dir.iterdir())
+            started = holds_run(stage.dir)
             if not started and i > 0:
                 _reuse_eval(stages[i - 1], stage)
             # Resume only a stage that had begun; a stage that never ran starts clean.
