@@ -43,7 +43,10 @@ def locked(run_dir: Path) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = _take(run_dir / LOCK_FILE)
     except OSError as e:
-        raise ConfigError(write_error(run_dir, e) or f"cannot lock {run_dir}: {e}") from None
+        message = write_error(run_dir, e) or (
+            f"cannot use {run_dir} as a run directory ({e.strerror}): pass --out DIR for another"
+        )
+        raise ConfigError(message) from None
     try:
         yield
     finally:
