@@ -5,6 +5,7 @@ the disk tests mount a small or read-only tmpfs in a user and mount namespace (`
 works as root and as an ordinary user where user namespaces are allowed.
 """
 
+import errno
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from reasonrl.config import ConfigError, load_config
 from reasonrl.pipeline import run_pipeline
 from reasonrl.train.checkpoint import STATE_FILE, list_checkpoints
 from reasonrl.train.run import run
-from reasonrl.train.rundir import LOCK_FILE, locked
+from reasonrl.train.rundir import LOCK_FILE, locked, write_error
 
 QUICK = [
     "rl.prompts_per_step=2",
@@ -167,3 +168,26 @@ def test_a_full_disk_names_the_last_intact_checkpoint(tmp_path):
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step-1"]
     (step,) = list_checkpoints(kept)
     assert torch.load(step / STATE_FILE, weights_only=False)["step"] == 1
+
+
+def test_write_errors_are_recognised_whatever_library_raised_them(tmp_path):
+    # a pipeline: the last complete checkpoint is the latest stage's (step-1 of 1-b), not a
+    # half-written one or an earlier stage's
+    for ckpt in ("0-a/checkpoints/step-4", "1-b/checkpoints/step-1"):
+        (tmp_path / ckpt).mkdir(parents=True)
+        (tmp_path / ckpt / STATE_FILE).write_bytes(b"")
+    (tmp_path / "1-b/checkpoints/.tmp-step-2").mkdir()
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a Python write raises
+    torch_save = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    torch_save.__context__ = full  # torch.save to a Python file leaves the OSError as context
+    # safetensors' (Rust's) message has no errno attribute, only "(os error 28)"
+    rust = RuntimeError("Error while serializing: I/O error: No space left (os error 28)")
+    for error in (full, torch_save, rust):
+        message = write_error(tmp_path, error)
+        assert message.startswith(f"the disk is full: writing under {tmp_path} failed")
+        assert f"last complete checkpoint, {tmp_path}/1-b/checkpoints/step-1, is intact" in message
+    read_only = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "x"))
+    assert f"cannot write to the run directory {tmp_path}" in write_error(tmp_path, read_only)
+    elsewhere = PermissionError(errno.EACCES, "Permission denied", "/root/model")
+    assert write_error(tmp_path, elsewhere) is None  # not the run directory's fault
+    assert write_error(tmp_path, ValueError("bad")) is None
