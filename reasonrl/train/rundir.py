@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
@@ -52,10 +52,11 @@ def locked(run_dir: Path) -> Iterator[None]:
     finally:
         # A run refused by a check (nothing to resume…) leaves no trace of itself. Safe while
         # locked: a run that opened the file meanwhile sees it gone, and opens it anew.
-        if not holds_run(run_dir):
-            (run_dir / LOCK_FILE).unlink()
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+        with suppress(OSError):  # best effort: the directory may have gone meanwhile
+            if not holds_run(run_dir):
+                (run_dir / LOCK_FILE).unlink()
+                if created and not any(run_dir.iterdir()):
+                    run_dir.rmdir()
         os.close(fd)
 
 
@@ -79,8 +80,12 @@ def _take(path: Path) -> int:
         if same:  # else the holder removed the file as we opened it: lock the new one
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # a full disk: give the lock back with the error
+        os.close(fd)
+        raise
     return fd
 
 
