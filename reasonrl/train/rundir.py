@@ -141,18 +141,18 @@ def clear_run_dir(run_dir: Path, console: Console) -> None:
                 f"--overwrite refused: {sub} is in use by another reasonrl run (PID {pid}): "
                 "wait for it to end"
             )
+    names = ", ".join(p.name + "/" * p.is_dir() for p in entries)
     for p in entries:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink()
-    names = ", ".join(p.name + "/" * p.is_dir() for p in entries)
-    console.print(f"--overwrite: removed the earlier run in {run_dir}: {names}")
+    console.print(f"--overwrite: removed the earlier run in {run_dir}: {names}", markup=False)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or of a pipeline's latest stage that has one."""
-    from reasonrl.train.checkpoint import latest_checkpoint  # torch, which locking needs not
+    from reasonrl.train.checkpoint import latest_checkpoint  # torch: not needed to lock
 
     stages = sorted(
         (d for d in Path(run_dir).glob("*-*") if d.is_dir() and d.name.split("-")[0].isdigit()),
