@@ -56,19 +56,20 @@ def _load(recipe: str | None, overrides: list[str] | None) -> RunConfig:
 
 @contextmanager
 def _training(run_dir: Path) -> Iterator[None]:
-    """A bad configuration is an error message; Ctrl-C (after the trainer's checkpoint) says
-    whether there is a checkpoint (or a finished stage) to continue from, and how."""
+    """A bad configuration, a read-only --out or a full disk is an error message; Ctrl-C (after
+    the trainer's checkpoint; a second one is ignored) says whether there is a checkpoint (or a
+    finished stage) to continue from, and how."""
+    from reasonrl.train.checkpoint import one_interrupt
+    from reasonrl.train.rundir import last_checkpoint, write_error
+
     try:
-        yield
+        with one_interrupt():
+            yield
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        from reasonrl.train.checkpoint import latest_checkpoint
-
         # a run's checkpoint, or a pipeline stage's checkpoint or finished summary
-        stages = [d for d in run_dir.glob("*") if d.is_dir()]
-        saved = any(latest_checkpoint(d) for d in [run_dir, *stages])
-        if saved or any(run_dir.glob("*/summary.json")):
+        if last_checkpoint(run_dir) or any(run_dir.glob("*/summary.json")):
             err_console.print(
                 f"\ninterrupted: progress saved under {run_dir}; continue with --resume"
             )
@@ -78,6 +79,10 @@ def _training(run_dir: Path) -> Iterator[None]:
                 "--overwrite starts it again"
             )
         raise typer.Exit(130) from None
+    except Exception as e:
+        if (message := write_error(run_dir, e)) is None:
+            raise
+        _fail(message)
 
 
 def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> None:

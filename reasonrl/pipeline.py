@@ -29,7 +29,6 @@ import copy
 import difflib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,8 @@ from reasonrl.config import (
     validate_config,
 )
 from reasonrl.logging import check_trackers
+from reasonrl.train.rundir import PIPELINE_FILE, clear_run_dir, holds_run, locked
 
-PIPELINE_FILE = "pipeline.yaml"
 SUMMARY_FILE = "summary.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _REF_RE = re.compile(r"^@([A-Za-z0-9_-]+)$")
@@ -203,7 +202,7 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
     return out
 
 
-def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> None:
     has_run = (run_dir / PIPELINE_FILE).exists()
     if has_run and not (resume or overwrite):
         raise ConfigError(
@@ -213,7 +212,7 @@ def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
     if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir, console)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -284,12 +283,25 @@ def run_pipeline(
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary."""
+    """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary.
+    The pipeline holds ``run_dir``'s lock from start to end (each stage its own directory's)."""
+    console = console or Console()
+    with locked(run_dir):
+        return _run_stages(recipe, overrides, run_dir, resume, overwrite, console)
+
+
+def _run_stages(
+    recipe: str | Path,
+    overrides: list[str],
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    console: Console,
+) -> dict[str, Any]:
     from reasonrl.checks import check_config
     from reasonrl.report import build_comparison_report
     from reasonrl.train.run import run
 
-    console = console or Console()
     t0 = time.time()
     stages = load_pipeline(recipe, overrides, run_dir)
     produced = {s.dir / "model" for s in stages}
@@ -299,7 +311,7 @@ def run_pipeline(
             check_config(stage.cfg, produced)
         except ConfigError as e:
             raise ConfigError(f"stage {stage.name!r}: {e}") from e
-    _prepare(run_dir, resume, overwrite)
+    _prepare(run_dir, resume, overwrite, console)
     resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
     (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))
 
@@ -310,7 +322,7 @@ def run_pipeline(
             console.print(f"[bold]stage {i} {stage.name}[/]: done, skipped")
         else:
             console.rule(f"stage {i}/{len(stages) - 1}: {stage.name} ({stage.cfg.stage})")
-            started = stage.dir.exists() and any(stage.dir.iterdir())
+            started = holds_run(stage.dir)
             if not started and i > 0:
                 _reuse_eval(stages[i - 1], stage)
             # Resume only a stage that had begun; a stage that never ran starts clean.

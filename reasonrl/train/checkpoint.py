@@ -7,9 +7,11 @@ saving never leaves a half-written ``step-N`` that ``--resume`` would pick up.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,21 +71,25 @@ def save_checkpoint(
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(
-        {
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng if rng is not None else rng_state(),
             "extra": extra or {},
-        },
-        tmp / STATE_FILE,
-    )
-    if save_more is not None:
-        save_more(tmp)
+        }
+        # through a Python file: a full disk then raises OSError(ENOSPC), not a bare RuntimeError
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+        if save_more is not None:
+            save_more(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint only takes space
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -125,6 +131,36 @@ def ignoring_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def one_interrupt() -> Iterator[None]:
+    """For a process that ends on Ctrl-C (the command line): the first SIGINT inside raises
+    KeyboardInterrupt, and every later one is ignored, so that a second Ctrl-C cannot cut short
+    the checkpoint and the message that answer the first. After an interrupt SIGINT stays
+    ignored on the way out; otherwise the previous handler comes back. A process that was
+    started with SIGINT ignored (``nohup``, ``cmd &``) keeps it ignored."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        yield
+        return
+    interrupted = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        if interrupted:
+            os.write(2, b"\nalready stopping: saving progress, please wait\n")
+            return
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if interrupted else previous)
 
 
 def optimizer_step(

@@ -281,7 +281,8 @@ def train_rl(
     def save_critic(path: Path) -> None:
         if critic is not None and critic_opt is not None:
             critic.save_pretrained(path / CRITIC_DIR)
-            torch.save(critic_opt.state_dict(), path / CRITIC_OPTIMIZER)
+            with open(path / CRITIC_OPTIMIZER, "wb") as f:  # a full disk: OSError(ENOSPC)
+                torch.save(critic_opt.state_dict(), f)
 
     ckpt, _ = Checkpointer.for_run(
         run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,16 @@ from reasonrl.tasks.sources import read_sft_pairs
 from reasonrl.tasks.traces import solution_text
 from reasonrl.train.checkpoint import checkpoint_dir, latest_checkpoint
 from reasonrl.train.memory import module_mib, peak_memory_mib
+from reasonrl.train.rundir import clear_run_dir, locked
 
 SUMMARY_FILE = "summary.json"
 BEFORE_FILE = "eval_before.json"
 MODEL_DIR = "model"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber an earlier run unless asked; ``overwrite`` clears it first. Returns
-    the checkpoint to resume from (None for a fresh run)."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> Path | None:
+    """Refuse to clobber an earlier run unless asked; ``overwrite`` removes it first (only a
+    reasonrl run). Returns the checkpoint to resume from (None for a fresh run)."""
     has_run = (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
     if has_run and not (resume or overwrite):
         raise ConfigError(
@@ -70,7 +70,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             "--overwrite runs it again from the start"
         )
     if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     return resume_from
 
@@ -264,7 +264,7 @@ def start_run(
     saved config.yaml, the sizes table, the seed. Returns the device and the checkpoint to
     resume from (None for a fresh run)."""
     check_trackers(cfg.log.report_to)  # a missing package now, not after the first evaluation
-    resume_from = prepare_run_dir(run_dir, resume, overwrite)
+    resume_from = prepare_run_dir(run_dir, resume, overwrite, console)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _print_sizes(console, cfg, run_dir)
     seed_everything(cfg.seed)
@@ -279,13 +279,22 @@ def run(
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json."""
+    """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json.
+    The run holds the directory's lock from start to end: a second run there is refused."""
     check_config(cfg)  # every model, file and verifier it names, before anything slow
-    if cfg.stage == "rm":
-        from reasonrl.train.rm import run_rm_stage
-
-        return run_rm_stage(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
     console = console or Console()
+    with locked(run_dir):
+        if cfg.stage == "rm":
+            from reasonrl.train.rm import run_rm_stage
+
+            return run_rm_stage(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
+        return _run_policy_stage(cfg, run_dir, resume, overwrite, console)
+
+
+def _run_policy_stage(
+    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, console: Console
+) -> dict[str, Any]:
+    """An sft, dpo or rl stage: evaluate, train, evaluate again, the summary and report."""
     t0 = time.time()
     device, resume_from = start_run(cfg, run_dir, resume, overwrite, console)
 
