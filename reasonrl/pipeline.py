@@ -46,7 +46,13 @@ from reasonrl.config import (
     validate_config,
 )
 from reasonrl.logging import check_trackers
-from reasonrl.train.rundir import PIPELINE_FILE, clear_run_dir, holds_run, locked
+from reasonrl.train.rundir import (
+    PIPELINE_FILE,
+    clear_run_dir,
+    holds_run,
+    locked,
+    refuse_foreign_files,
+)
 
 SUMMARY_FILE = "summary.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -211,6 +217,8 @@ def _prepare(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> 
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
+    if not (has_run or overwrite):
+        refuse_foreign_files(run_dir)
     if overwrite and not resume and run_dir.exists():
         clear_run_dir(run_dir, console)
     run_dir.mkdir(parents=True, exist_ok=True)

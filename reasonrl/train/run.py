@@ -44,7 +44,7 @@ from reasonrl.tasks.sources import read_sft_pairs
 from reasonrl.tasks.traces import solution_text
 from reasonrl.train.checkpoint import checkpoint_dir, latest_checkpoint
 from reasonrl.train.memory import module_mib, peak_memory_mib
-from reasonrl.train.rundir import clear_run_dir, locked
+from reasonrl.train.rundir import clear_run_dir, holds_run, locked, refuse_foreign_files
 
 SUMMARY_FILE = "summary.json"
 BEFORE_FILE = "eval_before.json"
@@ -54,7 +54,9 @@ MODEL_DIR = "model"
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> Path | None:
     """Refuse to clobber an earlier run unless asked; ``overwrite`` removes it first (only a
     reasonrl run). Returns the checkpoint to resume from (None for a fresh run)."""
-    has_run = (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
+    has_run = (
+        holds_run(run_dir) or (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
+    )
     if has_run and not (resume or overwrite):
         raise ConfigError(
             f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
@@ -62,6 +64,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Conso
         )
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
+    if not (has_run or overwrite):
+        refuse_foreign_files(run_dir)
     resume_from = latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
         # Training from step 0 again would append a second copy of the first steps' metrics.

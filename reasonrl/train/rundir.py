@@ -123,6 +123,21 @@ def holds_run(run_dir: Path) -> bool:
     )
 
 
+def refuse_foreign_files(run_dir: Path) -> None:
+    """A fresh run writes config.yaml, metrics.jsonl, model/ and more into its directory (and a
+    later --overwrite empties it): a directory that already holds files of no run is refused,
+    so none of them is written over or removed."""
+    if not run_dir.is_dir():
+        return
+    others = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if others:
+        shown = ", ".join(others[:4]) + (", …" if len(others) > 4 else "")
+        raise ConfigError(
+            f"{run_dir} is not empty ({shown}) and holds no reasonrl run: a run there would "
+            "write over its files; pass --out DIR for a new or empty directory"
+        )
+
+
 def clear_run_dir(run_dir: Path, console: Console) -> None:
     """``--overwrite``: remove the earlier run in ``run_dir`` (whose lock the caller holds),
     and say what went. Anything that is not a reasonrl run, or that holds a live run in a

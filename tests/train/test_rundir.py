@@ -106,6 +106,23 @@ def test_overwrite_refuses_a_directory_that_holds_no_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
 
 
+def test_a_fresh_run_refuses_a_directory_of_other_files(tmp_path):
+    cfg = load_config(None, [*QUICK, "rl.steps=1"])
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "pipe", "stages": [{"name": "a", "stage": "sft"}]}))
+    for name, start in [
+        ("run", lambda out: run(cfg, out)),
+        ("pipe", lambda out: run_pipeline(recipe, [], out)),
+    ]:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.yaml").write_text("database: {host: localhost}\n")  # the user's own
+        with pytest.raises(ConfigError, match=re.escape(f"{out} is not empty (config.yaml)")):
+            start(out)
+        assert (out / "config.yaml").read_text() == "database: {host: localhost}\n"
+        assert [p.name for p in out.iterdir()] == ["config.yaml"]  # nor a lock file left
+
+
 def test_the_rm_stage_and_a_pipeline_hold_the_lock_too(tmp_path):
     rm = load_config("tiny-rm", ["rm.steps=1", "log.tensorboard=false"])
     recipe = tmp_path / "pipe.yaml"
