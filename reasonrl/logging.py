@@ -39,7 +39,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, RunConfig
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -245,6 +245,17 @@ class RunLogger:
                 self._trackers.append(_Trackio(self.run_dir, project, config or {}))
             else:
                 raise ValueError(f"unknown tracker {name!r}: tensorboard, wandb or trackio")
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, run_dir: Path, resume_step: int | None) -> RunLogger:
+        """The logger of a stage run with config ``cfg``: its trackers, project and config."""
+        return cls(
+            run_dir,
+            report_to=cfg.log.report_to,
+            resume_step=resume_step,
+            config=cfg.model_dump(mode="json"),
+            project=cfg.log.project,
+        )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one ``{"step": step, **metrics}`` line; every finite number goes to the

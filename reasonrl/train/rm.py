@@ -208,13 +208,7 @@ def run_rm_stage(
     )
 
     start_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    with RunLogger(
-        run_dir,
-        report_to=cfg.log.report_to,
-        resume_step=start_step,
-        config=cfg.model_dump(mode="json"),
-        project=cfg.log.project,
-    ) as logger:
+    with RunLogger.for_run(cfg, run_dir, start_step) as logger:
         steps = train_rm(cfg, rm, tokenizer, train_pairs, eval_pairs, run_dir, logger, resume_from)
     merge_lora(rm).save_pretrained(run_dir / MODEL_DIR)  # a plain reward model, LoRA or not
     tokenizer.save_pretrained(run_dir / MODEL_DIR)

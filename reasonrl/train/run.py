@@ -341,13 +341,7 @@ def _run_policy_stage(
             logger.log(step, {"eval/accuracy": quick["accuracy"]})
 
     start_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    with RunLogger(
-        run_dir,
-        report_to=cfg.log.report_to,
-        resume_step=start_step,
-        config=cfg.model_dump(mode="json"),
-        project=cfg.log.project,
-    ) as logger:
+    with RunLogger.for_run(cfg, run_dir, start_step) as logger:
         if before is not None and start_step is None:
             logger.log(0, {"eval/accuracy": before["accuracy"]})
         if cfg.stage == "sft":
