@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from reasonrl.train.checkpoint import save_torch
 from reasonrl.train.forward import pack_batch, position_ids
 
 HEAD_FILE = "value_head.pt"
@@ -56,9 +57,9 @@ class ValueModel(torch.nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         self.decoder.save_pretrained(path)
-        torch.save(self.head.state_dict(), Path(path) / HEAD_FILE)
+        save_torch(self.head.state_dict(), Path(path) / HEAD_FILE)
         if self.lm_head is not None and not self.lm_head_is_tied():
-            torch.save(self.lm_head.state_dict(), Path(path) / LM_HEAD_FILE)
+            save_torch(self.lm_head.state_dict(), Path(path) / LM_HEAD_FILE)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor

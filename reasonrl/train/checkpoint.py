@@ -25,6 +25,14 @@ from reasonrl.config import LogConfig
 STATE_FILE = "trainer_state.pt"
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: a full disk then raises OSError(ENOSPC) naming the
+    file, which the run turns into its one-line message; torch's own writer raises a bare
+    RuntimeError."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -82,9 +90,7 @@ def save_checkpoint(
             "rng": rng if rng is not None else rng_state(),
             "extra": extra or {},
         }
-        # through a Python file: a full disk then raises OSError(ENOSPC), not a bare RuntimeError
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save(state, f)
+        save_torch(state, tmp / STATE_FILE)
         if save_more is not None:
             save_more(tmp)
     except BaseException:

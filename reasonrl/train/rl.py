@@ -47,7 +47,7 @@ from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
-from reasonrl.train.checkpoint import Checkpointer
+from reasonrl.train.checkpoint import Checkpointer, save_torch
 from reasonrl.train.data import step_indices
 from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.memory import peak_memory_mib
@@ -281,8 +281,7 @@ def train_rl(
     def save_critic(path: Path) -> None:
         if critic is not None and critic_opt is not None:
             critic.save_pretrained(path / CRITIC_DIR)
-            with open(path / CRITIC_OPTIMIZER, "wb") as f:  # a full disk: OSError(ENOSPC)
-                torch.save(critic_opt.state_dict(), f)
+            save_torch(critic_opt.state_dict(), path / CRITIC_OPTIMIZER)
 
     ckpt, _ = Checkpointer.for_run(
         run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic

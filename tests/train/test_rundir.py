@@ -21,7 +21,7 @@ import yaml
 
 from reasonrl.config import ConfigError, load_config
 from reasonrl.pipeline import run_pipeline
-from reasonrl.train.checkpoint import STATE_FILE, list_checkpoints
+from reasonrl.train.checkpoint import STATE_FILE, list_checkpoints, save_torch
 from reasonrl.train.run import run
 from reasonrl.train.rundir import LOCK_FILE, locked, write_error
 
@@ -208,3 +208,12 @@ def test_write_errors_are_recognised_whatever_library_raised_them(tmp_path):
     elsewhere = PermissionError(errno.EACCES, "Permission denied", "/root/model")
     assert write_error(tmp_path, elsewhere) is None  # not the run directory's fault
     assert write_error(tmp_path, ValueError("bad")) is None
+
+
+def test_torch_files_fail_as_os_errors_naming_the_file(tmp_path):
+    # torch.save(obj, path) raises a bare RuntimeError (no errno, no file name), which the run
+    # could not tell from a bug: the checkpoint, critic and value-head files go through save_torch
+    target = tmp_path / "gone" / "value_head.pt"
+    with pytest.raises(OSError) as e:
+        save_torch({"w": torch.zeros(2)}, target)
+    assert (e.value.errno, e.value.filename) == (errno.ENOENT, str(target))
