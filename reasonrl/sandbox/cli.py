@@ -31,7 +31,14 @@ def _group() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    workers: Annotated[int, typer.Option(min=0, help="Runs at once (0: the number of CPUs).")] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Runs at once (0: the number of CPUs, at most as many as the machine's memory "
+            "holds at --request-memory-mb each).",
+        ),
+    ] = 0,
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait; then 429.")] = 256,
     token: Annotated[
         str | None,
@@ -68,7 +75,15 @@ def serve(
     if problem is not None:
         typer.echo(f"error: cannot isolate runs on this machine: {problem}", err=True)
         raise typer.Exit(2)
-    workers = workers or os.cpu_count() or 1
+    ram_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    fit = max(1, ram_mb // request_memory_mb)  # requests whose bounds the memory can honour
+    if workers > fit:
+        typer.echo(
+            f"warning: {workers} workers x {request_memory_mb} MB per request is more than this "
+            f"machine's {ram_mb} MB of memory; {fit} would fit",
+            err=True,
+        )
+    workers = workers or min(os.cpu_count() or 1, fit)
     limits = Limits(
         timeout_s=timeout,
         memory_mb=min(memory_mb, request_memory_mb),
