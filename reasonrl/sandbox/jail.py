@@ -115,7 +115,9 @@ def build_root(cfg: dict) -> None:
     os.symlink("/proc/self/fd", f"{dev}/fd")
     os.mkdir(f"{root}/proc")
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.mkdir(f"{root}/tmp")
+    # A site directory bound above may live under /tmp (a venv made in a temporary directory,
+    # as CI does), so /tmp can exist already: the binds in it stay read-only, the rest writable.
+    os.makedirs(f"{root}/tmp", exist_ok=True)
     os.chmod(f"{root}/tmp", 0o1777)
     work = f"{root}/sandbox"
     shutil.copytree(cfg["files"], work)

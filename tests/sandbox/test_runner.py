@@ -1,7 +1,12 @@
 """The in-process sandbox: /run_code semantics, io and asserts evaluation, honest edge cases."""
 
 import base64
+import os
+import shutil
+import tempfile
 import textwrap
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,7 @@ from reasonrl.sandbox import (
     Limits,
     RunCodeRequest,
     Sandbox,
+    runner,
 )
 
 
@@ -192,3 +198,18 @@ def test_the_clients_memory_limit_is_capped_by_the_servers(tmp_path):
     result = sandbox.run_code(RunCodeRequest(code=code, memory_limit_MB=2048))
     assert result.status == "Failed"
     assert "MemoryError" in result.run_result.stderr
+
+
+def test_a_trusted_request_imports_from_a_venv_made_under_tmp(tmp_path, monkeypatch):
+    # .ci/run (and many users) make the venv in a temporary directory: its site directory is
+    # bound under the jail's /tmp, which the jail then makes writable around it
+    site_dir = tempfile.mkdtemp(prefix="venv-", dir="/tmp") + "/lib/site-packages"
+    os.makedirs(site_dir)
+    Path(site_dir, "venv_probe.py").write_text("ANSWER = 42\n")
+    host = replace(runner._host(), site_dirs=(site_dir,))
+    monkeypatch.setattr(runner, "_host", lambda: host)
+    sandbox = Sandbox(base_dir=tmp_path)
+    code = "import venv_probe; print(venv_probe.ANSWER); open('/tmp/x', 'w').write('ok')"
+    result = sandbox.run_code(RunCodeRequest(code=code, packages=True))
+    shutil.rmtree(Path(site_dir).parents[1])
+    assert (result.status, result.run_result.stdout) == ("Success", "42\n"), result
