@@ -65,7 +65,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Conso
     if resume and not has_run:
         raise ConfigError(f"nothing to resume in {run_dir}")
     if not (has_run or overwrite):
-        refuse_foreign_files(run_dir)
+        refuse_foreign_files(run_dir, inputs=[BEFORE_FILE])
     resume_from = latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
         # Training from step 0 again would append a second copy of the first steps' metrics.

@@ -18,7 +18,7 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -123,13 +123,18 @@ def holds_run(run_dir: Path) -> bool:
     )
 
 
-def refuse_foreign_files(run_dir: Path) -> None:
+def refuse_foreign_files(run_dir: Path, inputs: Collection[str] = ()) -> None:
     """A fresh run writes config.yaml, metrics.jsonl, model/ and more into its directory (and a
     later --overwrite empties it): a directory that already holds files of no run is refused,
-    so none of them is written over or removed."""
+    so none of them is written over or removed. ``inputs`` are files handed to the run (a
+    pipeline's stage gets the previous stage's evaluation as its "before")."""
     if not run_dir.is_dir():
         return
-    others = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    others = sorted(
+        p.name + "/" * p.is_dir()
+        for p in run_dir.iterdir()
+        if p.name != LOCK_FILE and p.name not in inputs
+    )
     if others:
         shown = ", ".join(others[:4]) + (", …" if len(others) > 4 else "")
         raise ConfigError(
