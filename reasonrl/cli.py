@@ -85,10 +85,20 @@ def _training(run_dir: Path) -> Iterator[None]:
         _fail(message)
 
 
+def _refuse_if_in_use(run_dir: Path) -> None:
+    from reasonrl.train.rundir import refuse_if_in_use
+
+    try:
+        refuse_if_in_use(run_dir)
+    except ConfigError as e:
+        _fail(str(e))
+
+
 def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> None:
+    run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
+    _refuse_if_in_use(run_dir)  # before the slow imports
     from reasonrl.train.run import run
 
-    run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
     with _training(run_dir):
         run(cfg, run_dir, resume=resume, overwrite=overwrite, console=console)
 
@@ -114,6 +124,7 @@ def run(
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
     run_dir = out or _pipeline_dir(recipe)
+    _refuse_if_in_use(run_dir)
     with _training(run_dir):
         run_pipeline(
             recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console

@@ -69,10 +69,7 @@ def _take(path: Path) -> int:
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(
-                f"{path.parent} is in use by another reasonrl run (PID {pid}): wait for it to "
-                "end, or pass --out DIR for another directory"
-            ) from None
+            raise ConfigError(_in_use(path.parent, pid)) from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -87,6 +84,21 @@ def _take(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _in_use(run_dir: Path, pid: str) -> str:
+    return (
+        f"{run_dir} is in use by another reasonrl run (PID {pid}): wait for it to end, or pass "
+        "--out DIR for another directory"
+    )
+
+
+def refuse_if_in_use(run_dir: Path) -> None:
+    """A ConfigError when a live run holds ``run_dir``: the command line asks before its slow
+    imports (torch, transformers: seconds), so a second run is refused at once. The run still
+    takes the lock itself (``locked``); this only spares the wait."""
+    if (pid := _holder(Path(run_dir) / LOCK_FILE)) is not None:
+        raise ConfigError(_in_use(Path(run_dir), pid))
 
 
 def _holder(path: Path) -> str | None:

@@ -94,6 +94,32 @@ def test_a_second_run_is_refused_while_the_first_lives_and_not_after_it_died(tmp
     assert [m["step"] for m in map(json.loads, (out / "metrics.jsonl").open())] == [1]
 
 
+def test_a_second_run_is_refused_before_the_slow_imports(tmp_path):
+    # the refusal needs neither torch nor transformers (seconds of imports): it comes at once
+    driver = (
+        "import sys\n"
+        "from reasonrl.cli import app\n"
+        "try:\n"
+        "    app(sys.argv[1:])\n"
+        "finally:\n"
+        "    print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    out = tmp_path / "run"
+    for command in (["quickstart"], ["run", "qwq-style"]):
+        with locked(out):
+            proc = subprocess.run(
+                [sys.executable, "-c", driver, *command, "--out", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert proc.returncode == 2, proc.stderr
+        assert f"in use by another reasonrl run (PID {os.getpid()})" in " ".join(
+            proc.stderr.split()
+        )
+        assert "torch imported: False" in proc.stdout
+
+
 def test_overwrite_refuses_a_directory_that_holds_no_run(tmp_path):
     out = tmp_path / "project"
     out.mkdir()
