@@ -25,14 +25,8 @@ def _at(key: str, check: Callable[..., Any], *args: Any) -> None:
         raise ConfigError(f"{key}: {e}") from e
 
 
-def _check_dataset(path: str) -> None:
-    from reasonrl.tasks.files import looks_local
-
-    if looks_local(path) and not Path(path).expanduser().exists():
-        raise ConfigError(f"dataset not found: {path}")
-
-
 def _check_task(task: TaskConfig, key: str) -> None:
+    from reasonrl.tasks.files import check_dataset_path
     from reasonrl.tasks.sources import read_jsonl_samples
 
     for i, entry in enumerate(task.mix):
@@ -41,24 +35,26 @@ def _check_task(task: TaskConfig, key: str) -> None:
         _at(f"{key}.train_path", read_jsonl_samples, task.train_path)
         _at(f"{key}.eval_path", read_jsonl_samples, task.eval_path)
     elif task.source == "dataset":
-        _at(f"{key}.path", _check_dataset, task.path)
+        _at(f"{key}.path", check_dataset_path, task.path)
 
 
 def _check_pairs(data: PreferenceDataConfig, key: str) -> None:
-    from reasonrl.tasks.files import jsonl_rows
+    from reasonrl.tasks.files import check_dataset_path, jsonl_rows
 
     if data.source == "jsonl":
         _at(f"{key}.train_path", list, jsonl_rows(data.train_path, "preference file"))
         _at(f"{key}.eval_path", list, jsonl_rows(data.eval_path, "preference file"))
     elif data.source == "dataset":
-        _at(f"{key}.train_path", _check_dataset, data.train_path)
+        _at(f"{key}.train_path", check_dataset_path, data.train_path)
 
 
 def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
-    """Check every reference of ``cfg`` that its stage uses: ``model.path``, the PPO critic,
+    """Check every reference of ``cfg`` that its stage uses: the trackers of ``log.report_to``
+    (installed), ``model.path``, the PPO critic,
     the task's and the stage's data files, and (RL) each reward's verifier and reward model.
     ``produced``: model directories that earlier stages of a pipeline will write (not checked
     yet)."""
+    from reasonrl.logging import check_trackers
     from reasonrl.models.loading import resolve_model_path
     from reasonrl.rewards.registry import check_verifier
     from reasonrl.tasks.sources import read_sft_pairs
@@ -67,6 +63,7 @@ def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
         if Path(path) not in produced:
             _at(key, resolve_model_path, path)
 
+    check_trackers(cfg.log.report_to)
     if cfg.model.init is None:
         model("model.path", cfg.model.path)
     if cfg.stage != "rm" or cfg.rm.data.source == "generated":

@@ -45,14 +45,7 @@ from reasonrl.config import (
     read_recipe,
     validate_config,
 )
-from reasonrl.logging import check_trackers
-from reasonrl.train.rundir import (
-    PIPELINE_FILE,
-    clear_run_dir,
-    holds_run,
-    locked,
-    refuse_foreign_files,
-)
+from reasonrl.train.rundir import PIPELINE_FILE, holds_run, locked, prepare_dir
 
 SUMMARY_FILE = "summary.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -171,9 +164,8 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
             raise ConfigError(f"{path}: stage {i} needs a 'name' of letters, digits, - or _")
         if name in names:
             raise ConfigError(f"{path}: two stages are called {name!r}")
-        if (
-            "out" in raw
-        ):  # a stage's directory is RUN_DIR/<i>-<name>: its own out could only be ignored
+        # a stage's directory is RUN_DIR/<i>-<name>: its own out could only be ignored
+        if "out" in raw:
             raise ConfigError(
                 f"{path}: stage {name!r} sets 'out', but stage {i} runs in RUN_DIR/{i}-{name}; "
                 "set out: at the top level of the recipe, or pass --out"
@@ -206,22 +198,6 @@ def load_pipeline(recipe: str | Path, overrides: list[str], run_dir: Path) -> li
         if cfg.stage != "rm":
             last_policy = name
     return out
-
-
-def _prepare(run_dir: Path, resume: bool, overwrite: bool, console: Console) -> None:
-    has_run = (run_dir / PIPELINE_FILE).exists()
-    if has_run and not (resume or overwrite):
-        raise ConfigError(
-            f"{run_dir} already holds a pipeline run: pass --resume to continue it, "
-            "--overwrite to replace it, or --out DIR for a new directory"
-        )
-    if resume and not has_run:
-        raise ConfigError(f"nothing to resume in {run_dir}")
-    if not (has_run or overwrite):
-        refuse_foreign_files(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        clear_run_dir(run_dir, console)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _stage_row(stage: Stage, summary: dict[str, Any]) -> dict[str, Any]:
@@ -314,12 +290,12 @@ def _run_stages(
     stages = load_pipeline(recipe, overrides, run_dir)
     produced = {s.dir / "model" for s in stages}
     for stage in stages:  # every stage's trackers, models, files and verifiers before the first
-        check_trackers(stage.cfg.log.report_to)
         try:
             check_config(stage.cfg, produced)
         except ConfigError as e:
             raise ConfigError(f"stage {stage.name!r}: {e}") from e
-    _prepare(run_dir, resume, overwrite, console)
+    has_run = (run_dir / PIPELINE_FILE).exists()
+    prepare_dir(run_dir, has_run, resume, overwrite, console, what="a pipeline run")
     resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
     (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))
 

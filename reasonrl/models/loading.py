@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from reasonrl.config import ConfigError, ModelConfig, ModelInit
+from reasonrl.tasks.files import looks_local
 
 BUNDLED = "bundled"
 
@@ -89,9 +90,7 @@ def resolve_model_path(path: str) -> str:
             )
         check_safetensors(p)
         return str(p)
-    # A hub id is "name" or "org/name"; anything else that does not exist is a missing path.
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local:
+    if looks_local(path):  # a hub id is "name" or "org/name"
         raise ConfigError(f"model path not found: {p}")
     return path
 

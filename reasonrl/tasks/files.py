@@ -53,15 +53,21 @@ def looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
 
 
+def check_dataset_path(path: str) -> None:
+    """A ConfigError if ``path`` names a local dataset that is not there (a hub id is taken as
+    given: nothing is downloaded to check it)."""
+    if looks_local(path) and not Path(path).expanduser().exists():
+        raise ConfigError(f"dataset not found: {Path(path).expanduser()}")
+
+
 def open_dataset(path: str, split: str, subset: str | None = None) -> Any:
     """``datasets.load_dataset`` of a hub id (with its ``subset``, the config name such as
     gsm8k's "main"), a local dataset directory (``train.parquet``/``test.parquet`` give the
     splits), or one local parquet, JSON/JSONL or CSV file (its only split is ``train``)."""
     import datasets
 
+    check_dataset_path(path)
     local = Path(path).expanduser()
-    if looks_local(path) and not local.exists():
-        raise ConfigError(f"dataset not found: {local}")
     suffixes = [s for s in local.suffixes if s != ".gz"]
     try:
         if local.is_file() and suffixes and suffixes[-1] in _FILE_BUILDERS:

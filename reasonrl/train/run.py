@@ -22,7 +22,7 @@ from reasonrl.checks import check_config
 from reasonrl.config import ConfigError, RunConfig, dump_config
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.stats import paired_change
-from reasonrl.logging import METRICS_FILE, RunLogger, check_trackers
+from reasonrl.logging import METRICS_FILE, RunLogger
 from reasonrl.models import (
     init_model,
     load_model,
@@ -44,7 +44,7 @@ from reasonrl.tasks.sources import read_sft_pairs
 from reasonrl.tasks.traces import solution_text
 from reasonrl.train.checkpoint import checkpoint_dir, latest_checkpoint
 from reasonrl.train.memory import module_mib, peak_memory_mib
-from reasonrl.train.rundir import clear_run_dir, holds_run, locked, refuse_foreign_files
+from reasonrl.train.rundir import holds_run, locked, prepare_dir
 
 SUMMARY_FILE = "summary.json"
 BEFORE_FILE = "eval_before.json"
@@ -57,15 +57,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Conso
     has_run = (
         holds_run(run_dir) or (run_dir / METRICS_FILE).exists() or checkpoint_dir(run_dir).exists()
     )
-    if has_run and not (resume or overwrite):
-        raise ConfigError(
-            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
-            "replace it, or --out DIR for a new directory"
-        )
-    if resume and not has_run:
-        raise ConfigError(f"nothing to resume in {run_dir}")
-    if not (has_run or overwrite):
-        refuse_foreign_files(run_dir, inputs=[BEFORE_FILE])
+    prepare_dir(run_dir, has_run, resume, overwrite, console, inputs=[BEFORE_FILE])
     resume_from = latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
         # Training from step 0 again would append a second copy of the first steps' metrics.
@@ -73,9 +65,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Conso
             f"{run_dir} holds no checkpoint to resume from (it stopped before the first one): "
             "--overwrite runs it again from the start"
         )
-    if overwrite and not resume and run_dir.exists():
-        clear_run_dir(run_dir, console)
-    run_dir.mkdir(parents=True, exist_ok=True)
     return resume_from
 
 
@@ -267,7 +256,6 @@ def start_run(
     """What every stage does first: the run directory (checked, or its checkpoint found), the
     saved config.yaml, the sizes table, the seed. Returns the device and the checkpoint to
     resume from (None for a fresh run)."""
-    check_trackers(cfg.log.report_to)  # a missing package now, not after the first evaluation
     resume_from = prepare_run_dir(run_dir, resume, overwrite, console)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     _print_sizes(console, cfg, run_dir)

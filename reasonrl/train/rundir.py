@@ -135,7 +135,34 @@ def holds_run(run_dir: Path) -> bool:
     )
 
 
-def refuse_foreign_files(run_dir: Path, inputs: Collection[str] = ()) -> None:
+def prepare_dir(
+    run_dir: Path,
+    has_run: bool,
+    resume: bool,
+    overwrite: bool,
+    console: Console,
+    what: str = "a run",
+    inputs: Collection[str] = (),
+) -> None:
+    """Make ``run_dir`` ready for a run (or a pipeline: ``what``) whose lock the caller holds:
+    an earlier run there (``has_run``) is continued with ``resume``, replaced with
+    ``overwrite`` (:func:`clear_run_dir`), else refused; a fresh run needs a new or empty
+    directory (:func:`_refuse_foreign_files`; ``inputs`` are files handed to it)."""
+    if has_run and not (resume or overwrite):
+        raise ConfigError(
+            f"{run_dir} already holds {what}: pass --resume to continue it, --overwrite to "
+            "replace it, or --out DIR for a new directory"
+        )
+    if resume and not has_run:
+        raise ConfigError(f"nothing to resume in {run_dir}")
+    if not (has_run or overwrite):
+        _refuse_foreign_files(run_dir, inputs)
+    if overwrite and not resume and run_dir.exists():
+        clear_run_dir(run_dir, console)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _refuse_foreign_files(run_dir: Path, inputs: Collection[str]) -> None:
     """A fresh run writes config.yaml, metrics.jsonl, model/ and more into its directory (and a
     later --overwrite empties it): a directory that already holds files of no run is refused,
     so none of them is written over or removed. ``inputs`` are files handed to the run (a
@@ -169,10 +196,7 @@ def clear_run_dir(run_dir: Path, console: Console) -> None:
         )
     for sub in (p for p in entries if p.is_dir()):  # a pipeline's stage directories
         if (pid := _holder(sub / LOCK_FILE)) is not None:
-            raise ConfigError(
-                f"--overwrite refused: {sub} is in use by another reasonrl run (PID {pid}): "
-                "wait for it to end"
-            )
+            raise ConfigError(f"--overwrite refused: {_in_use(sub, pid)}")
     names = ", ".join(p.name + "/" * p.is_dir() for p in entries)
     for p in entries:
         if p.is_dir() and not p.is_symlink():
