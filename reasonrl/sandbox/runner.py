@@ -45,9 +45,8 @@ class Limits:
     """Limits of one jailed run; each process of the jail gets the rlimits."""
 
     timeout_s: float = 10.0  # wall clock; then every process of the jail is killed
-    memory_mb: int = (
-        1024  # address space of each process (a request's ask is capped to request_memory_mb)
-    )
+    # address space of each process (a request's ask is capped to request_memory_mb)
+    memory_mb: int = 1024
     processes: int = 32  # processes and threads of the jail's user
     file_size_mb: int = 16  # largest file a process may write
     open_files: int = 64
@@ -446,9 +445,8 @@ class Sandbox:
     ) -> None:
         self.limits = limits or Limits()
         self.base_dir = Path(base_dir or tempfile.gettempdir())
-        self.memory_cgroups = (
-            memory_cgroups  # False: the processes x memory bound even where cgroups work
-        )
+        # False: the processes x memory bound even where cgroups work
+        self.memory_cgroups = memory_cgroups
 
     def memory_bound(self) -> str:
         """How a request's memory is bounded on this machine, in words (``serve`` says it)."""
