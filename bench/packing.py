@@ -30,7 +30,7 @@ import torch
 
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model
-from reasonrl.train.forward import completion_logprobs, pack_rows
+from reasonrl.models.forward import completion_logprobs, pack_rows
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -71,7 +71,7 @@ class ModelConfig(_Strict):
     lora: LoRAConfig | None = None  # train low-rank adapters instead of every weight
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     pack_tokens: int = Field(0, ge=0)  # training forwards (sft, dpo, rl policy) drop padding:
-    # sequences end to end in rows of at most this many tokens (reasonrl.train.forward); 0: off
+    # sequences end to end in rows of at most this many tokens (reasonrl.models.forward); 0: off
 
 
 class TaskConfig(_Strict):

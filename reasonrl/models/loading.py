@@ -115,6 +115,14 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: a full disk then raises OSError(ENOSPC) naming the
+    file, which the run turns into its one-line message; torch's own writer raises a bare
+    RuntimeError."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def copy_out_of_file(model: torch.nn.Module) -> torch.nn.Module:
     """Give ``model``'s CPU tensors memory of their own (in place; returns the model).
 

@@ -30,10 +30,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from reasonrl.algos import token_logprobs
 from reasonrl.config import ConfigError, LoRAConfig
+from reasonrl.models.forward import position_ids
 from reasonrl.models.loading import copy_out_of_file, pick_device, resolve_model_path
 from reasonrl.models.lora import apply_lora, is_lora
 from reasonrl.models.value import HEAD_FILE, ValueModel
-from reasonrl.train.forward import position_ids
 
 HEADS = ("value", "classification")
 POOLS = ("last", "mean")

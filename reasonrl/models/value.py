@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
-from reasonrl.train.checkpoint import save_torch
-from reasonrl.train.forward import pack_batch, position_ids
+from reasonrl.models.forward import pack_batch, position_ids
+from reasonrl.models.loading import save_torch
 
 HEAD_FILE = "value_head.pt"
 LM_HEAD_FILE = "lm_head.pt"
@@ -82,7 +82,7 @@ class ValueModel(torch.nn.Module):
     ) -> torch.Tensor:
         """V before each completion token of a ``[prompt, left-padded | completion,
         right-padded]`` batch [B, L] → [B, C]; ``pack_tokens`` > 0: on packed rows without
-        padding (reasonrl.train.forward), 0 where masked."""
+        padding (reasonrl.models.forward), 0 where masked."""
         if not pack_tokens:
             values = self(input_ids, attention_mask, position_ids(attention_mask))
             return values[:, -completion_len - 1 : -1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -84,8 +84,20 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     )
 
 
+def stop_and_pad_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[list[int], int]:
+    """The tokens that end a completion (the generation config's, else the tokenizer's EOS) and
+    the pad id every engine and trainer uses: the tokenizer's, which ``load_tokenizer`` and
+    ``train_tokenizer`` always set (to EOS where the checkpoint has none)."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return (list(eos) if isinstance(eos, list | tuple) else [eos]), tokenizer.pad_token_id
+
+
 class RolloutEngine(Protocol):
     """Generates completions with the weights currently being trained."""
+
+    pad_id: int  # pads the rows of the Rollouts it returns
 
     def generate(
         self,

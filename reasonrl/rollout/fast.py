@@ -39,7 +39,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from reasonrl.rollout.base import Rollout, concat_rollouts
+from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.hf import completion_mask
 
 ROW_BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # CUDA: beyond 512, multiples of 256
@@ -171,13 +171,7 @@ class FastEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_completions = batch_completions
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        )
+        self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
         attn = getattr(model.config, "_attn_implementation", None)
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"the fast engine needs sdpa or eager attention, not {attn!r}")

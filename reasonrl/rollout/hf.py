@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from reasonrl.algos import token_logprobs
-from reasonrl.rollout.base import Rollout, concat_rollouts
+from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -28,13 +28,7 @@ class HFEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_completions = batch_completions
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids = list(eos) if isinstance(eos, list | tuple) else [eos]
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        )
+        self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
 
     @torch.no_grad()
     def generate(

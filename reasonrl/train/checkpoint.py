@@ -21,16 +21,9 @@ import numpy as np
 import torch
 
 from reasonrl.config import LogConfig
+from reasonrl.models.loading import save_torch
 
 STATE_FILE = "trainer_state.pt"
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file: a full disk then raises OSError(ENOSPC) naming the
-    file, which the run turns into its one-line message; torch's own writer raises a bare
-    RuntimeError."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -25,10 +25,10 @@ import torch
 from reasonrl.algos import dpo_loss
 from reasonrl.config import RunConfig
 from reasonrl.logging import RunLogger, training_progress
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.tasks.preferences import EncodedPair
 from reasonrl.train.checkpoint import Checkpointer, optimizer_step
 from reasonrl.train.data import step_indices
-from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.sft import pack_pairs
 

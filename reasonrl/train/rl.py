@@ -42,14 +42,15 @@ from reasonrl.algos import (
 )
 from reasonrl.config import AlgoConfig, RunConfig
 from reasonrl.logging import RunLogger, training_progress
+from reasonrl.models.forward import completion_logprobs
+from reasonrl.models.loading import save_torch
 from reasonrl.models.lora import reference_model
 from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine, concat_rollouts
 from reasonrl.tasks.base import Sample
-from reasonrl.train.checkpoint import Checkpointer, save_torch
+from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.data import step_indices
-from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 
@@ -74,7 +75,6 @@ def collect(
     prompts: Sequence[str],
     samples: Sequence[Sample],
     step: int,
-    pad_id: int,
 ) -> StepBatch:
     """Generate and score the step's groups. With ``algo.dynamic_sampling`` (DAPO), groups whose
     valid rewards are all equal carry no signal: they are dropped and more prompts drawn, up to
@@ -117,7 +117,7 @@ def collect(
         failed = {name: scored.uncomputed(name) for name in scored.components}
         return StepBatch(rollout, batch, rewards, scored.components, failed, rounds)
     return StepBatch(
-        concat_rollouts(parts, pad_id),
+        concat_rollouts(parts, engine.pad_id),
         kept_samples,
         torch.stack(kept_rewards),
         components,
@@ -309,7 +309,7 @@ def train_rl(
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, start) as bar:
         for step in range(start, r.steps):
             t0 = time.perf_counter()
-            batch = collect(cfg, engine, prompts, samples, step, engine_pad_id(tokenizer))
+            batch = collect(cfg, engine, prompts, samples, step)
             ro = batch.rollout
             t_gen = time.perf_counter() - t0
             mask = loss_mask(batch, algo)
@@ -401,11 +401,6 @@ def train_rl(
             bar.update(done, reward=metrics["reward/mean"], kl=metrics["kl/mean"])
             ckpt.end_of_step(on_step)
     return ckpt.done
-
-
-def engine_pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return pad if pad is not None else tokenizer.eos_token_id
 
 
 def _accumulate(stats: dict[str, float], more: dict[str, float]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reasonrl.algos import dpo_loss
-from reasonrl.train.forward import completion_logprobs
+from reasonrl.models.forward import completion_logprobs
 
 
 def _t(*xs):

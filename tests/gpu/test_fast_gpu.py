@@ -10,9 +10,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model, load_tokenizer
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import FastEngine, HFEngine
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.train.forward import completion_logprobs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -6,7 +6,7 @@ import torch
 
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model
-from reasonrl.train.forward import completion_logprobs
+from reasonrl.models.forward import completion_logprobs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

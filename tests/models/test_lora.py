@@ -12,6 +12,7 @@ from reasonrl.algos import sft_loss
 from reasonrl.config import ConfigError, LoRAConfig, ModelConfig, load_config
 from reasonrl.logging import read_jsonl
 from reasonrl.models import bundled_model_dir, load_model, load_tokenizer
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import (
     apply_lora,
     enable_activation_checkpointing,
@@ -20,7 +21,6 @@ from reasonrl.models.lora import (
     reference_model,
     save_model,
 )
-from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.optim import build_optimizer
 from reasonrl.train.run import run
 

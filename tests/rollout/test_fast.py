@@ -11,10 +11,10 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from reasonrl.config import ModelConfig, load_config
 from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model, load_tokenizer
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import ENGINES, FastEngine, HFEngine
 from reasonrl.rollout.fast import sample_tokens
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.run import run
 
 

@@ -3,10 +3,10 @@ import torch
 
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model, load_tokenizer
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import HFEngine
 from reasonrl.rollout.hf import completion_mask
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.train.forward import completion_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
     train, _ = load_splits(cfg.task)
     prompts = [render_prompt(s, tok) for s in train]
     torch.manual_seed(0)
-    batch = collect(cfg, HFEngine(model, tok), prompts, train, 0, tok.pad_token_id)
+    batch = collect(cfg, HFEngine(model, tok), prompts, train, 0)
     assert batch.rewards.shape[1] == 4 and batch.rewards.shape[0] <= 4
     assert len(batch.rollout) == len(batch.samples) == batch.rewards.numel()
     for group in batch.rewards:

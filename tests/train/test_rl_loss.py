@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from reasonrl.config import load_config
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import Rollout
-from reasonrl.train.forward import completion_logprobs
 from reasonrl.train.rl import policy_loss
 
 

@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from reasonrl.config import ConfigError, load_config
+from reasonrl.models.loading import save_torch
 from reasonrl.pipeline import run_pipeline
-from reasonrl.train.checkpoint import STATE_FILE, list_checkpoints, save_torch
+from reasonrl.train.checkpoint import STATE_FILE, list_checkpoints
 from reasonrl.train.run import run
 from reasonrl.train.rundir import LOCK_FILE, locked, write_error
 

@@ -5,8 +5,8 @@ import torch
 
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model, resolve_model_path
+from reasonrl.models.forward import completion_logprobs, pack_rows
 from reasonrl.models.value import ValueModel
-from reasonrl.train.forward import completion_logprobs, pack_rows
 
 
 def test_pack_rows_by_hand():
