@@ -54,8 +54,9 @@ def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
 
 def full_model_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, Any] | None:
     """The whole model's state dict on CPU on rank 0 (None on the others), gathered from the
-    shards under FSDP2: pass it to ``unwrap(model).save_pretrained(dir, state_dict=...)``.
-    Every rank must call it (the gather is a collective)."""
+    shards under FSDP2: pass it to ``unwrap(model).save_pretrained(dir, state_dict=...)``,
+    which empties the dict it is given (transformers 5 pops entries as it writes them): pass a
+    copy to use the state again. Every rank must call it (the gather is a collective)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(unwrap(model), options=options)
     return state if ranks.is_main else None

@@ -31,6 +31,7 @@ from reasonrl.distributed import (
     save_train_state,
     shard,
     shutdown,
+    unwrap,
     wrap_model,
 )
 from reasonrl.models.forward import completion_logprobs
@@ -110,15 +111,18 @@ def full_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     return {"model": model_sd, "optim": optim_sd}
 
 
-def _invariance(ranks: Ranks) -> dict[str, Any]:
-    out = {}
+def _invariance(ranks: Ranks, out: Path) -> dict[str, Any]:
+    res = {}
     for parallel in ("ddp", "fsdp"):
         for lora in (False, True):
             for aggregation in AGGREGATIONS:
                 model = wrap_model(tiny_model(lora), parallel, ranks, torch.device("cpu"))
                 _, norms = train(model, ranks, aggregation)
-                out[(parallel, lora, aggregation)] = (full_model_state(model, ranks), norms)
-    return out
+                state = full_model_state(model, ranks)
+                res[(parallel, lora, aggregation)] = (state, norms)
+                if parallel == "fsdp" and aggregation == "token_mean" and ranks.is_main:
+                    unwrap(model).save_pretrained(out / f"hf-lora-{lora}", state_dict=dict(state))
+    return res
 
 
 def _generation(ranks: Ranks) -> dict[str, Any]:
@@ -167,7 +171,7 @@ def main(out: Path) -> None:
     results: dict[str, Any] = {"ranks": all_gather_objects(ranks, ranks)}
     results["shards"] = all_gather_objects(list(shard(5, ranks, even=False)), ranks)
     results["broadcast"] = broadcast_object(f"from rank {ranks.rank}", ranks)
-    results["invariance"] = _invariance(ranks)
+    results["invariance"] = _invariance(ranks, out)
     results["generation"] = all_gather_objects(_generation(ranks), ranks)
     results["checkpoints"] = _checkpoints(ranks, out)
     if ranks.is_main:
