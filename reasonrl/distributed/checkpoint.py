@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -33,7 +34,8 @@ def save_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
     """Write ``model``'s and ``optimizer``'s state as a DCP checkpoint in directory ``path``
     (every rank writes its own shards; the directory must be shared by the ranks)."""
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
 
 def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -43,7 +45,7 @@ def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
     # yet); DCP fills it from the files, re-cutting shards as needed.
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(
         unwrap(model),
         optimizer,

@@ -15,8 +15,8 @@ gradients returns the global norm (a replicated DTensor; ``float()`` of it is th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import Any, Literal
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -81,7 +81,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def gradient_sync(model: torch.nn.Module, sync: bool) -> Any:
+def gradient_sync(model: torch.nn.Module, sync: bool) -> AbstractContextManager[None]:
     """Context for one micro-batch's backward: ``sync=False`` on every micro-batch of a step
     but the last lets DDP accumulate locally and all-reduce once. FSDP2 reduce-scatters every
     micro-batch anyway: skipping it would keep whole unsharded gradients on each rank, the

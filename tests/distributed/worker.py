@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+from torch.distributed.tensor import DTensor
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonrl.algos.aggregate import AGGREGATIONS, aggregate
@@ -137,11 +138,9 @@ def _generation(ranks: Ranks) -> dict[str, Any]:
     with torch.no_grad():
         want = plain.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
         err = max(float((x - plain(input_ids=prompt).logits).abs().max()) for x in logits)
-    # After leaving, training forwards shard again: one step must still match the others.
+    # After leaving, the shards are back in place and a training step is the usual one.
+    resharded = all(isinstance(p, DTensor) for p in model.parameters())
     _, norms = train(model, ranks, "token_mean", steps=1)
-    resharded = all(
-        type(p).__name__ == "DTensor" for p in model.parameters()
-    )  # the sharded parameters are back in place
     return {
         "tokens": (got.tolist(), want.tolist()),
         "logit_err": err,
