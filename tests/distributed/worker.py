@@ -41,10 +41,11 @@ PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN, STEPS, CLIP = 4, 2, 3, 6, 3, 0.05
 
 
 def tiny_model(lora: bool) -> torch.nn.Module:
-    """A 2-layer random Qwen2 in float64, the same on every rank (LoRA: r=4 on q and v)."""
+    """A 2-layer random Qwen2 in float64, the same on every rank (LoRA: r=4 on q and v). Tied
+    embeddings like the bundled model's; an odd vocabulary, so FSDP2 shards it unevenly."""
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=32,
+        vocab_size=33,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=2,
@@ -54,6 +55,7 @@ def tiny_model(lora: bool) -> torch.nn.Module:
         eos_token_id=1,
         pad_token_id=0,
         bos_token_id=2,
+        tie_word_embeddings=True,
     )
     model = Qwen2ForCausalLM(config).double()
     if lora:
