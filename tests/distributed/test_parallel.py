@@ -91,6 +91,7 @@ def assert_states_equal(got: dict, want: dict, tol: float = 1e-6) -> None:
 def test_torchrun_gives_each_process_its_rank(two_ranks: dict) -> None:
     assert two_ranks["ranks"] == [Ranks(0, 2, 0), Ranks(1, 2, 1)]
     assert two_ranks["broadcast"] == "from rank 0"
+    assert two_ranks["sums"] == (3, 2.0) and type(two_ranks["sums"][0]) is int
     assert two_ranks["shards"] == [[0, 1, 2], [3, 4]]
 
 

@@ -22,6 +22,8 @@ from reasonrl.algos.aggregate import AGGREGATIONS, aggregate
 from reasonrl.distributed import (
     Ranks,
     all_gather_objects,
+    all_reduce_sum,
+    barrier,
     broadcast_object,
     full_model_state,
     full_weights,
@@ -172,11 +174,16 @@ def main(out: Path) -> None:
     results: dict[str, Any] = {"ranks": all_gather_objects(ranks, ranks)}
     results["shards"] = all_gather_objects(list(shard(5, ranks, even=False)), ranks)
     results["broadcast"] = broadcast_object(f"from rank {ranks.rank}", ranks)
+    results["sums"] = (
+        all_reduce_sum(ranks.rank + 1, ranks),
+        all_reduce_sum(ranks.rank + 0.5, ranks),
+    )
     results["invariance"] = _invariance(ranks, out)
     results["generation"] = all_gather_objects(_generation(ranks), ranks)
     results["checkpoints"] = _checkpoints(ranks, out)
     if ranks.is_main:
         torch.save(results, out / "results.pt")
+    barrier(ranks)  # rank 1 stays up until the results are written
     shutdown()
 
 
