@@ -76,6 +76,9 @@ def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
         _check_pairs(cfg.rm.data if cfg.stage == "rm" else cfg.dpo.data, f"{cfg.stage}.data")
     if cfg.stage != "rl":
         return
+    from reasonrl.algos.advantages import get_advantage
+
+    _at("algo.advantage", get_advantage, cfg.algo.advantage)
     if cfg.algo.name == "ppo" and cfg.algo.critic_path:
         model("algo.critic_path", cfg.algo.critic_path)
     for name, spec in cfg.rewards.items():

@@ -7,7 +7,7 @@ from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.loading import bundled_model_dir
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.train.rl import collect, engine_pad_id, sample_records
+from reasonrl.train.rl import collect, sample_records
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():
@@ -28,7 +28,7 @@ def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart(
     prompts = [render_prompt(s, tokenizer, cfg.task.prompt, "auto") for s in samples]
     torch.manual_seed(0)
     engine = HFEngine(model, tokenizer)
-    batch = collect(cfg, engine, prompts, samples, 0, engine_pad_id(tokenizer))
+    batch = collect(cfg, engine, prompts, samples, 0)
 
     records = sample_records(batch, cfg, tokenizer)
 
