@@ -70,17 +70,17 @@ def train_rl(
     adapters disabled. ``critic``: PPO's value model, trained beside the policy."""
     r, algo = cfg.rl, cfg.algo
     estimator = get_advantage(algo.advantage)
-    value = Critic(critic, cfg) if critic is not None else None
+    ppo_critic = Critic(critic, cfg) if critic is not None else None
     optimizer = build_optimizer(policy.parameters(), r.learning_rate, r.weight_decay, r.adam_betas)
     # the policy's schedule spans the steps that train it: none during PPO's critic warm-up
-    critic_only = algo.critic_warmup_steps if value is not None else 0
+    critic_only = algo.critic_warmup_steps if ppo_critic is not None else 0
     scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps - critic_only, r.min_lr_ratio)
-    save_critic = value.save if value is not None else None
+    save_critic = ppo_critic.save if ppo_critic is not None else None
     ckpt, _ = Checkpointer.for_run(
         run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic
     )
-    if resume_from is not None and value is not None:
-        value.load_optimizer(resume_from)
+    if resume_from is not None and ppo_critic is not None:
+        ppo_critic.load_optimizer(resume_from)
     policy.train()
 
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, ckpt.done) as bar:
@@ -88,11 +88,11 @@ def train_rl(
             t0 = time.perf_counter()
             batch = collect(cfg, engine, prompts, samples, step)
             t_gen = time.perf_counter() - t0
-            lp = logprobs(cfg, policy, ref_model, value, batch.rollout)
+            lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout)
             adv = advantages(batch, lp, algo, estimator)
             train_policy = step >= critic_only
             lr = scheduler.get_last_lr()[0] if train_policy else 0.0
-            stats = update(cfg, policy, optimizer, value, batch.rollout, lp, adv, train_policy)
+            stats = update(cfg, policy, optimizer, ppo_critic, batch.rollout, lp, adv, train_policy)
             if train_policy:
                 scheduler.step()
             ckpt.step_done(step)
