@@ -182,9 +182,7 @@ class AlgoConfig(_Strict):
     paper in docs/algorithms.md (``reasonrl.presets``); the saved config.yaml shows them all."""
 
     name: AlgoName = "grpo"
-    advantage: (
-        str  # a BuiltinAdvantage, or a user's estimator "my_pkg.module:fn" (algos/advantages)
-    )
+    advantage: str  # a BuiltinAdvantage or a user's estimator, "my_pkg.module:fn"
     scale_rewards: Literal["group", "batch", "none"] = "group"  # std used by the grpo advantage
     std_eps: float | None = None  # grpo: added to the group std; whitening: variance floor
     whiten: bool  # whiten advantages over the step's completion tokens

@@ -78,7 +78,11 @@ def update(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if critic is not None:
-                assert lp.values is not None and adv.returns is not None
+                if lp.values is None or adv.returns is None:
+                    raise ValueError(
+                        f"algo.name=ppo trains a critic on the returns of its advantage "
+                        f"estimator; algo.advantage={algo.advantage} gives none"
+                    )
                 sums["value"] += critic.update(
                     rollout.select(rows_mini),
                     lp.values[rows_mini],
