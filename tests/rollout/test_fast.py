@@ -13,7 +13,7 @@ from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import ENGINES, FastEngine, HFEngine
-from reasonrl.rollout.fast import sample_tokens
+from reasonrl.rollout.sampling import sample_tokens
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.train.run import run
 
