@@ -50,9 +50,10 @@ def hash_bits(
 ) -> torch.Tensor:
     """32 random bits for each (row, vocab index) at one completion token.
 
-    seeds: [B] int64; position: the index of the completion token being drawn (an int or a
-    0-dim int64 tensor: the same for every row, so left padding never shifts it); vocab: [N] or
-    [B, N] int64 vocab indices → [B, N] int64 in [0, 2**32).
+    seeds: [B] int64; position: the index of the completion token being drawn, counted from
+    the completion's first token so that left padding never shifts it (an int, or an int64
+    tensor of shape [] or [B]); vocab: [N] or [B, N] int64 vocab indices → [B, N] int64 in
+    [0, 2**32).
 
     Four Feistel rounds keyed by the position turn the 64-bit seed into a 64-bit stream key
     (distinct seeds give distinct keys at a position); two more rounds mix in the vocab index.
