@@ -98,7 +98,7 @@ def _hash_scalar(seed, position, v):
     """The loop oracle: one (seed, position, vocab index) at a time, in Python integers."""
     seed &= 2**64 - 1
     hi, lo = seed >> 32, seed & MASK32
-    for key in (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344):
+    for key in (0x243F6A88, 0x85A308D3):
         hi, lo = lo, hi ^ _mix32_scalar(lo ^ position ^ key)
     lo ^= v
     hi ^= _mix32_scalar(lo)
