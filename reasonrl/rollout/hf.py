@@ -1,7 +1,10 @@
 """The ``hf`` engine: transformers ``generate`` on the policy being trained.
 
 Works for any causal LM transformers can load, on CPU or GPU. It shares the policy's weights
-(no copy, no sync). The fast GPU path is a separate engine with the same interface.
+(no copy, no sync). The fast GPU path is a separate engine with the same interface. Unseeded,
+``generate`` samples with transformers' warpers and the global RNG; with per-completion seeds it
+decodes greedily over scores where ``SeededDraw`` has left only the seeded draw of
+``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
 """
 
 from __future__ import annotations
