@@ -105,22 +105,14 @@ class HFEngine:
             add_special_tokens=False,
         ).to(device)
         prompt_len = enc["input_ids"].shape[1]
-        sampling: dict[str, Any] = {
-            "do_sample": False,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-        }
-        if not greedy and seeds is None:
-            sampling = {
-                "do_sample": True,
-                "temperature": temperature,
-                "top_p": top_p,
-                "top_k": top_k,
-            }
-        elif not greedy:  # greedy decoding of scores where only the seeded draw is finite
+        off: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if greedy:
+            sampling = off
+        elif seeds is None:
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+        else:  # greedy decoding of scores where only the seeded draw is finite
             draw = SeededDraw(seeds, prompt_len, temperature, top_p, top_k)
-            sampling["logits_processor"] = LogitsProcessorList([draw])
+            sampling = off | {"logits_processor": LogitsProcessorList([draw])}
         was_training = self.model.training
         self.model.eval()
         try:
