@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,4 +109,9 @@ class RolloutEngine(Protocol):
         top_p: float = 1.0,
         top_k: int = 0,
         greedy: bool = False,
-    ) -> Rollout: ...
+        seeds: Sequence[int] | None = None,
+    ) -> Rollout:
+        """Complete each prompt. ``seeds``: one per prompt; then prompt i's completion depends
+        only on seeds[i], the prompt and the weights (not on the batch, its order, chunking or
+        the process: any rank drawing it gets the same tokens). Without, the global RNG."""
+        ...

@@ -10,7 +10,8 @@ What it does that ``model.generate`` does not:
   addresses, and attention sees a 4-D additive mask built on the device from the prompt mask
   and the write offset (no mask building in Python, no host sync).
 - **Sampling on the device**: temperature, top-k, top-p and greedy with torch ops only
-  (Gumbel-max, no ``multinomial``); finished rows emit pad and are masked.
+  (Gumbel-max, no ``multinomial``; ``reasonrl.rollout.sampling``), from the global RNG or from
+  per-completion seeds; finished rows emit pad and are masked.
 - **CUDA graphs** (CUDA only): the whole decode step — forward, sampling, bookkeeping — is
   captured once per (row bucket, cache-length bucket, sampling settings) and replayed; rows are
   padded up to the bucket with finished dummy rows. The host checks "all rows done" every
@@ -32,6 +33,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,48 +43,11 @@ from transformers.cache_utils import StaticLayer
 
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.hf import completion_mask
+from reasonrl.rollout.sampling import sample_tokens, seed_tensor
 
 ROW_BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # CUDA: beyond 512, multiples of 256
 LENGTH_BUCKET = 128  # CUDA: cache length rounded up to a multiple of this
 MAX_DECODERS = 2  # static caches (and their graphs) kept for reuse, least recently used dropped
-
-
-def sample_tokens(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    greedy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return it and its log-prob under ``softmax(logits / t)``.
-
-    logits: [B, V] → (ids [B] int64, logp [B] float32). Greedy takes the argmax and scores it at
-    temperature 1. Otherwise top-k keeps the k largest logits, then top-p keeps the smallest
-    prefix of the remaining tokens (by descending probability, renormalised) whose mass reaches
-    ``top_p`` — the order and rule of transformers' warpers. The draw is Gumbel-max,
-    ``argmax(logit + Gumbel noise)``: an exact sample with no host sync (CUDA graphs) and, on
-    CPU, cheaper than ``multinomial``.
-    """
-    scaled = logits.float() / (1.0 if greedy else temperature)
-    if greedy:
-        ids = scaled.argmax(-1)
-    else:
-        k = top_k if 0 < top_k < scaled.shape[-1] else 0
-        if k == 0 and top_p >= 1.0:
-            cand, idx = scaled, None
-        elif k:
-            cand, idx = scaled.topk(k, dim=-1)  # sorted, descending
-        else:
-            cand, idx = scaled.sort(dim=-1, descending=True)
-        if top_p < 1.0:
-            probs = cand.softmax(-1)
-            before = probs.cumsum(-1) - probs  # mass of the more likely candidates
-            cand = cand.masked_fill(before >= top_p, float("-inf"))
-        gumbel = torch.rand_like(cand).clamp_(min=1e-20).log_().neg_().log_().neg_()
-        choice = (cand + gumbel).argmax(-1)
-        ids = choice if idx is None else idx.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-    picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    return ids, picked - torch.logsumexp(scaled, dim=-1)
 
 
 @dataclass(frozen=True)
@@ -93,10 +58,22 @@ class Sampling:
     top_p: float
     top_k: int
     greedy: bool
+    seeded: bool  # noise from the rows' seeds, not the global RNG
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits: [B, V] → (ids [B], logp [B]); see ``sample_tokens``."""
-        return sample_tokens(logits, self.temperature, self.top_p, self.top_k, self.greedy)
+    def __call__(
+        self, logits: torch.Tensor, seeds: torch.Tensor, position: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits: [B, V], seeds: [B], position: the completion token's index → (ids [B],
+        logp [B]); see ``sample_tokens``."""
+        return sample_tokens(
+            logits,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.greedy,
+            seeds if self.seeded else None,
+            position,
+        )
 
 
 @dataclass
@@ -124,6 +101,7 @@ class _Decoder:
     slot: torch.Tensor  # [] int64: the cache slot it is written to
     col: torch.Tensor  # [] int64: the output column the next token goes to
     done: torch.Tensor  # [R] bool
+    seeds: torch.Tensor  # [R] int64: each row's sampling seed (unused when unseeded)
     out_ids: torch.Tensor  # [R, L] int64
     out_logp: torch.Tensor  # [R, L] float32
     graphs: dict[Sampling, Any] = field(default_factory=dict)  # CUDA graphs of the step
@@ -200,18 +178,29 @@ class FastEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         greedy: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> Rollout:
+        """Complete each prompt; with ``seeds`` (one per prompt), prompt i's completion is drawn
+        from seeds[i] alone (see ``reasonrl.rollout.sampling``)."""
         weights = tuple(p.data_ptr() for p in self.model.parameters())
         if weights != self._weights:  # re-allocated parameters: captured graphs are stale
             self._decoders.clear()
             self._weights = weights
-        sampling = Sampling(temperature, top_p, top_k, greedy)
+        sampling = Sampling(temperature, top_p, top_k, greedy, seeds is not None)
+        row_seeds = (
+            torch.zeros(len(prompts), dtype=torch.long, device=self.device)
+            if seeds is None
+            else seed_tensor(seeds, len(prompts), self.device)
+        )
         was_training = self.model.training
         self.model.eval()
         try:
             parts = [
                 self._generate_chunk(
-                    prompts[i : i + self.batch_completions], max_new_tokens, sampling
+                    prompts[i : i + self.batch_completions],
+                    row_seeds[i : i + self.batch_completions],
+                    max_new_tokens,
+                    sampling,
                 )
                 for i in range(0, len(prompts), self.batch_completions)
             ]
@@ -220,7 +209,7 @@ class FastEngine:
         return concat_rollouts(parts, self.pad_id)
 
     def _generate_chunk(
-        self, prompts: list[str], max_new_tokens: int, sampling: Sampling
+        self, prompts: list[str], seeds: torch.Tensor, max_new_tokens: int, sampling: Sampling
     ) -> Rollout:
         # Consecutive identical prompts form a group; each group is tokenized and prefilled once.
         unique: list[str] = []
@@ -235,7 +224,9 @@ class FastEngine:
         groups = torch.tensor(group_of, device=self.device)
         b = len(prompts)
         t0 = time.perf_counter()
-        d = self._prefill(enc["input_ids"], enc["attention_mask"], groups, max_new_tokens, sampling)
+        d = self._prefill(
+            enc["input_ids"], enc["attention_mask"], groups, seeds, max_new_tokens, sampling
+        )
         self._sync()
         t1 = time.perf_counter()
         self.stats.prefill_rows += len(unique)
@@ -273,12 +264,13 @@ class FastEngine:
         ids: torch.Tensor,
         mask: torch.Tensor,
         groups: torch.Tensor,
+        seeds: torch.Tensor,
         max_new_tokens: int,
         sampling: Sampling,
     ) -> _Decoder:
         """Run the U unique prompts, copy their keys and values to their groups' rows of a
-        decoder and sample each row's first token. ids, mask: [U, P] left-padded; groups: [B],
-        the unique prompt of each row."""
+        decoder and sample each row's first token. ids, mask: [U, P] left-padded; groups,
+        seeds: [B], the unique prompt and the sampling seed of each row."""
         u, p = ids.shape
         prefix = StaticCache(config=self.model.config, max_cache_len=p)
         logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)
@@ -296,7 +288,9 @@ class FastEngine:
             dst.cumulative_length.fill_(p)
         d.keep[:, :p].copy_(mask.bool().index_select(0, index))
         d.keep[:, p:] = True
-        first, first_logp = sampling(logits.index_select(0, index))
+        d.seeds[:b].copy_(seeds)
+        d.seeds[b:] = 0
+        first, first_logp = sampling(logits.index_select(0, index), d.seeds, 0)
         d.done.copy_(torch.isin(first, self._eos))
         d.done[b:] = True
         d.out_ids[:, 0] = first
@@ -350,6 +344,7 @@ class FastEngine:
             slot=torch.zeros((), dtype=torch.long, device=dev),
             col=torch.zeros((), dtype=torch.long, device=dev),
             done=torch.zeros(rows, dtype=torch.bool, device=dev),
+            seeds=torch.zeros(rows, dtype=torch.long, device=dev),
             out_ids=torch.full((rows, length), self.pad_id, dtype=torch.long, device=dev),
             out_logp=torch.zeros(rows, length, dtype=torch.float32, device=dev),
         )
@@ -363,7 +358,8 @@ class FastEngine:
         visible = d.keep & (d.slots <= d.slot)
         mask = torch.zeros(visible.shape, dtype=dtype, device=self.device)
         mask = mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None, None, :]
-        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache))
+        # col is the index of the completion token drawn, whatever the row's left padding.
+        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache), d.seeds, d.col)
         tok = tok.masked_fill(d.done, self.pad_id)
         logp = logp.masked_fill(d.done, 0.0)
         col = d.col.view(1)

@@ -1,17 +1,23 @@
 """The ``hf`` engine: transformers ``generate`` on the policy being trained.
 
 Works for any causal LM transformers can load, on CPU or GPU. It shares the policy's weights
-(no copy, no sync). The fast GPU path is a separate engine with the same interface.
+(no copy, no sync). The fast GPU path is a separate engine with the same interface. Unseeded,
+``generate`` samples with transformers' warpers and the global RNG; with per-completion seeds it
+decodes greedily over scores where ``SeededDraw`` has left only the seeded draw of
+``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from reasonrl.algos import token_logprobs
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.sampling import sample_tokens, seed_tensor
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -19,6 +25,26 @@ def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device)).long()
     eos_before = is_eos.cumsum(-1) - is_eos
     return (eos_before == 0).long()
+
+
+class SeededDraw(LogitsProcessor):
+    """Draws each row's token with ``sample_tokens`` from the row's seed and leaves it the only
+    finite score, so that greedy ``generate`` emits exactly the seeded sample. ``generate``
+    passes the raw logits it returns with ``output_logits`` and does not see this change."""
+
+    def __init__(
+        self, seeds: torch.Tensor, prompt_len: int, temperature: float, top_p: float, top_k: int
+    ):
+        self.seeds, self.prompt_len = seeds, prompt_len
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # Every row's prompt is left-padded to prompt_len: the token drawn has this index.
+        position = input_ids.shape[1] - self.prompt_len
+        ids, _ = sample_tokens(
+            scores, self.temperature, self.top_p, self.top_k, seeds=self.seeds, position=position
+        )
+        return torch.full_like(scores, float("-inf")).scatter_(1, ids.unsqueeze(-1), 0.0)
 
 
 class HFEngine:
@@ -40,7 +66,12 @@ class HFEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         greedy: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> Rollout:
+        """Complete each prompt; with ``seeds`` (one per prompt), prompt i's completion is drawn
+        from seeds[i] alone (see ``reasonrl.rollout.sampling``)."""
+        device = next(self.model.parameters()).device
+        row_seeds = None if seeds is None else seed_tensor(seeds, len(prompts), device)
         parts = [
             self._generate_chunk(
                 prompts[i : i + self.batch_completions],
@@ -49,6 +80,7 @@ class HFEngine:
                 top_p,
                 top_k,
                 greedy,
+                None if row_seeds is None else row_seeds[i : i + self.batch_completions],
             )
             for i in range(0, len(prompts), self.batch_completions)
         ]
@@ -62,6 +94,7 @@ class HFEngine:
         top_p: float,
         top_k: int,
         greedy: bool,
+        seeds: torch.Tensor | None,
     ) -> Rollout:
         device = next(self.model.parameters()).device
         enc = self.tokenizer(
@@ -71,11 +104,15 @@ class HFEngine:
             padding_side="left",
             add_special_tokens=False,
         ).to(device)
-        sampling: dict[str, Any] = (
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            if greedy
-            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
-        )
+        prompt_len = enc["input_ids"].shape[1]
+        off: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if greedy:
+            sampling = off
+        elif seeds is None:
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+        else:  # greedy decoding of scores where only the seeded draw is finite
+            draw = SeededDraw(seeds, prompt_len, temperature, top_p, top_k)
+            sampling = off | {"logits_processor": LogitsProcessorList([draw])}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -90,7 +127,6 @@ class HFEngine:
             )
         finally:
             self.model.train(was_training)
-        prompt_len = enc["input_ids"].shape[1]
         ids = out.sequences[:, prompt_len:]
         mask = completion_mask(ids, self.eos_ids)
         logits = torch.stack(out.logits, dim=1)  # raw, before temperature and filtering

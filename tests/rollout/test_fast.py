@@ -1,19 +1,17 @@
-"""The fast engine against its oracles: the hf engine (greedy, token for token), a
-teacher-forced forward (log-probs), transformers' top-k/top-p warpers (allowed tokens)."""
+"""The fast engine against its oracles: the hf engine (greedy, token for token) and a
+teacher-forced forward (log-probs). Its sampling rule is tested in test_sampling.py."""
 
 import copy
 import math
 
 import pytest
 import torch
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from reasonrl.config import ModelConfig, load_config
 from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import ENGINES, FastEngine, HFEngine
-from reasonrl.rollout.fast import sample_tokens
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.train.run import run
 
@@ -34,69 +32,6 @@ def _prompts(tok):
         for text in ("12 + 34 - 5 =", "7 + 8 =", "61 - 9 + 40 - 3 =")
     )
     return [a] * 4 + [b] + [c] * 3 + [a] * 2
-
-
-def _draws(logits, n, **kw):
-    torch.manual_seed(0)
-    ids, logp = sample_tokens(logits.expand(n, -1), **kw)
-    return ids, logp
-
-
-PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
-
-
-@pytest.mark.parametrize(
-    ("top_p", "top_k", "expected"),
-    [
-        (1.0, 0, [0.5, 0.3, 0.15, 0.05]),
-        (0.75, 0, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # 0.5 + 0.3 is the smallest prefix ≥ 0.75
-        (1.0, 3, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
-        # top-p runs on the top-k tokens renormalised: 0.5/0.95 = 0.526 ≥ 0.52 already
-        (0.52, 3, [1, 0, 0, 0]),
-        (0.52, 0, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # without top-k, 0.5 < 0.52 needs token 1
-    ],
-)
-def test_sampling_draws_only_allowed_tokens_in_proportion(top_p, top_k, expected):
-    n = 20_000
-    ids, logp = _draws(PROBS.log().unsqueeze(0), n, top_p=top_p, top_k=top_k)
-    freq = torch.bincount(ids, minlength=4).float() / n
-    allowed = torch.tensor(expected) > 0
-    assert (freq[~allowed] == 0).all()
-    torch.testing.assert_close(
-        freq, torch.tensor(expected, dtype=torch.float32), atol=0.015, rtol=0
-    )
-    # the log-prob is the unfiltered distribution's
-    torch.testing.assert_close(logp, PROBS.log()[ids])
-
-
-def test_temperature_scales_the_distribution_and_its_logprobs():
-    n = 20_000
-    ids, logp = _draws(PROBS.log().unsqueeze(0), n, temperature=0.5)
-    sharp = PROBS**2 / (PROBS**2).sum()
-    freq = torch.bincount(ids, minlength=4).float() / n
-    torch.testing.assert_close(freq, sharp, atol=0.015, rtol=0)
-    torch.testing.assert_close(logp, sharp.log()[ids])
-
-
-def test_greedy_takes_the_argmax_scored_at_temperature_one():
-    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, -1.0, 3.5]])
-    ids, logp = sample_tokens(logits, temperature=0.3, top_p=0.5, greedy=True)
-    assert ids.tolist() == [1, 2]
-    torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[[0, 1], [1, 2]])
-
-
-@pytest.mark.parametrize(("top_p", "top_k"), [(0.9, 0), (1.0, 7), (0.6, 12)])
-def test_sampling_stays_inside_transformers_warpers(top_p, top_k):
-    torch.manual_seed(1)
-    logits = torch.randn(16, 50) * 2
-    warped = logits / 0.8
-    if top_k:
-        warped = TopKLogitsWarper(top_k)(None, warped)
-    warped = TopPLogitsWarper(top_p)(None, warped)
-    allowed = torch.isfinite(warped)
-    for _ in range(50):
-        ids, _ = sample_tokens(logits, temperature=0.8, top_p=top_p, top_k=top_k)
-        assert allowed[torch.arange(16), ids].all()
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -131,8 +66,15 @@ def test_padded_shapes_and_late_stop_checks_change_nothing(bundled):
     assert [k for k in engine._decoders] == [(16, 128)]  # 10 rows → 16; 40 + P → 128
 
 
-@pytest.mark.parametrize("greedy", [True, False])
-def test_the_decode_step_traces_whole_with_no_host_sync(bundled, greedy):
+SETTINGS = {
+    "greedy": {"greedy": True},
+    "sampled": {"temperature": 0.8, "top_p": 0.9, "top_k": 20},
+    "seeded": {"temperature": 0.8, "top_p": 0.9, "top_k": 20, "seeds": list(range(10))},
+}
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled", "seeded"])
+def test_the_decode_step_traces_whole_with_no_host_sync(bundled, mode):
     # A CUDA graph replays device work only: a host sync (.item(), bool(tensor)), a
     # data-dependent shape or a Python branch on a tensor's value inside the step would be
     # baked in or break capture. Dynamo refuses the same constructs under fullgraph=True, so
@@ -140,7 +82,7 @@ def test_the_decode_step_traces_whole_with_no_host_sync(bundled, greedy):
     # decode exactly what the plain one does.
     model, tok = bundled
     prompts = _prompts(tok)
-    settings = {"greedy": True} if greedy else {"temperature": 0.8, "top_p": 0.9, "top_k": 20}
+    settings = SETTINGS[mode]
 
     def decode(engine):
         torch.manual_seed(0)
@@ -156,14 +98,22 @@ def test_the_decode_step_traces_whole_with_no_host_sync(bundled, greedy):
     torch.testing.assert_close(traced.logprobs, plain.logprobs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("seeded", [False, True])
 @pytest.mark.parametrize(
     ("temperature", "top_p", "top_k"), [(0.7, 0.9, 0), (1.0, 1.0, 0), (1.2, 1.0, 5)]
 )
-def test_sampled_logprobs_match_a_teacher_forced_forward(bundled, temperature, top_p, top_k):
+def test_sampled_logprobs_match_a_teacher_forced_forward(
+    bundled, temperature, top_p, top_k, seeded
+):
     model, tok = bundled
     torch.manual_seed(0)
     ro = FastEngine(model, tok).generate(
-        _prompts(tok), max_new_tokens=32, temperature=temperature, top_p=top_p, top_k=top_k
+        _prompts(tok),
+        max_new_tokens=32,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seeds=list(range(10)) if seeded else None,
     )
     c = ro.completion_ids.shape[1]
     with torch.no_grad():
@@ -281,3 +231,79 @@ def test_a_tiny_rl_run_trains_with_the_fast_engine(tmp_path, monkeypatch):
     assert any(
         not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters(), strict=True)
     )
+
+
+def _rows(ro):
+    """Each completion's tokens and log-probs, without padding."""
+    return [
+        (ids[m.bool()].tolist(), lp[m.bool()])
+        for ids, m, lp in zip(ro.completion_ids, ro.completion_mask, ro.logprobs, strict=True)
+    ]
+
+
+def _assert_same_rows(got, want):
+    for (ids, logp), (ref_ids, ref_logp) in zip(got, want, strict=True):
+        assert ids == ref_ids
+        torch.testing.assert_close(logp, ref_logp, atol=1e-4, rtol=0)
+
+
+SEEDED = {"max_new_tokens": 32, "temperature": 0.9, "top_p": 0.95, "top_k": 30}
+
+
+@pytest.mark.parametrize("engine_type", [HFEngine, FastEngine])
+def test_seeded_completions_do_not_depend_on_the_batch(bundled, engine_type):
+    # Row i's completion is a function of (seeds[i], prompt, weights): the same whatever the
+    # other rows, their order, the chunking, the padding, the global RNG. That is what lets
+    # ranks split a step's prompts and still train as one process does.
+    model, tok = bundled
+    prompts, seeds = _prompts(tok), [1000 + i for i in range(10)]
+    torch.manual_seed(0)
+    ref = _rows(engine_type(model, tok).generate(prompts, seeds=seeds, **SEEDED))
+    assert len({tuple(ids) for ids, _ in ref[:4]}) > 1  # a group's seeds give different draws
+
+    order = [9, 2, 5, 0, 7, 1, 8, 3, 6, 4]
+    torch.manual_seed(1)
+    shuffled = engine_type(model, tok, batch_completions=3).generate(
+        [prompts[i] for i in order], seeds=[seeds[i] for i in order], **SEEDED
+    )
+    _assert_same_rows(_rows(shuffled), [ref[i] for i in order])
+
+    # beside a longer prompt (more left padding) and another seed, alone in a chunk of one
+    longer = render_prompt(Sample("What is 123456 + 654321 - 111111 + 222222 - 3 =", "0"), tok)
+    torch.manual_seed(2)
+    mixed = engine_type(model, tok).generate([longer, prompts[5]], seeds=[7, seeds[5]], **SEEDED)
+    alone = engine_type(model, tok, batch_completions=1).generate(
+        [prompts[5]], seeds=[seeds[5]], **SEEDED
+    )
+    _assert_same_rows(_rows(mixed)[1:], [ref[5]])
+    _assert_same_rows(_rows(alone), [ref[5]])
+
+    other = _rows(
+        engine_type(model, tok).generate(prompts, seeds=[s + 10 for s in seeds], **SEEDED)
+    )
+    assert sum(a[0] != b[0] for a, b in zip(other, ref, strict=True)) >= 5
+
+
+def test_seeded_fast_equals_hf_token_for_token_in_float64(bundled):
+    # Both engines draw with the same sample_tokens from the same seeds; given logits that
+    # agree to float64 precision (rounded to float32 for sampling), the tokens are the same.
+    model, tok = bundled
+    model = copy.deepcopy(model).double()
+    prompts, seeds = _prompts(tok), list(range(10))
+    for settings in (SEEDED, {**SEEDED, "top_p": 1.0, "top_k": 0, "temperature": 1.3}):
+        ref = HFEngine(model, tok).generate(prompts, seeds=seeds, **settings)
+        ro = FastEngine(model, tok, pad_shapes=True, sync_every=4).generate(
+            prompts, seeds=seeds, **settings
+        )
+        assert torch.equal(ro.completion_ids, ref.completion_ids)
+        assert torch.equal(ro.completion_mask, ref.completion_mask)
+        torch.testing.assert_close(ro.logprobs, ref.logprobs, atol=1e-6, rtol=0)
+
+
+def test_greedy_ignores_seeds(bundled):
+    model, tok = bundled
+    prompts = _prompts(tok)
+    for engine in (HFEngine(model, tok), FastEngine(model, tok)):
+        plain = engine.generate(prompts, max_new_tokens=24, greedy=True)
+        seeded = engine.generate(prompts, max_new_tokens=24, greedy=True, seeds=range(10))
+        assert torch.equal(seeded.completion_ids, plain.completion_ids)

@@ -33,12 +33,14 @@ def test_completion_mask_by_hand():
     assert completion_mask(ids, [9, 2])[3].tolist() == [1, 1, 0, 0, 0]
 
 
+@pytest.mark.parametrize("seeded", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampling_logprobs_match_a_teacher_forced_forward(bundled, temperature):
+def test_sampling_logprobs_match_a_teacher_forced_forward(bundled, temperature, seeded):
     model, tok = bundled
     engine = HFEngine(model, tok, batch_completions=64)
     torch.manual_seed(0)
-    ro = engine.generate(_prompts(tok, 12), max_new_tokens=24, temperature=temperature)
+    seeds = list(range(12)) if seeded else None
+    ro = engine.generate(_prompts(tok, 12), max_new_tokens=24, temperature=temperature, seeds=seeds)
     b, c = ro.completion_ids.shape
     assert ro.prompt_ids.shape == ro.prompt_mask.shape and ro.logprobs.shape == (b, c)
     # left padding: masks are 0 then 1, and padded positions hold the pad id
