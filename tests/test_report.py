@@ -188,7 +188,7 @@ def test_reward_plot_leaves_out_counts_and_spread():
 def test_report_and_console_table_break_a_mix_down_by_task(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from reasonrl.train.run import print_summary
+    from reasonrl.eval.summary import print_summary
 
     def task(acc: float, n: int) -> dict:
         return {

@@ -234,7 +234,7 @@ def test_resume_without_a_checkpoint_refuses_instead_of_training_again(tmp_path)
 
 
 def test_score_changes_pair_the_problems_overall_and_per_task():
-    from reasonrl.train.run import score_changes
+    from reasonrl.eval.summary import score_changes
 
     def result(values, tasks):
         return {
@@ -257,7 +257,7 @@ def test_score_changes_pair_the_problems_overall_and_per_task():
 def test_print_summary_shows_the_paired_change():
     from rich.console import Console
 
-    from reasonrl.train.run import print_summary, score_changes
+    from reasonrl.eval.summary import print_summary, score_changes
 
     def result(values):
         scores = {"rm": {"mean": sum(values) / 2, "ci_low": 0.0, "ci_high": 9.0, "values": values}}
@@ -284,7 +284,7 @@ def test_resume_with_another_eval_limit_evaluates_the_start_again(tmp_path):
 def test_print_summary_prints_nothing_without_evaluations():
     from rich.console import Console
 
-    from reasonrl.train.run import print_summary
+    from reasonrl.eval.summary import print_summary
 
     console = Console(record=True, width=120)
     print_summary(console, {"wall_s": 3.0})  # eval.before=false eval.after=false
