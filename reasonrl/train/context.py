@@ -1,22 +1,22 @@
 """One ``RunContext`` for every stage (sft, rm, dpo, rl), and the loop skeleton they share.
 
-How to run: every stage starts from ``reasonrl run RECIPE`` (``reasonrl quickstart`` for the
-bundled CPU example; on one GPU the same command, ``model.device=auto`` picks CUDA), which calls
-:func:`reasonrl.train.run.run`: ``RunContext.open`` prepares and locks nothing itself but
-checks the run directory (``--resume`` / ``--overwrite``), saves ``config.yaml``, prints the
-sizes, seeds, picks the device and opens the ``RunLogger``; the stage builds its model and data
-on the context and trains; ``RunContext.finish`` writes ``summary.json`` and ``report.html``.
+How to run: a stage is never started from here but by ``reasonrl run RECIPE`` (``reasonrl
+quickstart`` for the bundled CPU example; on one GPU the same command, ``model.device=auto``
+picks CUDA), which lands in :func:`reasonrl.train.run.run`. That takes the run directory's lock,
+then ``RunContext.open`` checks the directory (``--resume`` finds its checkpoint,
+``--overwrite`` clears it), saves ``config.yaml``, prints the sizes, seeds, picks the device and
+opens the ``RunLogger``; the stage builds its model and data and trains on the context;
+``RunContext.finish`` writes ``summary.json`` and ``report.html``. In a test, build one
+directly: ``RunContext(cfg, run_dir, logger)`` is a fresh run on the CPU.
 
-In a test, build the context directly: ``RunContext(cfg, run_dir, logger)`` (CPU, fresh run).
-
-What a context holds for a policy stage's held-out evaluation (``HeldOut``) drives the
-"before" evaluation (saved as ``eval_before.json`` and reused when it covers the same number
-of problems), the quick accuracy every ``eval.every`` steps and the "after" evaluation.
+A policy stage hands the context its held-out problems (``use_held_out``): they give the
+"before" evaluation (saved as ``eval_before.json`` and reused while it covers the problems
+``eval.limit`` asks for), the quick accuracy every ``eval.every`` steps and the "after" one.
 :class:`TrainLoop` is the optimizer, warmup-cosine schedule, checkpointer, progress bar,
-logging cadence and per-step hook of the sft, dpo and rm loops; a stage hands it one function
+logging cadence and per-step hook of the sft, dpo and rm loops; a stage gives it one function
 that does a step's forward and backward passes.
 
-Leaves out: several processes (``ranks`` is always rank 0 of 1 for now).
+Leaves out: several processes (``ranks`` is rank 0 of 1 for now).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from reasonrl.config import ConfigError, RunConfig, dump_config
+from reasonrl.config import ConfigError, EvalConfig, RunConfig, dump_config
 from reasonrl.distributed import Ranks
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.evaluate import reward_scorers
@@ -155,7 +155,7 @@ class RunContext:
             quick = self._evaluate(ev)
             self.logger.log(step, {"eval/accuracy": quick["accuracy"]})
 
-    def _evaluate(self, ev: Any, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _evaluate(self, ev: EvalConfig, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.held_out is not None
         h = self.held_out
         return evaluate(h.engine, h.prompts, h.samples, ev, scorers)
@@ -191,7 +191,9 @@ class RunContext:
         self.logger.log(step, {"eval/accuracy": after["accuracy"]})
         return after
 
-    def loop(self, model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, name: str):
+    def loop(
+        self, model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, name: str
+    ) -> TrainLoop:
         """The shared loop skeleton for ``model`` under ``settings`` (a stage's config section)."""
         return TrainLoop(self, model, tokenizer, settings, name)
 
