@@ -51,9 +51,11 @@ def _check_pairs(data: PreferenceDataConfig, key: str) -> None:
 def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
     """Check every reference of ``cfg`` that its stage uses: the trackers of ``log.report_to``
     (installed), the model options the rm stage cannot take, ``model.path``, the PPO critic,
-    the task's and the stage's data files, and (RL) each reward's verifier and reward model.
+    the task's and the stage's data files, and (RL) the advantage estimator and each reward's
+    verifier and reward model.
     ``produced``: model directories that earlier stages of a pipeline will write (not checked
     yet)."""
+    from reasonrl.algos.advantages import get_advantage
     from reasonrl.logging import check_trackers
     from reasonrl.models.loading import resolve_model_path
     from reasonrl.rewards.registry import check_verifier
@@ -81,6 +83,7 @@ def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
         _check_pairs(cfg.rm.data if cfg.stage == "rm" else cfg.dpo.data, f"{cfg.stage}.data")
     if cfg.stage != "rl":
         return
+    _at("algo.advantage", get_advantage, cfg.algo.advantage)
     if cfg.algo.name == "ppo" and cfg.algo.critic_path:
         model("algo.critic_path", cfg.algo.critic_path)
     for name, spec in cfg.rewards.items():

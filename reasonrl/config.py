@@ -15,7 +15,7 @@ import difflib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from yaml.constructor import ConstructorError
@@ -172,12 +173,16 @@ class RLConfig(_Strict):
 AlgoName = Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo"]
 
 
+# The advantage estimators of ``reasonrl.algos.ADVANTAGES`` (a test keeps the two equal).
+BuiltinAdvantage = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"]
+
+
 class AlgoConfig(_Strict):
     """The RL objective. Fields left out take the named algorithm's defaults, listed with its
     paper in docs/algorithms.md (``reasonrl.presets``); the saved config.yaml shows them all."""
 
     name: AlgoName = "grpo"
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"]
+    advantage: str  # a BuiltinAdvantage or a user's estimator, "my_pkg.module:fn"
     scale_rewards: Literal["group", "batch", "none"] = "group"  # std used by the grpo advantage
     std_eps: float | None = None  # grpo: added to the group std; whitening: variance floor
     whiten: bool  # whiten advantages over the step's completion tokens
@@ -221,9 +226,24 @@ class AlgoConfig(_Strict):
         defaults["dynamic_sampling"] = defaults["overlong_filter"] = name == "dapo"
         return {**defaults, **data}
 
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, value: str) -> str:
+        # an import path is checked (imported) with the run's other references: reasonrl.checks
+        builtin = get_args(BuiltinAdvantage)
+        if ":" in value or value in builtin:
+            return value
+        close = difflib.get_close_matches(value, builtin, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"{value!r} is not one of {', '.join(builtin)}{hint} (or give an import path such "
+            "as my_pkg.advantages:fn)"
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> AlgoConfig:
-        if (self.advantage == "gae") != (self.name == "ppo"):
+        builtin = ":" not in self.advantage  # a user's estimator may use the critic or not
+        if builtin and (self.advantage == "gae") != (self.name == "ppo"):
             raise ValueError("advantage=gae needs a critic: only algo.name=ppo trains one")
         if self.beta > 0 and (self.kl is None or self.kl_in is None):
             raise ValueError("algo.beta > 0 needs algo.kl and algo.kl_in")

@@ -1,9 +1,9 @@
 """Each algorithm's defaults, as data: the names of the functions to compose and their numbers.
 
 docs/algorithms.md shows the same table with each algorithm's paper; a test keeps them equal.
-Names refer to: ``advantage`` → ADVANTAGES, or ``reinforce_pp`` (returns.reinforce_pp_advantages)
-or ``gae`` (returns.gae, needs a critic); ``ratio`` → IMPORTANCE_RATIOS; ``kl`` → KL_ESTIMATORS;
-``aggregation`` → AGGREGATIONS. Fields left out of an entry take the class defaults.
+Names refer to: ``advantage`` → ADVANTAGES (``gae`` needs a critic); ``ratio`` →
+IMPORTANCE_RATIOS; ``kl`` → KL_ESTIMATORS; ``aggregation`` → AGGREGATIONS. Fields left out of
+an entry take the class defaults.
 """
 
 from __future__ import annotations

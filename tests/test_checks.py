@@ -40,6 +40,10 @@ def _jsonl_task(files, train="ok.jsonl", held_out="ok.jsonl"):
             r"^rewards\.rm\.options\.path: model path not found: /no/rm",
         ),
         ({"algo": {"name": "ppo", "critic_path": "/no/critic"}}, r"^algo\.critic_path: "),
+        (
+            {"algo": {"advantage": "no_such_module_xyz:fn"}},
+            r"^algo\.advantage: cannot import advantage 'no_such_module_xyz:fn'",
+        ),
         ({"task": {"source": "dataset", "path": "./no/data"}}, r"^task\.path: dataset not found"),
     ],
 )

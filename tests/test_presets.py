@@ -46,7 +46,7 @@ def test_the_doc_table_and_the_presets_agree():
 @pytest.mark.parametrize("name", list(ALGORITHM_DEFAULTS))
 def test_presets_name_existing_functions(name):
     d: AlgorithmDefaults = ALGORITHM_DEFAULTS[name]
-    assert d.advantage in {*ADVANTAGES, "reinforce_pp", "gae"}
+    assert d.advantage in ADVANTAGES
     assert d.ratio in IMPORTANCE_RATIOS
     assert d.aggregation in AGGREGATIONS
     assert (d.kl is None) == (d.kl_in is None) == (d.beta == 0)

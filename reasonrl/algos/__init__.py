@@ -2,13 +2,17 @@
 
 Nothing here touches a model, an optimizer or a file: callers pass tensors in and get
 tensors out, which is what makes every function testable with hand-worked examples.
-Functions that have alternatives are picked by name from the registries below; each
+Functions that have alternatives are picked by name from the registries below (advantage
+estimators also by a user's import path, ``get_advantage``); each
 algorithm's choices are data in ``reasonrl.presets.ALGORITHM_DEFAULTS`` (docs/algorithms.md).
 """
 
 from reasonrl.algos.advantages import (
     ADVANTAGES,
+    AdvantageInput,
+    Estimator,
     dr_grpo_advantages,
+    get_advantage,
     grpo_advantages,
     rloo_advantages,
 )
@@ -31,7 +35,9 @@ from reasonrl.algos.whiten import masked_mean, masked_var, masked_whiten
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "AdvantageInput",
     "DPO_LOSS_TYPES",
+    "Estimator",
     "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
     "aggregate",
@@ -41,6 +47,7 @@ __all__ = [
     "dr_grpo_advantages",
     "entropy_bonus",
     "gae",
+    "get_advantage",
     "grpo_advantages",
     "importance_ratio",
     "kl_estimate",

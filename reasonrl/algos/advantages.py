@@ -1,16 +1,27 @@
-"""Advantage estimators for groups of completions sharing a prompt (one outcome reward each).
+"""Advantage estimators, one registry with one signature: ``ADVANTAGES[name](AdvantageInput)``
+→ (advantages [B, C], returns [B, C] | None). ``algo.advantage`` names a key, or a user's
+estimator by import path (``my_pkg.module:fn``), resolved by :func:`get_advantage`.
 
-Every function maps rewards [P, G] (P prompts, G completions each, NaN where the reward could
-not be computed) to advantages [P, G]. NaN entries are left out of the group statistics and get
-advantage 0, and so does every member of a group with fewer than two valid rewards: there is
-nothing to compare it against. Token-level estimators (GAE, REINFORCE++) live in ``returns.py``.
+The group functions map rewards [P, G] (P prompts, G completions each, NaN where the reward
+could not be computed) to advantages [P, G]. NaN entries are left out of the group statistics
+and get advantage 0, and so does every member of a group with fewer than two valid rewards:
+there is nothing to compare it against. The token-level maths (GAE, REINFORCE++) lives in
+``returns.py``; the registry entries below wrap both kinds into the one signature.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from reasonrl.algos.returns import gae, reinforce_pp_advantages
+from reasonrl.algos.whiten import masked_whiten
+from reasonrl.config import ConfigError
 
 
 def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
@@ -56,8 +67,119 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return torch.where(valid & (n > 1), r - others, torch.zeros_like(r))
 
 
-ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": grpo_advantages,
-    "dr_grpo": dr_grpo_advantages,
-    "rloo": rloo_advantages,
+@dataclass(frozen=True)
+class AdvantageInput:
+    """What every registered estimator reads. B = P·G completions, C completion tokens.
+
+    rewards: [P, G] sequence rewards (NaN = uncomputed), minus β·Σ KL over the row's ``mask``
+    tokens when the KL penalty is a reward. token_rewards: [B, C], the outcome on the last
+    ``mask`` token (0 where uncomputed) and −β·KL on every one (``kl.kl_in_reward``). mask: [B, C]
+    completion tokens that may carry loss. values: [B, C] the critic's V before each token, or
+    None without one. The rest are the ``algo`` fields of the same names.
+    """
+
+    rewards: torch.Tensor
+    token_rewards: torch.Tensor
+    mask: torch.Tensor
+    values: torch.Tensor | None
+    scale_rewards: str = "group"
+    std_eps: float | None = None
+    whiten: bool = False
+    gamma: float | None = None
+    lam: float | None = None
+
+    def computed_mask(self) -> torch.Tensor:
+        """``mask`` without the completions whose reward could not be computed: [B, C]."""
+        computed = ~torch.isnan(self.rewards.flatten()).to(self.mask.device)
+        return self.mask * computed.unsqueeze(-1)
+
+
+# An estimator: (advantages [B, C], returns [B, C] | None). NaN advantages mark tokens that must
+# carry no loss (token-level estimators have no reward to give an uncomputed completion);
+# returns are the critic's targets, None for critic-free estimators.
+Estimator = Callable[[AdvantageInput], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _per_token(x: AdvantageInput, adv: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """One advantage per completion [P, G] given to each of its ``mask`` tokens → [B, C]
+    (whitened over those tokens with ``whiten``)."""
+    b, c = x.mask.shape
+    adv = adv.to(x.mask.device).reshape(b, 1).expand(b, c)
+    if x.whiten:
+        adv = masked_whiten(adv, x.mask, x.std_eps or 1e-8)
+    return adv * x.mask, None
+
+
+def _uncomputed_to_nan(x: AdvantageInput, adv: torch.Tensor) -> torch.Tensor:
+    computed = ~torch.isnan(x.rewards.flatten()).to(adv.device)
+    return torch.where(computed.unsqueeze(-1), adv, torch.nan)
+
+
+def grpo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """``grpo_advantages`` with ``scale_rewards`` and ``std_eps``, on every token."""
+    return _per_token(x, grpo_advantages(x.rewards, x.scale_rewards, x.std_eps))
+
+
+def dr_grpo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """``dr_grpo_advantages`` on every token."""
+    return _per_token(x, dr_grpo_advantages(x.rewards))
+
+
+def rloo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """``rloo_advantages`` on every token."""
+    return _per_token(x, rloo_advantages(x.rewards))
+
+
+def reinforce_pp(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """``returns.reinforce_pp_advantages`` of the token rewards (whitening is part of it)."""
+    mask = x.computed_mask()
+    adv = reinforce_pp_advantages(x.token_rewards, mask, x.gamma or 1.0, x.std_eps)
+    return _uncomputed_to_nan(x, adv * mask), None
+
+
+def gae_advantages(x: AdvantageInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """``returns.gae`` of the token rewards and the critic's values (whitened with ``whiten``);
+    its returns are the critic's targets."""
+    if x.values is None:
+        raise ValueError("the gae advantage needs a critic's values (algo.name=ppo)")
+    mask = x.computed_mask()
+    adv, returns = gae(x.token_rewards, x.values, mask, x.gamma or 1.0, x.lam or 1.0)
+    if x.whiten:
+        adv = masked_whiten(adv, mask, x.std_eps or 1e-8)
+    return _uncomputed_to_nan(x, adv * mask), returns
+
+
+ADVANTAGES: dict[str, Estimator] = {
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "rloo": rloo,
+    "reinforce_pp": reinforce_pp,
+    "gae": gae_advantages,
 }
+
+
+def get_advantage(name: str) -> Estimator:
+    """The estimator ``name``: a key of ``ADVANTAGES``, or a user's ``my_pkg.module:fn`` taking
+    an :class:`AdvantageInput`. Raises :class:`ConfigError` saying what is wrong."""
+    if ":" not in name:
+        if name not in ADVANTAGES:
+            close = difflib.get_close_matches(name, list(ADVANTAGES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown advantage {name!r}{hint} (built-in: {sorted(ADVANTAGES)}; or give an "
+                "import path such as my_pkg.advantages:fn)"
+            )
+        return ADVANTAGES[name]
+    module_name, _, attr = name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as e:  # whatever the user's module raises on import is the answer
+        raise ConfigError(
+            f"cannot import advantage {name!r} ({type(e).__name__}: {e}): give module:function "
+            "with the module importable (installed, or its folder on PYTHONPATH)"
+        ) from e
+    if not callable(target):
+        raise ConfigError(f"advantage {name!r} is not callable")
+    return target

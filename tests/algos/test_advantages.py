@@ -1,9 +1,19 @@
+import dataclasses
 import math
+from typing import get_args
 
 import pytest
 import torch
 
-from reasonrl.algos import dr_grpo_advantages, grpo_advantages, rloo_advantages
+from reasonrl.algos import (
+    ADVANTAGES,
+    AdvantageInput,
+    dr_grpo_advantages,
+    get_advantage,
+    grpo_advantages,
+    rloo_advantages,
+)
+from reasonrl.config import BuiltinAdvantage, ConfigError
 
 NAN = math.nan
 
@@ -99,3 +109,84 @@ def test_rloo_vectorised_matches_loop():
     r[0, 1:] = NAN  # a group with one valid reward
     expected = torch.tensor(_loop_rloo(r.tolist()), dtype=torch.float64)
     torch.testing.assert_close(rloo_advantages(r), expected)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _input(rewards, mask, token_rewards=None, values=None, **params):
+    mask = torch.tensor(mask)
+    token_rewards = torch.zeros_like(mask) if token_rewards is None else torch.tensor(token_rewards)
+    values = None if values is None else torch.tensor(values)
+    return AdvantageInput(torch.tensor(rewards), token_rewards, mask, values, **params)
+
+
+def test_every_estimator_has_the_one_signature_and_the_config_names_them_all():
+    assert set(ADVANTAGES) == set(get_args(BuiltinAdvantage))
+    x = _input([[1.0, 0.0]], [[1.0, 0.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]], [[0.0] * 2] * 2)
+    x = dataclasses.replace(x, std_eps=1e-8, gamma=1.0, lam=1.0)
+    for name, estimator in ADVANTAGES.items():
+        adv, returns = estimator(x)
+        assert adv.shape == (2, 2), name
+        assert (returns is not None) == (name == "gae"), name
+        assert get_advantage(name) is estimator
+
+
+def test_group_estimators_give_each_loss_token_its_completions_advantage():
+    # rloo of [3, 1, NaN]: 3 − 1 = 2, 1 − 3 = −2, the uncomputed one 0 (but its tokens stay)
+    x = _input([[3.0, 1.0, NAN]], [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    adv, returns = ADVANTAGES["rloo"](x)
+    torch.testing.assert_close(adv, torch.tensor([[2.0, 2.0], [-2.0, 0.0], [0.0, 0.0]]))
+    assert returns is None
+
+
+def test_group_estimators_whiten_over_the_loss_tokens():
+    # dr_grpo of [2, 0]: [1, −1] on 2 and 1 tokens: mean 1/3, population var 8/9
+    x = _input([[2.0, 0.0]], [[1.0, 1.0], [1.0, 0.0]], whiten=True, std_eps=1e-8)
+    adv, _ = ADVANTAGES["dr_grpo"](x)
+    hi, lo = (1 - 1 / 3) / math.sqrt(8 / 9), (-1 - 1 / 3) / math.sqrt(8 / 9)
+    torch.testing.assert_close(adv, torch.tensor([[hi, hi], [lo, 0.0]]))
+
+
+def test_token_estimators_mark_an_uncomputed_completion_nan_and_leave_it_out():
+    # reinforce_pp_by_hand in test_returns, plus a third completion whose reward is uncomputed:
+    # it has no reward to return, so its tokens get NaN (no loss) and stay out of the whitening
+    x = _input(
+        [[1.0, 0.0, NAN]],
+        [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]],
+        [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]],
+        std_eps=1e-8,
+    )
+    adv, _ = ADVANTAGES["reinforce_pp"](x)
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(adv[:2], torch.tensor([[s, s], [-math.sqrt(2), 0.0]]))
+    assert torch.isnan(adv[2]).all()
+
+
+def test_gae_by_hand_through_the_registry():
+    # one completion of 2 tokens, reward 1 on the last, V = [0.5, 0.25], γ = λ = 1:
+    # A_1 = 1 − 0.25 = 0.75, A_0 = 0 + 0.25 − 0.5 + 0.75 = 0.5; returns A + V = [1, 1]
+    x = _input([[1.0]], [[1.0, 1.0]], [[0.0, 1.0]], [[0.5, 0.25]], gamma=1.0, lam=1.0)
+    adv, returns = ADVANTAGES["gae"](x)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.75]]))
+    torch.testing.assert_close(returns, torch.tensor([[1.0, 1.0]]))
+    with pytest.raises(ValueError, match="critic"):
+        ADVANTAGES["gae"](dataclasses.replace(x, values=None))
+
+
+def centred_sum(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """A user's estimator: each completion's reward minus the mean of all, on every token."""
+    flat = x.rewards.flatten()
+    return (flat - flat.mean()).unsqueeze(-1) * x.mask, None
+
+
+def test_a_user_estimator_by_import_path():
+    estimator = get_advantage(f"{__name__}:centred_sum")
+    adv, _ = estimator(_input([[3.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[1.0, 0.0], [-1.0, -1.0]]))
+    with pytest.raises(ConfigError, match="cannot import advantage 'no_such_module_xyz:fn'"):
+        get_advantage("no_such_module_xyz:fn")
+    with pytest.raises(ConfigError, match=f"cannot import advantage '{__name__}:nope'"):
+        get_advantage(f"{__name__}:nope")
+    with pytest.raises(ConfigError, match="did you mean 'rloo'"):
+        get_advantage("rlooo")

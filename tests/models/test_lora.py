@@ -179,7 +179,7 @@ def test_lora_rl_run_uses_the_disabled_adapters_as_reference_and_resumes(tmp_pat
     resumed = [m for m in read_jsonl(part / "metrics.jsonl") if "kl/mean" in m]
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for a, b in zip(metrics, resumed, strict=True):
-        for key in ("loss/policy", "reward/mean", "kl/mean", "grad_norm"):
+        for key in ("loss/policy", "reward/mean", "kl/mean", "optim/grad_norm"):
             assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
     trained = load_base(ModelConfig(path=str(part / "model"), device="cpu"))
     torch.testing.assert_close(

@@ -272,7 +272,7 @@ def test_a_tiny_rl_run_trains_with_the_fast_engine(tmp_path, monkeypatch):
     metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(math.isfinite(m["loss/total"]) for m in metrics)
-    assert any(m["grad_norm"] > 0 for m in metrics)
+    assert any(m["optim/grad_norm"] > 0 for m in metrics)
     assert summary["before"]["n"] == summary["after"]["n"] == 4
     # eval before (greedy, sampled), three steps of 2 × 4 rollouts, eval after
     assert calls == [(4, True), (8, False)] + [(8, False)] * 3 + [(4, True), (8, False)]

@@ -143,5 +143,5 @@ def test_the_policy_schedule_starts_after_the_critic_warm_up(tmp_path):
         + ["rl.steps=3", "rl.warmup_steps=0", "algo.name=ppo", "algo.critic_warmup_steps=2"],
     )
     run(cfg, tmp_path / "run")
-    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "lr" in m]
-    assert [m["lr"] for m in metrics] == [0.0, 0.0, pytest.approx(1e-3)]
+    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "optim/lr" in m]
+    assert [m["optim/lr"] for m in metrics] == [0.0, 0.0, pytest.approx(1e-3)]

@@ -38,9 +38,9 @@ RL = [
     ("recipe", "overrides", "keys"),
     [
         ("tiny-cold-start", SFT, ["loss/sft", "optim/grad_norm"]),
-        ("quickstart", RL, ["loss/policy", "grad_norm", "kl/mean", "entropy/mean"]),
-        ("quickstart-lora", RL, ["loss/policy", "grad_norm", "kl/mean"]),
-        ("quickstart", [*RL, "algo.name=ppo"], ["loss/policy", "loss/value", "grad_norm"]),
+        ("quickstart", RL, ["loss/policy", "optim/grad_norm", "kl/mean", "entropy/mean"]),
+        ("quickstart-lora", RL, ["loss/policy", "optim/grad_norm", "kl/mean"]),
+        ("quickstart", [*RL, "algo.name=ppo"], ["loss/policy", "loss/value", "optim/grad_norm"]),
     ],
     ids=["sft", "grpo", "grpo-lora", "ppo"],
 )

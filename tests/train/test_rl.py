@@ -1,13 +1,19 @@
-"""The RL loop's records: what a step writes to samples.jsonl."""
+"""The RL step's phases on hand-made records, and what a step writes to samples.jsonl."""
 
+import math
+
+import pytest
 import torch
 
-from reasonrl.config import load_config
+from reasonrl.algos import AdvantageInput, get_advantage
+from reasonrl.checks import check_config
+from reasonrl.config import ConfigError, load_config
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.loading import bundled_model_dir
-from reasonrl.rollout import HFEngine
+from reasonrl.rollout import HFEngine, Rollout
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.train.rl import collect, engine_pad_id, sample_records
+from reasonrl.train.records import LogProbs, ScoredBatch
+from reasonrl.train.rl import advantages, collect, sample_records
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():
@@ -28,7 +34,7 @@ def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart(
     prompts = [render_prompt(s, tokenizer, cfg.task.prompt, "auto") for s in samples]
     torch.manual_seed(0)
     engine = HFEngine(model, tokenizer)
-    batch = collect(cfg, engine, prompts, samples, 0, engine_pad_id(tokenizer))
+    batch = collect(cfg, engine, prompts, samples, 0)
 
     records = sample_records(batch, cfg, tokenizer)
 
@@ -48,3 +54,55 @@ def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart(
         assert record["tokens"] == {"prompt": prompt_tokens, "completion": 3}
         assert record["truncated"] is True
         assert "answer" not in record  # the answer reward's score no longer reads as the answer
+
+
+def _scored(rewards: list[list[float]], completion_mask: list[list[int]]) -> ScoredBatch:
+    mask = torch.tensor(completion_mask)
+    b, c = mask.shape
+    rollout = Rollout(
+        torch.ones(b, 1, dtype=torch.long),
+        torch.ones(b, 1, dtype=torch.long),
+        torch.ones(b, c, dtype=torch.long),
+        mask,
+        torch.zeros(b, c),
+        [""] * b,
+        torch.ones(b, dtype=torch.bool),
+    )
+    return ScoredBatch(rollout, [Sample("q", "a")] * b, torch.tensor(rewards), {}, {})
+
+
+def test_the_kl_penalty_as_a_reward_by_hand():
+    # RLOO, β = 0.5, k1 = log π − log π_ref = 0 − (−1) = 1 on every token: sequence rewards
+    # 1 − 0.5·2 = 0 and 0 − 0.5·3 = −1.5; leave-one-out: 0 − (−1.5) = 1.5 and −1.5 − 0 = −1.5
+    cfg = load_config(None, ["algo.name=rloo", "algo.kl=k1", "algo.beta=0.5"])
+    batch = _scored([[1.0, 0.0]], [[1, 1, 0], [1, 1, 1]])
+    lp = LogProbs(torch.zeros(2, 3), None, torch.full((2, 3), -1.0), None)
+    adv = advantages(batch, lp, cfg.algo, get_advantage(cfg.algo.advantage))
+    torch.testing.assert_close(adv.advantages, torch.tensor([[1.5, 1.5, 0], [-1.5, -1.5, -1.5]]))
+    torch.testing.assert_close(adv.mask, torch.tensor([[1.0, 1, 0], [1, 1, 1]]))
+    assert adv.returns is None
+
+
+def test_an_uncomputed_reward_takes_a_token_estimators_completion_out_of_the_loss():
+    cfg = load_config(None, ["algo.name=reinforce_pp", "algo.beta=0"])
+    batch = _scored([[1.0, math.nan]], [[1, 1], [1, 1]])
+    lp = LogProbs(torch.zeros(2, 2), None, None, None)
+    adv = advantages(batch, lp, cfg.algo, get_advantage(cfg.algo.advantage))
+    torch.testing.assert_close(adv.mask, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert torch.isfinite(adv.advantages).all() and not adv.advantages[1].any()
+
+
+def user_advantage(x: AdvantageInput) -> tuple[torch.Tensor, None]:
+    """A recipe's own estimator: the raw reward on every loss token."""
+    return x.rewards.reshape(-1, 1) * x.mask, None
+
+
+def test_a_recipe_names_its_own_estimator_by_import_path():
+    cfg = load_config(None, [f"algo.advantage={__name__}:user_advantage"])
+    check_config(cfg)  # the path imports
+    batch = _scored([[2.0, -1.0]], [[1, 0], [1, 1]])
+    lp = LogProbs(torch.zeros(2, 2), None, None, None)
+    adv = advantages(batch, lp, cfg.algo, get_advantage(cfg.algo.advantage))
+    torch.testing.assert_close(adv.advantages, torch.tensor([[2.0, 0.0], [-1.0, -1.0]]))
+    with pytest.raises(ConfigError, match=r"^algo\.advantage: cannot import advantage"):
+        check_config(load_config(None, [f"algo.advantage={__name__}:missing"]))

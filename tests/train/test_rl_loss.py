@@ -4,7 +4,8 @@ import torch
 from reasonrl.config import load_config
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import Rollout
-from reasonrl.train.rl import policy_loss
+from reasonrl.train.records import LogProbs
+from reasonrl.train.update import policy_loss
 
 
 def _rollout(b: int, p: int, c: int) -> Rollout:
@@ -41,8 +42,9 @@ def test_gradient_accumulation_invariance(tiny_qwen, agg):
             rows = slice(m, m + micro)
             mb = ro.select(rows)
             mask = mb.completion_mask.double()
+            lp = LogProbs(mb.logprobs, None, ref[rows], None)
             loss, _ = policy_loss(
-                model, mb, mask, adv[rows, None].expand(-1, 6), None, ref[rows], cfg, tokens, 8
+                model, mb, mask, adv[rows, None].expand(-1, 6), lp, cfg, tokens, 8
             )
             loss.backward()
         return [p.grad.clone() for p in model.parameters()]
@@ -59,7 +61,8 @@ def test_loss_value_matches_the_formula(tiny_qwen):
     ref = torch.full((4, 4), -2.0, dtype=torch.float64)
     tokens = int(ro.completion_mask.sum())
     mask = ro.completion_mask.double()
-    loss, _ = policy_loss(model, ro, mask, adv[:, None].expand(-1, 4), None, ref, cfg, tokens, 4)
+    lp = LogProbs(ro.logprobs, None, ref, None)
+    loss, _ = policy_loss(model, ro, mask, adv[:, None].expand(-1, 4), lp, cfg, tokens, 4)
     logp, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, 4)
     # ratio is 1, so the policy term is −A per token; k3 with the reference on top
     kl = torch.exp(ref - logp) - (ref - logp) - 1
@@ -77,7 +80,9 @@ def test_the_entropy_bonus_has_the_entropy_gradient(tiny_qwen):
     tokens = int(mask.sum())
     zeros = torch.zeros(4, 4, dtype=torch.float64)
     model.zero_grad()
-    loss, _ = policy_loss(model, ro, mask, zeros, None, None, cfg, tokens, 4)
+    loss, _ = policy_loss(
+        model, ro, mask, zeros, LogProbs(ro.logprobs, None, None, None), cfg, tokens, 4
+    )
     loss.backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()

@@ -152,7 +152,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
             "reward/mean",
             "kl/mean",
             "response/length_mean",
-            "grad_norm",
+            "optim/grad_norm",
         ):
             assert abs(x[key] - y[key]) <= 1e-6, (x["step"], key, x[key], y[key])
 

@@ -1,0 +1,102 @@
+"""The typed records an RL step passes between its phases (``train/rl.py``), changed only with
+``dataclasses.replace``. B completions = P prompts × G completions each, C completion tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonrl.algos import kl_estimate
+from reasonrl.rollout.base import Rollout, concat_rollouts
+from reasonrl.tasks.base import Sample
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """``collect`` and ``score``: completions grouped by prompt (G consecutive rows each) and
+    their rewards."""
+
+    rollout: Rollout
+    samples: list[Sample]
+    rewards: torch.Tensor  # [P, G] weighted total, NaN where a component could not be computed
+    components: dict[str, list[float]]  # each reward component per completion [B]
+    uncomputed: dict[str, list[bool]]  # per component, whose score could not be computed [B]
+    rounds: int = 1  # generation rounds used (more than 1 only with dynamic sampling)
+
+    def groups(self, keep: list[int]) -> ScoredBatch:
+        """The groups (prompts) ``keep``, in that order."""
+        g = self.rewards.shape[1]
+        rows = [k * g + j for k in keep for j in range(g)]
+        return ScoredBatch(
+            self.rollout.select(rows),
+            [self.samples[i] for i in rows],
+            self.rewards[keep],
+            {name: [v[i] for i in rows] for name, v in self.components.items()},
+            {name: [v[i] for i in rows] for name, v in self.uncomputed.items()},
+            self.rounds,
+        )
+
+
+def concat_scored(parts: list[ScoredBatch], pad_id: int, rounds: int) -> ScoredBatch:
+    """The groups of several generation rounds as one batch."""
+    return ScoredBatch(
+        concat_rollouts([p.rollout for p in parts], pad_id),
+        [s for p in parts for s in p.samples],
+        torch.cat([p.rewards for p in parts]),
+        {name: [v for p in parts for v in p.components[name]] for name in parts[0].components},
+        {name: [v for p in parts for v in p.uncomputed[name]] for name in parts[0].uncomputed},
+        rounds,
+    )
+
+
+@dataclass(frozen=True)
+class LogProbs:
+    """``logprobs``: what the models that do not train in the step say of its completions.
+    Every tensor [B, C]."""
+
+    sampling: torch.Tensor  # the sampling policy's: recomputed by the trainer, else the engine's
+    old: torch.Tensor | None  # the ratio's denominator; None: one update, on-policy (detached)
+    ref: torch.Tensor | None  # the frozen reference's; None without a KL term
+    values: torch.Tensor | None  # the critic's V before each token; None without a critic
+
+    def kl(self, estimator: str, logp: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The per-token KL to the reference by ``estimator`` (k1 | k2 | k3): of ``logp`` (the
+        current policy's, in the loss) or of the sampling policy (the reward penalty, the logged
+        ``kl/mean``). The one place the KL of a step is estimated; None without a reference."""
+        if self.ref is None:
+            return None
+        logp = self.sampling if logp is None else logp
+        return kl_estimate(estimator, logp, self.ref.to(logp.dtype))
+
+    def select(self, rows: slice | list[int]) -> LogProbs:
+        """The rows ``rows`` (a mini- or micro-batch)."""
+        return LogProbs(
+            self.sampling[rows],
+            None if self.old is None else self.old[rows],
+            None if self.ref is None else self.ref[rows],
+            None if self.values is None else self.values[rows],
+        )
+
+
+@dataclass(frozen=True)
+class Advantages:
+    """``advantages``: what the update trains on. Every tensor [B, C]."""
+
+    advantages: torch.Tensor  # 0 where ``mask`` is
+    returns: torch.Tensor | None  # the critic's targets; None without a critic
+    mask: torch.Tensor  # completion tokens that carry loss (float)
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """``update``: sums over the step's updates, made means in ``metrics`` (so that several
+    ranks can add their sums and counts first)."""
+
+    updates: int  # optimizer updates of the policy (and critic) in the step
+    tokens: float  # loss tokens, counted once per epoch: the count of the two sums below
+    entropy: float  # Σ over loss tokens of the policy's entropy
+    clipped: float  # loss tokens whose ratio was clipped
+    policy_loss: float | None  # Σ over updates of the mini-batch loss; None: critic warm-up
+    value_loss: float | None  # the same for the critic; None without one
+    grad_norm: float | None  # the policy's, before clipping, at the last update
