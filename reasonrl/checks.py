@@ -50,7 +50,7 @@ def _check_pairs(data: PreferenceDataConfig, key: str) -> None:
 
 def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
     """Check every reference of ``cfg`` that its stage uses: the trackers of ``log.report_to``
-    (installed), ``model.path``, the PPO critic,
+    (installed), the model options the rm stage cannot take, ``model.path``, the PPO critic,
     the task's and the stage's data files, and (RL) the advantage estimator and each reward's
     verifier and reward model.
     ``produced``: model directories that earlier stages of a pipeline will write (not checked
@@ -66,6 +66,11 @@ def check_config(cfg: RunConfig, produced: Collection[Path] = ()) -> None:
             _at(key, resolve_model_path, path)
 
     check_trackers(cfg.log.report_to)
+    if cfg.stage == "rm" and cfg.model.lora is not None and cfg.rm.head != "value":
+        raise ConfigError("model.lora in the rm stage needs rm.head=value")
+    if cfg.stage == "rm" and cfg.model.gradient_checkpointing:
+        # it turns off the KV cache that the rm stage's pair scoring shares between responses
+        raise ConfigError("model.gradient_checkpointing is not supported by the rm stage")
     if cfg.model.init is None:
         model("model.path", cfg.model.path)
     if cfg.stage != "rm" or cfg.rm.data.source == "generated":

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reasonrl.config import ConfigError, RunConfig, load_config, read_recipe
+from reasonrl.config import ConfigError, RunConfig, load_config
 from reasonrl.sandbox.cli import sandbox_app
 
 app = typer.Typer(
@@ -123,7 +123,9 @@ def run(
     if not pipeline:
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
-    run_dir = out or _pipeline_dir(recipe)
+    from reasonrl.train.rundir import pipeline_run_dir
+
+    run_dir = out or pipeline_run_dir(recipe)
     _refuse_if_in_use(run_dir)
     with _training(run_dir):
         run_pipeline(
@@ -218,108 +220,13 @@ def eval_cmd(
     """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k, and
     the mean score of the greedy completions under each reward model (the recipe's learned
     reward terms and every --reward-model)."""
-    import json
-
-    from reasonrl.eval import eval_size, evaluate
-    from reasonrl.eval.evaluate import EXAMPLES
-    from reasonrl.models import load_model, load_tokenizer, pick_device
-    from reasonrl.rewards.reward_model import RewardModelVerifier
-    from reasonrl.rollout import ENGINES
-    from reasonrl.tasks import load_splits, render_prompt
-    from reasonrl.train.run import print_summary, reward_scorers, score_changes, seed_everything
-
-    cfg = _eval_config(recipe, overrides or [], model, stage, run_dir)
-    before = None
-    if baseline is not None:
-        try:
-            before = json.loads(baseline.read_text())
-        except (OSError, ValueError) as e:
-            _fail(f"could not read the baseline {baseline}: {e}")
-        if not isinstance(before, dict) or not {"accuracy", "n", "examples"} <= before.keys():
-            _fail(
-                f"the baseline {baseline} is not the results of an evaluation (what "
-                "`reasonrl eval --out` writes, or a run's eval_before.json)"
-            )
-    try:
-        tokenizer = load_tokenizer(cfg.model.path)
-        policy = load_model(cfg.model, pick_device(cfg.model.device))
-        _, held_out = load_splits(cfg.task)
-        limit = eval_size(cfg.eval, len(held_out))
-        first = [s.prompt for s in held_out[: min(EXAMPLES, limit)]]
-        if before is not None and _problems(before) != (limit, first):
-            raise ConfigError(f"the baseline {baseline} was evaluated on other problems than these")
-        scorers = reward_scorers(cfg)
-        for spec in reward_model or []:
-            name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
-            verifier = RewardModelVerifier(path, normalize="none", device=cfg.model.device)
-            scorers[name] = verifier.raw_scores
-    except ConfigError as e:
-        _fail(str(e))
-    prompts = [
-        render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
-    ]
-    engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
-    seed_everything(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
-    with console.status(f"evaluating {model} on {limit} problems"):
-        result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
-    summary = {"after": result}
-    if before is not None:
-        summary |= {"before": before}
-        summary["score_changes"] = score_changes(summary)
-    print_summary(console, summary)
-    if before is not None:
-        paired = summary["score_changes"].get("change", {})
-        for name in sorted((result.get("scores") or {}).keys() - paired.keys()):
-            console.print(f"no paired change of {name}: the baseline kept no per-problem scores")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-
-
-def _pipeline_dir(recipe: str) -> Path:
-    """Where ``reasonrl run`` puts a multi-stage recipe's run without --out: the recipe's
-    top-level ``out``, else runs/<name>."""
-    data = read_recipe(recipe)[0]
-    return Path(str(data.get("out") or f"runs/{data.get('name', Path(recipe).stem)}"))
-
-
-def _eval_config(
-    recipe: str, overrides: list[str], model: str, stage: str | None, run_dir: Path | None
-) -> RunConfig:
-    """The config ``reasonrl eval`` uses: the recipe's, or one policy stage's of a multi-stage
-    recipe (its ``@name`` reward models resolved under ``run_dir``), with ``model`` as the
-    model to evaluate."""
-    from reasonrl.pipeline import is_pipeline, load_pipeline
+    from reasonrl.eval.command import eval_config, evaluate_model
 
     try:
-        pipeline = is_pipeline(recipe)
+        cfg = eval_config(recipe, overrides or [], model, stage, run_dir)
+        evaluate_model(cfg, model, reward_model or [], baseline, out, console)
     except ConfigError as e:
         _fail(str(e))
-    if not pipeline:
-        if stage is not None:
-            _fail(f"--stage is for multi-stage recipes; {recipe} has one stage")
-        return _load(recipe, [*overrides, f"model.path={model}"])
-    try:
-        stages = load_pipeline(recipe, overrides, run_dir or _pipeline_dir(recipe))
-    except ConfigError as e:
-        _fail(str(e))
-    policies = [s.name for s in stages if s.cfg.stage != "rm"]
-    if stage is None:
-        _fail(
-            f"{recipe} is a multi-stage recipe: name the stage to evaluate with, --stage {policies}"
-        )
-    if stage not in policies:
-        _fail(f"{stage!r} is not a policy stage of {recipe}: --stage one of {policies}")
-    cfg = next(s.cfg for s in stages if s.name == stage)
-    return cfg.model_copy(
-        update={"model": cfg.model.model_copy(update={"path": model, "init": None})}
-    )
-
-
-def _problems(result: dict) -> tuple[int, list[str]]:
-    """What identifies an evaluation's problems: their count and the first prompts it keeps as
-    examples (``EXAMPLES`` of them at most)."""
-    return result.get("n", 0), [e["prompt"] for e in result.get("examples", [])]
 
 
 @app.command()

@@ -330,7 +330,7 @@ def _run_stages(
 def _reuse_eval(prev: Stage, stage: Stage) -> None:
     """Seed ``stage``'s before-evaluation with ``prev``'s after-evaluation when it is the same
     model on the same held-out problems with the same settings (saves one evaluation)."""
-    from reasonrl.train.run import BEFORE_FILE
+    from reasonrl.train.context import BEFORE_FILE
 
     summary_path = prev.dir / SUMMARY_FILE
     if not summary_path.exists() or stage.cfg.model.path != str(prev.dir / "model"):

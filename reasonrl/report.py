@@ -63,7 +63,12 @@ GROUPS = (
         "eval/pairwise_accuracy/",  # by kind of rejected response
     ),
     _Group("loss", "Loss", (), "loss/"),
+    _Group("grad_norm", "Gradient norm (before clipping)", ("optim/grad_norm",)),
+    _Group("lr", "Learning rate", ("optim/lr",)),
 )
+
+# Keys that have been renamed: a run directory written before the rename plots the same.
+RENAMED = {"lr": "optim/lr", "grad_norm": "optim/grad_norm"}
 
 
 def _is_number(value: Any) -> bool:
@@ -71,7 +76,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _load_series(run_dir: Path) -> Series:
-    """Per-key ``(step, value)`` points from ``metrics.jsonl``; nulls and stepless lines skipped."""
+    """Per-key ``(step, value)`` points from ``metrics.jsonl`` under today's key names
+    (``RENAMED``); nulls and stepless lines skipped."""
     path = run_dir / METRICS_FILE
     series: Series = {}
     if not path.exists():
@@ -82,7 +88,7 @@ def _load_series(run_dir: Path) -> Series:
             continue
         for key, value in record.items():
             if key != "step" and _is_number(value):
-                series.setdefault(key, []).append((int(step), float(value)))
+                series.setdefault(RENAMED.get(key, key), []).append((int(step), float(value)))
     for points in series.values():
         points.sort(key=lambda p: p[0])
     return series

@@ -188,7 +188,7 @@ def test_reward_plot_leaves_out_counts_and_spread():
 def test_report_and_console_table_break_a_mix_down_by_task(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from reasonrl.train.run import print_summary
+    from reasonrl.eval.summary import print_summary
 
     def task(acc: float, n: int) -> dict:
         return {
@@ -269,3 +269,23 @@ def test_report_shows_the_last_steps_samples_as_the_model_saw_them(tmp_path: Pat
     )
     assert cells[2:] == ["8", "1.1", "1", "1"]
     assert "9 tokens · truncated" in rows[1] and "truncated" not in rows[0]
+
+
+def test_a_run_written_before_the_optimizer_keys_were_namespaced_plots_the_same(
+    tmp_path: Path,
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run_dir, (lr, grad_norm) in (
+        (old, ("lr", "grad_norm")),
+        (new, ("optim/lr", "optim/grad_norm")),
+    ):
+        with RunLogger(run_dir, report_to=()) as logger:
+            for step in range(1, 4):
+                logger.log(step, {"loss/sft": 1.0 / step, lr: 1e-3 * step, grad_norm: 0.5 + step})
+    assert report._load_series(old) == report._load_series(new)
+    for run_dir in (old, new):
+        build_report(run_dir)
+        pngs = {p.name for p in (run_dir / "plots").iterdir()}
+        assert pngs == {"loss.png", "grad_norm.png", "lr.png"}
+    page = build_comparison_report([old, new], tmp_path / "both").read_text()
+    assert "Learning rate" in page and "Gradient norm" in page

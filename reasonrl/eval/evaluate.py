@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reasonrl.config import EvalConfig
+from reasonrl.config import EvalConfig, RunConfig
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
 from reasonrl.rewards.correct import CorrectVerifier
 from reasonrl.rollout.base import RolloutEngine
@@ -58,6 +58,20 @@ def _per_task(
 
 
 Scorer = Callable[[Sequence[str], Sequence[Sample]], list[float]]
+
+
+def reward_scorers(cfg: RunConfig) -> dict[str, Any]:
+    """Raw-score functions of the recipe's learned reward terms (``reward_model`` verifiers),
+    so that evaluations report what the reward model thinks of the greedy completions."""
+    from reasonrl.rewards.compose import reward_terms
+
+    learned = {n for n, s in cfg.rewards.items() if s.verifier == "reward_model"}
+    if cfg.stage != "rl" or not learned:
+        return {}
+    # the same verifier instances the training rewards use (one copy of each reward model)
+    return {t.name: t.verifier.raw_scores for t in reward_terms(cfg.rewards) if t.name in learned}
+
+
 EXAMPLES = 5  # greedy completions kept in a result, the first problems'
 
 

@@ -15,21 +15,16 @@ Leaves out: the reference-free and length-normalised variants (SimPO, ORPO), lab
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from reasonrl.algos import dpo_loss
-from reasonrl.config import RunConfig
-from reasonrl.logging import RunLogger, training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.tasks.preferences import EncodedPair
-from reasonrl.train.checkpoint import Checkpointer, optimizer_step
+from reasonrl.train.context import RunContext, StepOutput
 from reasonrl.train.data import step_indices
-from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.sft import pack_pairs
 
 
@@ -101,84 +96,55 @@ def pair_metrics(
 
 
 def train_dpo(
-    cfg: RunConfig,
+    ctx: RunContext,
     model: torch.nn.Module,
     tokenizer: Any,
     train_pairs: Sequence[EncodedPair],
     eval_pairs: Sequence[EncodedPair],
-    run_dir: Path,
-    logger: RunLogger,
-    resume_from: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
 ) -> int:
     """Train ``model`` on ``train_pairs``; held-out metrics on ``eval_pairs`` every
     ``dpo.eval_every`` steps and at the end. Returns the number of steps done."""
-    d = cfg.dpo
-    pad, pack = tokenizer.pad_token_id, cfg.model.pack_tokens
-    optimizer = build_optimizer(model.parameters(), d.learning_rate, d.weight_decay)
-    scheduler = warmup_cosine(optimizer, d.warmup_steps, d.steps, d.min_lr_ratio)
-    ckpt, extra = Checkpointer.for_run(
-        run_dir, model, tokenizer, optimizer, scheduler, cfg.log, resume_from
-    )
-    start = ckpt.done
-    if resume_from is not None:
-        ref_train, ref_eval = extra["ref_train"], extra["ref_eval"]
+    d = ctx.cfg.dpo
+    pad, pack = tokenizer.pad_token_id, ctx.cfg.model.pack_tokens
+    loop = ctx.loop(model, tokenizer, d, f"dpo ({d.loss_type})")
+    if ctx.resumed:
+        ref_train, ref_eval = loop.resumed_extra["ref_train"], loop.resumed_extra["ref_eval"]
         if (len(ref_train), len(ref_eval)) != (len(train_pairs), len(eval_pairs)):
-            raise ValueError(f"{resume_from} was trained on other preference pairs")
+            raise ValueError(f"{ctx.resume_from} was trained on other preference pairs")
     else:  # the model before its first update is the reference
         ref_train = score_pairs(model, train_pairs, d.micro_batch_pairs, pad, pack)
         ref_eval = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad, pack)
-    ckpt.extra = {"ref_train": ref_train, "ref_eval": ref_eval}  # kept in every checkpoint
-    model.train()
+    loop.checkpointer.extra = {"ref_train": ref_train, "ref_eval": ref_eval}  # every checkpoint
 
     def held_out() -> dict[str, float]:
         policy = score_pairs(model, eval_pairs, d.micro_batch_pairs, pad, pack)
         stats = pair_metrics(policy, ref_eval, eval_pairs, d.beta, d.loss_type)
         return {f"eval/dpo_{k}": v for k, v in stats.items()}
 
-    if start == 0 and eval_pairs:
-        logger.log(0, held_out())
-    with ckpt.on_interrupt(), training_progress(d.steps, f"dpo ({d.loss_type})", start) as bar:
-        for step in range(start, d.steps):
-            t0 = time.perf_counter()
-            idx = step_indices(len(train_pairs), d.pairs_per_step, step, cfg.seed)
-            policy_rows, tokens = [], 0
-            total = 0.0
-            for m in range(0, len(idx), d.micro_batch_pairs):
-                rows = idx[m : m + d.micro_batch_pairs]
-                pairs = [train_pairs[i] for i in rows]
-                pc, pr = pair_logprobs(model, pairs, pad, pack)
-                ref = ref_train[rows].to(pc.device)
-                nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
-                loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
-                loss = loss.sum() / d.pairs_per_step
-                loss.backward()
-                total += loss.item()
-                policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
-                tokens += int(nc.sum() + nr.sum())
-            grad_norm, lr = optimizer_step(
-                model.parameters(), optimizer, scheduler, d.max_grad_norm
-            )
-            ckpt.step_done(step)
-            done = ckpt.done
-            dt = time.perf_counter() - t0
-            batch = [train_pairs[i] for i in idx]
-            stats = pair_metrics(torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type)
-            if done % cfg.log.every == 0 or done == d.steps:
-                logger.log(
-                    done,
-                    {
-                        "loss/dpo": total,
-                        "dpo/reward_accuracy": stats["reward_accuracy"],
-                        "dpo/margin": stats["margin"],
-                        "grad_norm": grad_norm,
-                        "lr": lr,
-                        "perf/step_s": dt,
-                        "perf/tokens_per_s": tokens / dt,
-                    },
-                )
-            if eval_pairs and (done == d.steps or (d.eval_every and done % d.eval_every == 0)):
-                logger.log(done, held_out())
-            bar.update(done, loss=total, acc=stats["reward_accuracy"])
-            ckpt.end_of_step(on_step)
-    return ckpt.done
+    def train_step(step: int) -> StepOutput:
+        idx = step_indices(len(train_pairs), d.pairs_per_step, step, ctx.cfg.seed)
+        policy_rows, tokens = [], 0
+        total = 0.0
+        for m in range(0, len(idx), d.micro_batch_pairs):
+            rows = idx[m : m + d.micro_batch_pairs]
+            pairs = [train_pairs[i] for i in rows]
+            pc, pr = pair_logprobs(model, pairs, pad, pack)
+            ref = ref_train[rows].to(pc.device)
+            nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
+            loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
+            loss = loss.sum() / d.pairs_per_step
+            loss.backward()
+            total += loss.item()
+            policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
+            tokens += int(nc.sum() + nr.sum())
+        batch = [train_pairs[i] for i in idx]
+        stats = pair_metrics(torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type)
+        metrics = {
+            "loss/dpo": total,
+            "dpo/reward_accuracy": stats["reward_accuracy"],
+            "dpo/margin": stats["margin"],
+        }
+        progress = {"loss": total, "acc": stats["reward_accuracy"]}
+        return StepOutput(metrics, progress, {"tokens": tokens})
+
+    return loop.run(train_step, held_out if eval_pairs else None, d.eval_every)

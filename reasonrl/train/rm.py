@@ -8,10 +8,7 @@ Leaves out: reward-model ensembles.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonrl.algos import bradley_terry_loss
-from reasonrl.config import ConfigError, RunConfig
-from reasonrl.logging import RunLogger, training_progress
+from reasonrl.config import ConfigError
 from reasonrl.models import load_tokenizer
 from reasonrl.models.reward import (
     RewardModel,
@@ -32,13 +28,8 @@ from reasonrl.models.reward import (
 )
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.tasks.preferences import EncodedPair, encode_pairs, load_preference_pairs
-from reasonrl.train.checkpoint import (
-    Checkpointer,
-    optimizer_step,
-)
+from reasonrl.train.context import MODEL_DIR, RunContext, StepOutput
 from reasonrl.train.data import step_indices
-from reasonrl.train.optim import build_optimizer, warmup_cosine
-from reasonrl.train.run import MODEL_DIR, SUMMARY_FILE, start_run
 
 
 def pair_scores(
@@ -97,97 +88,56 @@ def evaluate_rm(
 
 
 def train_rm(
-    cfg: RunConfig,
+    ctx: RunContext,
     rm: RewardModel,
     tokenizer: Any,
     train_pairs: Sequence[EncodedPair],
     eval_pairs: Sequence[EncodedPair],
-    run_dir: Path,
-    logger: RunLogger,
-    resume_from: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
 ) -> int:
-    """Train ``rm`` on encoded pairs for ``cfg.rm.steps`` steps; returns the steps done.
+    """Train ``rm`` on encoded pairs for ``rm.steps`` steps; returns the steps done.
 
     Logs ``loss/rm``, ``rm/accuracy`` and ``rm/margin`` every step and the held-out metrics of
     :func:`evaluate_rm` at step 0, every ``rm.eval_every`` steps and at the end.
     """
-    s = cfg.rm
+    s = ctx.cfg.rm
     pad_id = tokenizer.pad_token_id
-    optimizer = build_optimizer(rm.parameters(), s.learning_rate, s.weight_decay)
-    scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
-    ckpt, _ = Checkpointer.for_run(
-        run_dir, rm, tokenizer, optimizer, scheduler, cfg.log, resume_from
+    loop = ctx.loop(rm, tokenizer, s, "rm")
+
+    def train_step(step: int) -> StepOutput:
+        idx = step_indices(len(train_pairs), s.pairs_per_step, step, ctx.cfg.seed)
+        total = 0.0
+        gaps = []
+        for m in range(0, len(idx), s.micro_batch_pairs):
+            batch = [train_pairs[i] for i in idx[m : m + s.micro_batch_pairs]]
+            chosen, rejected = pair_scores(rm, batch, pad_id)
+            # Weighted by the micro-batch's share: the sum is the step's mean loss.
+            loss = bradley_terry_loss(chosen, rejected, s.margin) * len(batch) / len(idx)
+            loss.backward()
+            total += loss.item()
+            gaps.append((chosen - rejected).detach())
+        gap = torch.cat(gaps)
+        accuracy = _accuracy(gap)
+        metrics = {"loss/rm": total, "rm/accuracy": accuracy, "rm/margin": gap.mean().item()}
+        return StepOutput(metrics, {"loss": total, "acc": accuracy}, {"pairs": len(idx)})
+
+    return loop.run(
+        train_step,
+        lambda: evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs),
+        s.eval_every,
     )
-    start = ckpt.done
-    rm.train()
-    if start == 0:
-        logger.log(0, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
-    with ckpt.on_interrupt(), training_progress(s.steps, "rm", start) as bar:
-        for step in range(start, s.steps):
-            t0 = time.perf_counter()
-            idx = step_indices(len(train_pairs), s.pairs_per_step, step, cfg.seed)
-            total = 0.0
-            gaps = []
-            for m in range(0, len(idx), s.micro_batch_pairs):
-                batch = [train_pairs[i] for i in idx[m : m + s.micro_batch_pairs]]
-                chosen, rejected = pair_scores(rm, batch, pad_id)
-                # Weighted by the micro-batch's share: the sum is the step's mean loss.
-                loss = bradley_terry_loss(chosen, rejected, s.margin) * len(batch) / len(idx)
-                loss.backward()
-                total += loss.item()
-                gaps.append((chosen - rejected).detach())
-            grad_norm, lr = optimizer_step(rm.parameters(), optimizer, scheduler, s.max_grad_norm)
-            ckpt.step_done(step)
-            done = ckpt.done
-            dt = time.perf_counter() - t0
-            gap = torch.cat(gaps)
-            accuracy = _accuracy(gap)
-            if done % cfg.log.every == 0 or done == s.steps:
-                logger.log(
-                    done,
-                    {
-                        "loss/rm": total,
-                        "rm/accuracy": accuracy,
-                        "rm/margin": gap.mean().item(),
-                        "grad_norm": grad_norm,
-                        "lr": lr,
-                        "perf/step_s": dt,
-                        "perf/pairs_per_s": len(idx) / dt,
-                    },
-                )
-            if (s.eval_every and done % s.eval_every == 0) or done == s.steps:
-                logger.log(done, evaluate_rm(rm, eval_pairs, pad_id, s.micro_batch_pairs))
-            bar.update(done, loss=total, acc=accuracy)
-            ckpt.end_of_step(on_step)
-    return ckpt.done
 
 
-def run_rm_stage(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """The ``rm`` stage end to end: pairs, training, the saved model (``run_dir/model``), the
-    held-out pairwise accuracy in ``summary.json``, and ``report.html``."""
-    if cfg.model.lora is not None and cfg.rm.head != "value":
-        raise ConfigError("model.lora in the rm stage needs rm.head=value")
-    if cfg.model.gradient_checkpointing:  # it turns off the KV cache that pair_scores shares
-        raise ConfigError("model.gradient_checkpointing is not supported by the rm stage")
-    console = console or Console()
-    t0 = time.time()
-    device, resume_from = start_run(cfg, run_dir, resume, overwrite, console)
+def rm_stage(ctx: RunContext) -> dict[str, Any]:
+    """The ``rm`` stage: pairs, training, the saved model (``run_dir/model``) and the
+    held-out pairwise accuracy; returns the stage's part of ``summary.json``."""
+    cfg, console, resume_from = ctx.cfg, ctx.console, ctx.resume_from
     path = str(resume_from or cfg.model.path)
-
     data = cfg.rm.data
     # Only generated pairs are made from the task's problems.
     train, held_out = load_splits(cfg.task) if data.source == "generated" else ([], [])
     tokenizer = load_tokenizer(path)
     lora = cfg.model.lora
-    kind = (cfg.rm.head, cfg.model.dtype, device, cfg.rm.pool, cfg.rm.likelihood)
+    kind = (cfg.rm.head, cfg.model.dtype, ctx.device, cfg.rm.pool, cfg.rm.likelihood)
     if lora is None:
         rm = load_reward_model(path, *kind)
     else:  # the base weights, then new adapters or the checkpoint's
@@ -203,20 +153,16 @@ def run_rm_stage(
     console.print(
         f"reward model ({rm.head} head, {rm.pool} pooling, likelihood weight {rm.likelihood}): "
         f"{sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M "
-        f"parameters on {device}; pairs: {len(train_pairs)} train ({cut_train} truncated), "
+        f"parameters on {ctx.device}; pairs: {len(train_pairs)} train ({cut_train} truncated), "
         f"{len(eval_pairs)} held-out ({cut_eval} truncated) at max_length {data.max_length}"
     )
 
-    start_step = int(resume_from.name.split("-")[1]) if resume_from else None
-    with RunLogger.for_run(cfg, run_dir, start_step) as logger:
-        steps = train_rm(cfg, rm, tokenizer, train_pairs, eval_pairs, run_dir, logger, resume_from)
-    merge_lora(rm).save_pretrained(run_dir / MODEL_DIR)  # a plain reward model, LoRA or not
-    tokenizer.save_pretrained(run_dir / MODEL_DIR)
+    steps = train_rm(ctx, rm, tokenizer, train_pairs, eval_pairs)
+    merge_lora(rm).save_pretrained(ctx.run_dir / MODEL_DIR)  # a plain reward model, LoRA or not
+    tokenizer.save_pretrained(ctx.run_dir / MODEL_DIR)
     final = evaluate_rm(rm, eval_pairs, tokenizer.pad_token_id, cfg.rm.micro_batch_pairs)
 
-    summary = {
-        "name": cfg.name,
-        "stage": "rm",
+    summary: dict[str, Any] = {
         "steps": steps,
         "eval": {
             "pairwise_accuracy": final["eval/pairwise_accuracy"],
@@ -225,8 +171,7 @@ def run_rm_stage(
             "truncated": cut_eval,
         },
         "train": {"n": len(train_pairs), "truncated": cut_train},
-        "wall_s": time.time() - t0,
-        "model_dir": str(run_dir / MODEL_DIR),
+        "model_dir": str(ctx.run_dir / MODEL_DIR),
     }
     by_kind = {
         kind: {
@@ -237,23 +182,26 @@ def run_rm_stage(
     }
     if by_kind:
         summary["eval"]["by_kind"] = by_kind
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _print_eval(console, summary["eval"])
+    return summary
+
+
+def _print_eval(console: Console, ev: dict[str, Any]) -> None:
+    """The held-out pairwise accuracy table, and one by kind of rejected response."""
     table = Table(title="held-out preference pairs")
     for col in ("pairwise accuracy", "margin", "n", "truncated"):
         table.add_column(col)
-    ev = summary["eval"]
     table.add_row(
-        f"{100 * ev['pairwise_accuracy']:.1f}%", f"{ev['margin']:.3f}", str(ev["n"]), str(cut_eval)
+        f"{100 * ev['pairwise_accuracy']:.1f}%",
+        f"{ev['margin']:.3f}",
+        str(ev["n"]),
+        str(ev["truncated"]),
     )
     console.print(table)
-    if by_kind:
+    if "by_kind" in ev:
         kinds = Table(title="by kind of rejected response")
         for col in ("kind", "pairwise accuracy", "n"):
             kinds.add_column(col)
-        for kind, row in by_kind.items():
+        for kind, row in ev["by_kind"].items():
             kinds.add_row(kind, f"{100 * row['pairwise_accuracy']:.1f}%", str(row["n"]))
         console.print(kinds)
-    from reasonrl.report import build_report
-
-    console.print(f"report: {build_report(run_dir)}")
-    return summary

@@ -25,12 +25,19 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, read_recipe
 
 LOCK_FILE = ".reasonrl-run"
 # What a run writes first (the resolved config), by which --overwrite recognises one.
 CONFIG_FILE = "config.yaml"
 PIPELINE_FILE = "pipeline.yaml"
+
+
+def pipeline_run_dir(recipe: str) -> Path:
+    """Where ``reasonrl run`` puts a multi-stage recipe's run without --out: the recipe's
+    top-level ``out``, else runs/<name>."""
+    data = read_recipe(recipe)[0]
+    return Path(str(data.get("out") or f"runs/{data.get('name', Path(recipe).stem)}"))
 
 
 @contextmanager

@@ -7,20 +7,15 @@ GPU: the same command; ``model.device=auto`` picks CUDA. ``model.lora`` trains a
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from reasonrl.algos import sft_loss
-from reasonrl.config import RunConfig
-from reasonrl.logging import RunLogger, training_progress
 from reasonrl.models.forward import completion_logprobs
-from reasonrl.train.checkpoint import Checkpointer, optimizer_step
+from reasonrl.train.context import RunContext, StepOutput
 from reasonrl.train.data import step_indices
-from reasonrl.train.optim import build_optimizer, warmup_cosine
 
 
 def pack_pairs(
@@ -42,20 +37,13 @@ def pack_pairs(
 
 
 def train_sft(
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    run_dir: Path,
-    logger: RunLogger,
-    resume_from: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
+    ctx: RunContext, model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]]
 ) -> int:
     """Train on (prompt, completion) text pairs; returns the number of steps done.
 
     Completions get the tokenizer's EOS appended, so the model learns to stop.
     """
-    s = cfg.sft
+    s, seed = ctx.cfg.sft, ctx.cfg.seed
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     enc_prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
@@ -63,49 +51,26 @@ def train_sft(
         ids + [eos]
         for ids in tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
     ]
-    optimizer = build_optimizer(model.parameters(), s.learning_rate, s.weight_decay)
-    scheduler = warmup_cosine(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
-    ckpt, _ = Checkpointer.for_run(
-        run_dir, model, tokenizer, optimizer, scheduler, cfg.log, resume_from
-    )
-    start = ckpt.done
-    model.train()
-    with ckpt.on_interrupt(), training_progress(s.steps, "sft", start) as bar:
-        for step in range(start, s.steps):
-            t0 = time.perf_counter()
-            idx = step_indices(len(pairs), s.examples_per_step, step, cfg.seed)
-            step_tokens = sum(len(enc_completions[i]) for i in idx)
-            total = 0.0
-            for m in range(0, len(idx), s.micro_batch_examples):
-                rows = idx[m : m + s.micro_batch_examples]
-                ids, attn, cmask = pack_pairs(
-                    [enc_prompts[i] for i in rows],
-                    [enc_completions[i] for i in rows],
-                    tokenizer.pad_token_id,
-                )
-                ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
-                logp, _ = completion_logprobs(
-                    model, ids, attn, cmask.shape[1], pack_tokens=cfg.model.pack_tokens
-                )
-                loss = sft_loss(logp, cmask, step_tokens)
-                loss.backward()
-                total += loss.item()
-            grad_norm, lr = optimizer_step(
-                model.parameters(), optimizer, scheduler, s.max_grad_norm
+    loop = ctx.loop(model, tokenizer, s, "sft")
+
+    def train_step(step: int) -> StepOutput:
+        idx = step_indices(len(pairs), s.examples_per_step, step, seed)
+        step_tokens = sum(len(enc_completions[i]) for i in idx)
+        total = 0.0
+        for m in range(0, len(idx), s.micro_batch_examples):
+            rows = idx[m : m + s.micro_batch_examples]
+            ids, attn, cmask = pack_pairs(
+                [enc_prompts[i] for i in rows],
+                [enc_completions[i] for i in rows],
+                tokenizer.pad_token_id,
             )
-            ckpt.step_done(step)
-            dt = time.perf_counter() - t0
-            if ckpt.done % cfg.log.every == 0 or ckpt.done == s.steps:
-                logger.log(
-                    ckpt.done,
-                    {
-                        "loss/sft": total,
-                        "grad_norm": grad_norm,
-                        "lr": lr,
-                        "perf/step_s": dt,
-                        "perf/tokens_per_s": step_tokens / dt,
-                    },
-                )
-            bar.update(ckpt.done, loss=total)
-            ckpt.end_of_step(on_step)
-    return ckpt.done
+            ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
+            logp, _ = completion_logprobs(
+                model, ids, attn, cmask.shape[1], pack_tokens=ctx.cfg.model.pack_tokens
+            )
+            loss = sft_loss(logp, cmask, step_tokens)
+            loss.backward()
+            total += loss.item()
+        return StepOutput({"loss/sft": total}, {"loss": total}, {"tokens": step_tokens})
+
+    return loop.run(train_step)

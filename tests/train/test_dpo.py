@@ -13,6 +13,7 @@ from reasonrl.logging import RunLogger, read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.lora import apply_lora
 from reasonrl.tasks.preferences import PreferencePair, encode_pairs
+from reasonrl.train.context import RunContext
 from reasonrl.train.dpo import train_dpo
 from reasonrl.train.run import run
 
@@ -67,7 +68,7 @@ def test_dpo_raises_the_held_out_margin(tmp_path, loss_type, lora):
     cfg, model, tok, train, held_out = _setup(tmp_path, [f"dpo.loss_type={loss_type}"], lora)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     with RunLogger(tmp_path, report_to=()) as logger:
-        assert train_dpo(cfg, model, tok, train, held_out, tmp_path, logger) == 6
+        assert train_dpo(RunContext(cfg, tmp_path, logger), model, tok, train, held_out) == 6
     metrics = read_jsonl(tmp_path / "metrics.jsonl")
     evals = [m for m in metrics if "eval/dpo_margin" in m]
     steps = [m for m in metrics if "loss/dpo" in m]
@@ -93,9 +94,9 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(tmp_path):
             tmp_path, ["dpo.steps=1", f"dpo.micro_batch_pairs={micro}"]
         )
         with RunLogger(out, report_to=()) as logger:
-            train_dpo(cfg, model, tok, train, held_out, out, logger)
+            train_dpo(RunContext(cfg, out, logger), model, tok, train, held_out)
         logged.append(next(m for m in read_jsonl(out / "metrics.jsonl") if "loss/dpo" in m))
-    for key in ("loss/dpo", "grad_norm", "dpo/margin"):
+    for key in ("loss/dpo", "optim/grad_norm", "dpo/margin"):
         assert logged[0][key] == pytest.approx(logged[1][key], rel=1e-5, abs=1e-6), key
 
 
@@ -103,7 +104,7 @@ def test_resume_uses_the_stored_reference_and_reproduces_the_run(tmp_path):
     cfg, model, tok, train, held_out = _setup(tmp_path, ["log.checkpoint_every=3"])
     full = tmp_path / "full"
     with RunLogger(full, report_to=()) as logger:
-        train_dpo(cfg, model, tok, train, held_out, full, logger)
+        train_dpo(RunContext(cfg, full, logger), model, tok, train, held_out)
 
     part = tmp_path / "part"
     shutil.copytree(full, part)
@@ -113,7 +114,8 @@ def test_resume_uses_the_stored_reference_and_reproduces_the_run(tmp_path):
     assert state["extra"]["ref_train"].shape == (len(train), 2)
     resumed = load_model(ModelConfig(path=str(ckpt), device="cpu"))
     with RunLogger(part, report_to=(), resume_step=3) as logger:
-        assert train_dpo(cfg, resumed, tok, train, held_out, part, logger, resume_from=ckpt) == 6
+        ctx = RunContext(cfg, part, logger, resume_from=ckpt)
+        assert train_dpo(ctx, resumed, tok, train, held_out) == 6
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")

@@ -37,7 +37,7 @@ RL = [
 @pytest.mark.parametrize(
     ("recipe", "overrides", "keys"),
     [
-        ("tiny-cold-start", SFT, ["loss/sft", "grad_norm"]),
+        ("tiny-cold-start", SFT, ["loss/sft", "optim/grad_norm"]),
         ("quickstart", RL, ["loss/policy", "optim/grad_norm", "kl/mean", "entropy/mean"]),
         ("quickstart-lora", RL, ["loss/policy", "optim/grad_norm", "kl/mean"]),
         ("quickstart", [*RL, "algo.name=ppo"], ["loss/policy", "loss/value", "optim/grad_norm"]),

@@ -14,7 +14,8 @@ from reasonrl.models.reward import load_reward_model, pad_left
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.tasks.preferences import encode_pairs, generated_pairs
 from reasonrl.train.checkpoint import latest_checkpoint
-from reasonrl.train.rm import pair_scores, run_rm_stage, train_rm
+from reasonrl.train.context import RunContext
+from reasonrl.train.rm import pair_scores, train_rm
 from reasonrl.train.run import run
 
 TINY = [
@@ -93,17 +94,8 @@ def _train(tmp_path, overrides, resume_from=None, on_step=None):
     rm = load_reward_model(str(resume_from or "bundled"), "value", device="cpu")
     step = int(resume_from.name.split("-")[1]) if resume_from else None
     with RunLogger(tmp_path, report_to=(), resume_step=step) as logger:
-        train_rm(
-            cfg,
-            rm,
-            tok,
-            _pairs(tok, 4, 0),
-            _pairs(tok, 1, 1),
-            tmp_path,
-            logger,
-            resume_from,
-            on_step,
-        )
+        ctx = RunContext(cfg, tmp_path, logger, resume_from=resume_from, on_step=on_step)
+        train_rm(ctx, rm, tok, _pairs(tok, 4, 0), _pairs(tok, 1, 1))
     return rm
 
 
@@ -167,14 +159,14 @@ def test_pair_scores_share_the_prompt_or_fall_back_when_none_is_left():
 )
 def test_unsupported_model_options_fail_before_anything_runs(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        run_rm_stage(load_config("tiny-rm", override.split(";")), tmp_path / "rm")
+        run(load_config("tiny-rm", override.split(";")), tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
 
 
 def test_lora_rm_trains_adapters_and_the_head_then_saves_a_plain_merged_model(tmp_path):
     over = TINY + ["rm.steps=6", "rm.learning_rate=2e-3", "model.lora={r: 4, alpha: 8}"]
     run_dir = tmp_path / "rm"
-    summary = run_rm_stage(load_config("tiny-rm", over + ["log.checkpoint_every=3"]), run_dir)
+    summary = run(load_config("tiny-rm", over + ["log.checkpoint_every=3"]), run_dir)
     checkpoint = latest_checkpoint(run_dir)  # the adapter and the head, not the whole model
     assert (checkpoint / "adapter_config.json").is_file() and (
         checkpoint / "value_head.pt"
@@ -194,7 +186,7 @@ def test_lora_rm_trains_adapters_and_the_head_then_saves_a_plain_merged_model(tm
     shutil.copytree(run_dir / "checkpoints" / "step-3", cut / "checkpoints" / "step-3")
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] <= 3]
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    resumed = run_rm_stage(load_config("tiny-rm", over), cut, resume=True)
+    resumed = run(load_config("tiny-rm", over), cut, resume=True)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
     assert strip(read_jsonl(cut / "metrics.jsonl")) == strip(read_jsonl(run_dir / "metrics.jsonl"))
     assert resumed["eval"] == summary["eval"]
