@@ -66,7 +66,7 @@ class ModelConfig(_Strict):
     path: str = (
         "bundled"  # "bundled" (the packaged tiny checkpoint), a local directory, or a hub id
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init: ModelInit | None = None  # set to train a new model (and tokenizer) from scratch
     lora: LoRAConfig | None = None  # train low-rank adapters instead of every weight
