@@ -558,6 +558,12 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False)
 
 
+def looks_local(path: str) -> bool:
+    """Whether a model or dataset ``path`` names a file or directory here rather than a hub id
+    ("org/name")."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
+
+
 def bundled_recipes() -> dict[str, Path]:
     """Recipes shipped inside the package, by file stem."""
     root = resources.files("reasonrl") / "recipes"

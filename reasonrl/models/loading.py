@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from reasonrl.config import ConfigError, ModelConfig, ModelInit
-from reasonrl.tasks.files import looks_local
+from reasonrl.config import ConfigError, ModelConfig, ModelInit, looks_local
 
 BUNDLED = "bundled"
 

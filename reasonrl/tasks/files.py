@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, looks_local
 
 
 def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[int, Any]]:
@@ -46,11 +46,6 @@ def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[int, Any]]:
 
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def looks_local(path: str) -> bool:
-    """Whether ``path`` names a file or directory here rather than a hub id ("org/name")."""
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
 
 
 def check_dataset_path(path: str) -> None:
