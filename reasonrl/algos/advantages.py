@@ -156,9 +156,7 @@ def rloo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
 def reinforce_pp(x: AdvantageInput) -> tuple[torch.Tensor, None]:
     """``returns.reinforce_pp_advantages`` of the token rewards (whitening is part of it)."""
     mask = x.computed_mask()
-    adv = reinforce_pp_advantages(
-        x.token_rewards, mask, x.gamma or 1.0, x.std_eps, x.sum_ranks
-    )
+    adv = reinforce_pp_advantages(x.token_rewards, mask, x.gamma or 1.0, x.std_eps, x.sum_ranks)
     return _uncomputed_to_nan(x, adv * mask), None
 
 
