@@ -337,7 +337,8 @@ def metrics(
     cmask = batch.rollout.completion_mask.to(torch.float32)
     kl = lp.kl(LOGGED_KL)
     kl_sums = torch.tensor(
-        [float((kl * cmask).sum()) if kl is not None else 0.0, float(cmask.sum())],
+        # float64 sums: the ranks' partial sums then add up to one process's to rounding
+        [float((kl.double() * cmask).sum()) if kl is not None else 0.0, float(cmask.sum())],
         dtype=torch.float64,
     )
     kl_sum, kl_count = all_reduce_sum(kl_sums, ranks).tolist()
