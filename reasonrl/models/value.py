@@ -39,7 +39,8 @@ class ValueModel(torch.nn.Module):
         head_path = Path(path) / HEAD_FILE
         if head_path.is_file():
             decoder = AutoModel.from_pretrained(path, dtype=dtype)
-            model = cls(decoder, decoder.config.hidden_size)
+            # the head in ``dtype`` before loading: a float32 head would round a float64 one
+            model = cls(decoder, decoder.config.hidden_size).to(dtype)
             model.head.load_state_dict(torch.load(head_path, weights_only=True))
             if lm_head:
                 model.lm_head = _saved_lm_head(Path(path), decoder)

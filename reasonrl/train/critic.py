@@ -48,9 +48,6 @@ class Critic:
         )
         self.micro, self.pack_tokens = r.micro_batch_completions, cfg.model.pack_tokens
         self.value_clip, self.max_grad_norm = algo.value_clip, r.max_grad_norm
-        if ranks.world_size > 1 and self.pack_tokens:
-            # the packed path calls the decoder row by row, around the DDP wrapper's forward
-            raise ConfigError("model.pack_tokens with algo.name=ppo runs on one process only")
 
     def save(self, checkpoint: Path) -> None:
         """Write the critic and its optimizer into the policy's ``checkpoint`` directory. Every
@@ -74,7 +71,7 @@ class Critic:
 
     def _values(self, ro: Rollout) -> torch.Tensor:
         c = ro.completion_ids.shape[1]
-        if self.pack_tokens:
+        if self.pack_tokens:  # one process only (train/rl.py: check_ranks)
             return unwrap(self.model).completion_values(
                 ro.input_ids, ro.attention_mask, c, self.pack_tokens
             )

@@ -149,11 +149,17 @@ def train_rl(
 
 def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     """What several ranks cannot run, refused before the first step with ``ConfigError``: a
-    step's prompts or mini-batches that do not split evenly over the ranks, and DAPO's dynamic
-    sampling (ranks would keep different numbers of groups, so run different numbers of
-    forwards and backwards)."""
+    step's prompts or mini-batches that do not split evenly over the ranks, DAPO's dynamic
+    sampling (ranks would keep different numbers of groups) and ``model.pack_tokens`` (a
+    forward per packed row, as many as the rank's lengths make): both would have ranks run
+    different numbers of forwards and backwards."""
     if ranks.world_size == 1:
         return
+    if cfg.model.pack_tokens:
+        raise ConfigError(
+            f"model.pack_tokens runs on one process only ({ranks.world_size} were started): "
+            "set model.pack_tokens=0"
+        )
     if cfg.algo.dynamic_sampling:
         raise ConfigError(
             f"algo.dynamic_sampling runs on one process only ({ranks.world_size} were started): "

@@ -138,6 +138,7 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
     [
         (["algo.name=dapo"], "algo.dynamic_sampling"),
         (["rl.prompts_per_step=3"], "rl.prompts_per_step"),
+        (["model.pack_tokens=64"], "model.pack_tokens"),
         (
             [
                 "rl.prompts_per_step=2",
