@@ -63,8 +63,6 @@ CASES = {
         "algo.scale_rewards=batch",
         "algo.whiten=true",
     ],
-    # token-level whitening with the KL in the reward
-    "reinforce_pp": ["algo.name=reinforce_pp"],
     "ppo": ["algo.name=ppo", "rl.mini_batch_completions=8", "algo.ppo_epochs=2"],
 }
 

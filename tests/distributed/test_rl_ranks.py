@@ -1,7 +1,7 @@
 """The RL trainer on two gloo ranks against one process: ``train_rl`` for 3 steps of the bundled
 model in float64 gives the same parameters (to 1e-10), the same logged metrics and the same
 samples.jsonl, under DDP and FSDP2, for each loss aggregation, with several mini-batches and two
-epochs (batch-wide std and whitening), REINFORCE++ (token whitening) and PPO with its critic.
+epochs (batch-wide std and whitening), and PPO with its critic.
 
 One ``torchrun`` launch (``rl_worker.py``) runs every two-rank case, while one process runs each
 configuration once beside it.
@@ -33,9 +33,7 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 TWO_RANKS = [
     *(f"{agg}:{p}" for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
       for p in ("ddp", "fsdp")),
-    "mini:ddp",
     "mini:fsdp",
-    "reinforce_pp:ddp",
     "ppo:ddp",
     "ppo:fsdp",
 ]  # fmt: skip
