@@ -1,5 +1,6 @@
-"""Deterministic batch order and sampling seeds: which examples step k uses, and the seed each
-of its completions is drawn with, depend only on (seed, k) and the example.
+"""Deterministic batch order, sampling seeds and mini-batches: which examples step k uses, the
+seed each of its completions is drawn with, and the mini-batch each completion trains in,
+depend only on (seed, k) and the example (or the completion's row in the step).
 
 That makes the data position of a checkpoint just its step number, and a resumed run sees
 exactly the batches the uninterrupted run would have seen. Seeds keyed by the example, not by
