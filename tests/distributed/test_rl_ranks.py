@@ -150,7 +150,8 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
 def test_what_two_ranks_cannot_split_is_refused_before_the_first_step(
     overrides: list[str], names: str
 ) -> None:
-    cfg = load_config("quickstart", ["rl.completions_per_prompt=4", *overrides])
+    base = ["rl.completions_per_prompt=4", "rl.micro_batch_completions=4"]
+    cfg = load_config("quickstart", [*base, *overrides])
     check_ranks(cfg, Ranks())  # one process runs it
     with pytest.raises(ConfigError, match=names):
         check_ranks(cfg, Ranks(0, 2, 0))
