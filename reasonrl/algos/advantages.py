@@ -20,15 +20,22 @@ from typing import Any
 import torch
 
 from reasonrl.algos.returns import gae, reinforce_pp_advantages
-from reasonrl.algos.whiten import masked_whiten
+from reasonrl.algos.whiten import SumRanks, local_sum, masked_whiten
 from reasonrl.config import ConfigError
 
 
-def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor,
+    scale: str = "group",
+    eps: float = 1e-4,
+    sum_ranks: SumRanks = local_sum,
+) -> torch.Tensor:
     """Group-normalised advantages (GRPO): (r − mean_group) / (std_group + eps).
 
     rewards: [P, G] → [P, G]. ``scale``: group (std of the group, unbiased), batch (unbiased std
     of all valid rewards; still centred on the group mean), none (Dr.GRPO). eps 1e-4 is TRL's.
+    ``sum_ranks``: with several ranks, a tensor's sum over them, so that ``batch`` is the std of
+    every rank's rewards (groups are whole on one rank: the group statistics need nothing).
     """
     valid = ~torch.isnan(rewards)
     r = torch.where(valid, rewards, torch.zeros_like(rewards))
@@ -39,10 +46,21 @@ def grpo_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e
         var = (centred**2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
         centred = centred / (var.sqrt() + eps)
     elif scale == "batch":
-        centred = centred / (rewards[valid].std() + eps) if valid.sum() > 1 else centred
+        centred = centred / (_batch_std(r, valid, sum_ranks) + eps)
     elif scale != "none":
         raise ValueError(f"unknown advantage scale {scale!r}; choose group, batch or none")
     return torch.where(n > 1, centred, torch.zeros_like(centred))
+
+
+def _batch_std(r: torch.Tensor, valid: torch.Tensor, sum_ranks: SumRanks) -> torch.Tensor:
+    """Unbiased std of the valid rewards of every rank (two float64 passes); 0 below two."""
+    v, r64 = valid.double(), r.double()
+    n_sum = sum_ranks(torch.stack([v.sum(), r64.sum()]))
+    mean = n_sum[1] / n_sum[0].clamp(min=1)
+    sq = sum_ranks((((r64 - mean) ** 2) * v).sum())
+    return (
+        (sq / (n_sum[0] - 1)).sqrt().to(r.dtype) if n_sum[0] > 1 else torch.zeros((), dtype=r.dtype)
+    )
 
 
 def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -75,7 +93,11 @@ class AdvantageInput:
     tokens when the KL penalty is a reward. token_rewards: [B, C], the outcome on the last
     ``mask`` token (0 where uncomputed) and −β·KL on every one (``kl.kl_in_reward``). mask: [B, C]
     completion tokens that may carry loss. values: [B, C] the critic's V before each token, or
-    None without one. The rest are the ``algo`` fields of the same names.
+    None without one. ``sum_ranks``: a tensor's sum over the training ranks (the identity in one
+    process): with several ranks every input above holds this rank's prompts only (whole
+    groups), and an estimator taking a statistic of the whole batch (a std, a whitening) sums
+    its parts with it, as ``grpo_advantages`` and ``masked_whiten`` do. The rest are the
+    ``algo`` fields of the same names.
     """
 
     rewards: torch.Tensor
@@ -87,6 +109,7 @@ class AdvantageInput:
     whiten: bool = False
     gamma: float | None = None
     lam: float | None = None
+    sum_ranks: SumRanks = local_sum
 
     def computed_mask(self) -> torch.Tensor:
         """``mask`` without the completions whose reward could not be computed: [B, C]."""
@@ -106,7 +129,7 @@ def _per_token(x: AdvantageInput, adv: torch.Tensor) -> tuple[torch.Tensor, None
     b, c = x.mask.shape
     adv = adv.to(x.mask.device).reshape(b, 1).expand(b, c)
     if x.whiten:
-        adv = masked_whiten(adv, x.mask, x.std_eps or 1e-8)
+        adv = masked_whiten(adv, x.mask, x.std_eps or 1e-8, x.sum_ranks)
     return adv * x.mask, None
 
 
@@ -117,7 +140,7 @@ def _uncomputed_to_nan(x: AdvantageInput, adv: torch.Tensor) -> torch.Tensor:
 
 def grpo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
     """``grpo_advantages`` with ``scale_rewards`` and ``std_eps``, on every token."""
-    return _per_token(x, grpo_advantages(x.rewards, x.scale_rewards, x.std_eps))
+    return _per_token(x, grpo_advantages(x.rewards, x.scale_rewards, x.std_eps, x.sum_ranks))
 
 
 def dr_grpo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
@@ -133,7 +156,7 @@ def rloo(x: AdvantageInput) -> tuple[torch.Tensor, None]:
 def reinforce_pp(x: AdvantageInput) -> tuple[torch.Tensor, None]:
     """``returns.reinforce_pp_advantages`` of the token rewards (whitening is part of it)."""
     mask = x.computed_mask()
-    adv = reinforce_pp_advantages(x.token_rewards, mask, x.gamma or 1.0, x.std_eps)
+    adv = reinforce_pp_advantages(x.token_rewards, mask, x.gamma or 1.0, x.std_eps, x.sum_ranks)
     return _uncomputed_to_nan(x, adv * mask), None
 
 
@@ -145,7 +168,7 @@ def gae_advantages(x: AdvantageInput) -> tuple[torch.Tensor, torch.Tensor]:
     mask = x.computed_mask()
     adv, returns = gae(x.token_rewards, x.values, mask, x.gamma or 1.0, x.lam or 1.0)
     if x.whiten:
-        adv = masked_whiten(adv, mask, x.std_eps or 1e-8)
+        adv = masked_whiten(adv, mask, x.std_eps or 1e-8, x.sum_ranks)
     return _uncomputed_to_nan(x, adv * mask), returns
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.algos.whiten import masked_whiten
+from reasonrl.algos.whiten import SumRanks, local_sum, masked_whiten
 
 
 def gae(
@@ -41,7 +41,11 @@ def gae(
 
 
 def reinforce_pp_advantages(
-    token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, eps: float = 1e-8
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+    sum_ranks: SumRanks = local_sum,
 ) -> torch.Tensor:
     """REINFORCE++: per-token returns-to-go G_t = Σ_{s≥t} γ^{s−t} r_s, whitened over every valid
     token of the batch (global normalisation, no per-prompt baseline).
@@ -51,4 +55,4 @@ def reinforce_pp_advantages(
     """
     # Returns-to-go are GAE with a zero critic and λ = 1.
     returns, _ = gae(token_rewards, torch.zeros_like(token_rewards), mask, gamma, 1.0)
-    return masked_whiten(returns, mask, eps)
+    return masked_whiten(returns, mask, eps, sum_ranks)

@@ -39,7 +39,8 @@ class ValueModel(torch.nn.Module):
         head_path = Path(path) / HEAD_FILE
         if head_path.is_file():
             decoder = AutoModel.from_pretrained(path, dtype=dtype)
-            model = cls(decoder, decoder.config.hidden_size)
+            # the head in ``dtype`` before loading: a float32 head would round a float64 one
+            model = cls(decoder, decoder.config.hidden_size).to(dtype)
             model.head.load_state_dict(torch.load(head_path, weights_only=True))
             if lm_head:
                 model.lm_head = _saved_lm_head(Path(path), decoder)
@@ -55,11 +56,18 @@ class ValueModel(torch.nn.Module):
         embedding = self.decoder.get_input_embeddings()
         return self.lm_head is not None and self.lm_head.weight is embedding.weight
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.decoder.save_pretrained(path)
-        save_torch(self.head.state_dict(), Path(path) / HEAD_FILE)
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """The decoder in HF format, the head (and an untied ``lm_head``) beside it.
+        ``state_dict``: this model's whole state to write instead of its own (gathered from
+        the ranks' shards by ``reasonrl.distributed.full_model_state``)."""
+        state = self.state_dict() if state_dict is None else state_dict
+        part = lambda name: {  # noqa: E731
+            k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")
+        }
+        self.decoder.save_pretrained(path, state_dict=part("decoder"))
+        save_torch(part("head"), Path(path) / HEAD_FILE)
         if self.lm_head is not None and not self.lm_head_is_tied():
-            save_torch(self.lm_head.state_dict(), Path(path) / LM_HEAD_FILE)
+            save_torch(part("lm_head"), Path(path) / LM_HEAD_FILE)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor

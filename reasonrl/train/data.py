@@ -1,5 +1,6 @@
-"""Deterministic batch order and sampling seeds: which examples step k uses, and the seed each
-of its completions is drawn with, depend only on (seed, k) and the example.
+"""Deterministic batch order, sampling seeds and mini-batches: which examples step k uses, the
+seed each of its completions is drawn with, and the mini-batch each completion trains in,
+depend only on (seed, k) and the example (or the completion's row in the step).
 
 That makes the data position of a checkpoint just its step number, and a resumed run sees
 exactly the batches the uninterrupted run would have seen. Seeds keyed by the example, not by
@@ -59,3 +60,30 @@ def eval_seeds(seed: int, problem_indices: Sequence[int], k: int) -> list[int]:
     function of (seed, i, j). The before and after evaluations of a run draw with the same
     seeds, so their difference is the weights', not the noise's."""
     return [_derive("eval", seed, i, j) for i in problem_indices for j in range(k)]
+
+
+def mini_batches(
+    rows: range, n_mini: int, shuffle: tuple[int, int, int] | None = None
+) -> list[list[int]]:
+    """Which of ``rows`` (global row numbers of a step's completions; a rank's contiguous block)
+    each of the step's ``n_mini`` mini-batches holds, as indices into ``rows``, ascending.
+
+    The rows are cut into aligned blocks of ``n_mini`` (rows k·n_mini … k·n_mini + n_mini − 1);
+    each block gives one row to every mini-batch: row j to mini-batch j mod n_mini (strided), or
+    with ``shuffle`` = (seed, step, epoch) to mini-batch perm_k[j mod n_mini], perm_k a
+    permutation seeded by (seed, step, epoch, k). Both are functions of the global row alone,
+    so a mini-batch of one process is the union of every rank's, when each rank's block holds
+    whole blocks of ``n_mini`` (a partial last block, one process only, leaves some
+    mini-batches a row short).
+    """
+    out: list[list[int]] = [[] for _ in range(n_mini)]
+    perm: list[int] = []
+    for j in rows:
+        block, i = divmod(j, n_mini)
+        if shuffle is not None:
+            if i == 0 or j == rows.start:
+                gen = torch.Generator().manual_seed(_derive("mini_batch", *shuffle, block))
+                perm = torch.randperm(n_mini, generator=gen).tolist()
+            i = perm[i]
+        out[i].append(j - rows.start)
+    return out

@@ -3,18 +3,23 @@
 CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes); any algorithm with
 ``algo.name=ppo|rloo|dapo|…``. One GPU: the same recipe, ``model.device=auto`` picks CUDA.
 With ``model.lora`` only adapters train and the reference is the adapter-disabled policy
-(``ref_model`` None). Rollouts come from ``rollout.engine`` (``hf`` or ``fast``). Leaves out:
-Ray (several processes or machines).
+(``ref_model`` None). Rollouts come from ``rollout.engine`` (``hf`` or ``fast``). Several
+processes (``torchrun``, docs/distributed.md): ``ranks`` says where this one sits; the caller
+wraps the policy (and reference, critic) with ``distributed.wrap_model`` and gives the engine the
+unwrapped policy. Every size in the recipe is the global step's, and the run computes what one
+process computes (to rounding). Leaves out: Ray; DAPO's dynamic sampling on several ranks.
 
 One step, top to bottom (the records are in ``train/records.py``):
   collect     P prompts → P × G completions, each generation round scored (``score``); DAPO
-              drops groups whose rewards are all equal and draws more → ScoredBatch
+              drops groups whose rewards are all equal and draws more → ScoredBatch. Each
+              rank generates a contiguous block of whole groups, each completion with its
+              own seed (``data.completion_seeds``), so any split draws the same completions
   logprobs    the sampling policy's, the reference's and the critic's view of them → LogProbs
   advantages  the KL penalty folded into the rewards when it is one, then the estimator
               ``algo.advantage`` (``algos.ADVANTAGES`` or a user's by import path) → Advantages
   update      ``ppo_epochs`` passes over mini-batches, one optimizer update each
               (``train/update.py``; the critic, ``train/critic.py``, on the same mini-batches)
-  metrics     what the step logs, from sums and counts
+  metrics     what the step logs, from sums and counts over every rank (rank 0 logs)
 The algorithms' choices are data (``AlgoConfig``, docs/algorithms.md); the maths is in ``algos``.
 """
 
@@ -30,24 +35,32 @@ from typing import Any
 import torch
 
 from reasonrl.algos import AdvantageInput, Estimator, get_advantage, kl_in_reward
-from reasonrl.config import AlgoConfig, RunConfig
+from reasonrl.config import AlgoConfig, ConfigError, RunConfig
+from reasonrl.distributed import (
+    Ranks,
+    all_gather_objects,
+    all_reduce_sum,
+    full_weights,
+    shard,
+    unwrap,
+)
 from reasonrl.logging import RunLogger, training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
-from reasonrl.models.value import ValueModel
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.critic import CRITIC_DIR as CRITIC_DIR  # run.py's build_critic reads it here
 from reasonrl.train.critic import Critic
-from reasonrl.train.data import step_indices
+from reasonrl.train.data import completion_seeds, step_indices
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats, concat_scored
-from reasonrl.train.update import update, updates_per_step
+from reasonrl.train.update import check_mini_batches, update, updates_per_step
 
 LOGGED_KL = "k3"  # kl/mean: never negative and unbiased, comparable across algorithms
+ONE_PROCESS = Ranks()
 
 
 def train_rl(
@@ -62,15 +75,18 @@ def train_rl(
     logger: RunLogger,
     resume_from: Path | None = None,
     on_step: Callable[[int], None] | None = None,
-    critic: ValueModel | None = None,
+    critic: torch.nn.Module | None = None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> int:
     """Train ``policy`` on ``samples`` (rendered as ``prompts``); returns the steps done.
 
     The KL reference is ``ref_model``, or for a LoRA policy without one, the policy with its
-    adapters disabled. ``critic``: PPO's value model, trained beside the policy."""
+    adapters disabled. ``critic``: PPO's value model (wrapped like the policy), trained beside
+    it. With several ``ranks`` every rank calls this with the same arguments."""
     r, algo = cfg.rl, cfg.algo
+    check_ranks(cfg, ranks)
     estimator = get_advantage(algo.advantage)
-    ppo_critic = Critic(critic, cfg) if critic is not None else None
+    ppo_critic = Critic(critic, cfg, ranks) if critic is not None else None
     optimizer = build_optimizer(policy.parameters(), r.learning_rate, r.weight_decay, r.adam_betas)
     # the policy's schedule spans the steps that train it: none during PPO's critic warm-up
     critic_only = algo.critic_warmup_steps if ppo_critic is not None else 0
@@ -80,24 +96,36 @@ def train_rl(
         run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic
     )
     if resume_from is not None and ppo_critic is not None:
-        ppo_critic.load_optimizer(resume_from)
+        ppo_critic.load(resume_from)
     policy.train()
 
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, ckpt.done) as bar:
         for step in range(ckpt.done, r.steps):
             t0 = time.perf_counter()
-            batch = collect(cfg, engine, prompts, samples, step)
+            with full_weights(policy):  # FSDP2: whole weights, so ranks may generate apart
+                batch = collect(cfg, engine, prompts, samples, step, ranks)
             t_gen = time.perf_counter() - t0
-            lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout)
-            adv = advantages(batch, lp, algo, estimator)
+            lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout, ranks)
+            adv = advantages(batch, lp, algo, estimator, ranks)
             train_policy = step >= critic_only
             lr = scheduler.get_last_lr()[0] if train_policy else 0.0
-            stats = update(cfg, policy, optimizer, ppo_critic, batch.rollout, lp, adv, train_policy)
+            stats = update(
+                cfg,
+                policy,
+                optimizer,
+                ppo_critic,
+                batch.rollout,
+                lp,
+                adv,
+                train_policy,
+                step,
+                ranks,
+            )
             if train_policy:
                 scheduler.step()
             ckpt.step_done(step)
             done, dt = ckpt.done, time.perf_counter() - t0
-            logged = metrics(batch, lp, stats)
+            logged = metrics(batch, lp, stats, ranks)
             logged.update(
                 {
                     "optim/lr": lr,
@@ -107,13 +135,38 @@ def train_rl(
                     "perf/peak_memory_mib": peak_memory_mib(batch.rollout.input_ids.device),
                 }
             )
-            if done % cfg.log.every == 0 or done == r.steps:
+            if ranks.is_main and (done % cfg.log.every == 0 or done == r.steps):
                 logger.log(done, logged)
             if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
-                logger.log_samples(done, sample_records(batch, cfg, tokenizer))
+                gathered = all_gather_objects(sample_records(batch, cfg, tokenizer), ranks)
+                if ranks.is_main:
+                    records = [rec for part in gathered for rec in part]
+                    logger.log_samples(done, records[: cfg.log.samples_per_log])
             bar.update(done, reward=logged["reward/mean"], kl=logged["kl/mean"])
             ckpt.end_of_step(on_step)
     return ckpt.done
+
+
+def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
+    """What several ranks cannot run, refused before the first step with ``ConfigError``: a
+    step's prompts or mini-batches that do not split evenly over the ranks, DAPO's dynamic
+    sampling (ranks would keep different numbers of groups) and ``model.pack_tokens`` (a
+    forward per packed row, as many as the rank's lengths make): both would have ranks run
+    different numbers of forwards and backwards."""
+    if ranks.world_size == 1:
+        return
+    if cfg.model.pack_tokens:
+        raise ConfigError(
+            f"model.pack_tokens runs on one process only ({ranks.world_size} were started): "
+            "set model.pack_tokens=0"
+        )
+    if cfg.algo.dynamic_sampling:
+        raise ConfigError(
+            f"algo.dynamic_sampling runs on one process only ({ranks.world_size} were started): "
+            "set algo.dynamic_sampling=false, or run on one process"
+        )
+    shard(cfg.rl.prompts_per_step, ranks)
+    check_mini_batches(cfg, ranks)
 
 
 # --------------------------------------------------------------------------- collect, score
@@ -145,22 +198,29 @@ def collect(
     prompts: Sequence[str],
     samples: Sequence[Sample],
     step: int,
+    ranks: Ranks = ONE_PROCESS,
 ) -> ScoredBatch:
-    """Generate and score the step's groups. With ``algo.dynamic_sampling`` (DAPO), groups whose
-    valid rewards are all equal carry no signal: they are dropped and more prompts drawn, up to
-    ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it has."""
+    """Generate and score the step's groups (this rank's block of them; completion i with the
+    seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO,
+    one process), groups whose valid rewards are all equal carry no signal: they are dropped
+    and more prompts drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on
+    the groups it has."""
     ro, algo = cfg.rollout, cfg.algo
     group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step
     kept: list[ScoredBatch] = []
     have, rounds = 0, 0
     while rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-        idx = prompt_indices(cfg, len(samples), step, rounds)
+        every = prompt_indices(cfg, len(samples), step, rounds)
+        seeds = completion_seeds(cfg.seed, step, every, group, rounds)
+        mine = shard(len(every), ranks)
+        idx = every[mine.start : mine.stop]
         rollout = engine.generate(
             [prompts[i] for i in idx for _ in range(group)],
             max_new_tokens=ro.max_new_tokens,
             temperature=ro.temperature,
             top_p=ro.top_p,
             top_k=ro.top_k,
+            seeds=seeds[mine.start * group : mine.stop * group],
         )
         scored = score(cfg, rollout, [samples[i] for i in idx for _ in range(group)])
         keep = list(range(len(idx)))
@@ -209,17 +269,19 @@ def logprobs(
     ref_model: torch.nn.Module | None,
     critic: Critic | None,
     rollout: Rollout,
+    ranks: Ranks = ONE_PROCESS,
 ) -> LogProbs:
     """The log-probs of the sampling policy (recomputed where the step needs them exactly: the
     ratio's denominator once an update has moved the weights, the KL penalty's when it is a
     reward; with one update they equal the current ones, detached, and are not computed), of the
     reference (only with a KL term), and the critic's values."""
     algo = cfg.algo
-    several = updates_per_step(cfg, len(rollout)) > 1
+    several = updates_per_step(cfg, len(rollout) * ranks.world_size) > 1
     policy.eval()  # no dropout while scoring the batch
     old = _logprobs_of(policy, rollout, cfg) if several or algo.kl_in == "reward" else None
     ref = None
-    with reference_model(policy, ref_model) as reference:
+    # unwrapped: peft's disable_adapter is the model's (no backward here, DDP has nothing to do)
+    with reference_model(unwrap(policy), ref_model) as reference:
         if reference is not None and algo.beta > 0:
             ref = _logprobs_of(reference, rollout, cfg)
     values = critic.values(rollout) if critic is not None else None
@@ -232,12 +294,17 @@ def logprobs(
 
 
 def advantages(
-    batch: ScoredBatch, lp: LogProbs, algo: AlgoConfig, estimator: Estimator
+    batch: ScoredBatch,
+    lp: LogProbs,
+    algo: AlgoConfig,
+    estimator: Estimator,
+    ranks: Ranks = ONE_PROCESS,
 ) -> Advantages:
     """Advantages per loss token. The loss tokens are the completions' tokens, less DAPO's
     overlong filter (truncated completions, no EOS) and the tokens the estimator gives no
     advantage (NaN). With ``kl_in=reward`` the sampling policy's KL, ×β, is taken from the
-    sequence rewards (summed over the row) and from each token's reward."""
+    sequence rewards (summed over the row) and from each token's reward. With several ranks the
+    estimator's batch statistics sum over them (``AdvantageInput.sum_ranks``)."""
     ro = batch.rollout
     mask = ro.completion_mask.to(torch.float32)
     if algo.overlong_filter:
@@ -258,6 +325,7 @@ def advantages(
         algo.whiten,
         algo.gamma,
         algo.lam,
+        lambda t: all_reduce_sum(t, ranks),
     )
     adv, returns = estimator(x)
     mask = mask * ~torch.isnan(adv)
@@ -267,27 +335,42 @@ def advantages(
 # --------------------------------------------------------------------------- metrics
 
 
-def metrics(batch: ScoredBatch, lp: LogProbs, stats: UpdateStats) -> dict[str, float]:
-    """What one step logs (namespaced keys; token statistics are means over loss tokens)."""
-    rewards = batch.rewards
+def metrics(
+    batch: ScoredBatch, lp: LogProbs, stats: UpdateStats, ranks: Ranks = ONE_PROCESS
+) -> dict[str, float]:
+    """What one step logs (namespaced keys; token statistics are means over loss tokens), of the
+    whole step: the per-completion values of every rank gathered (small), token sums summed."""
     cmask = batch.rollout.completion_mask.to(torch.float32)
     kl = lp.kl(LOGGED_KL)
-    kl_mean = float((kl * cmask).sum() / cmask.sum().clamp(min=1)) if kl is not None else math.nan
+    kl_sums = torch.tensor(
+        # float64 sums: the ranks' partial sums then add up to one process's to rounding
+        [float((kl.double() * cmask).sum()) if kl is not None else 0.0, float(cmask.sum())],
+        dtype=torch.float64,
+    )
+    kl_sum, kl_count = all_reduce_sum(kl_sums, ranks).tolist()
+    parts = all_gather_objects(
+        (batch.rewards, batch.components, batch.uncomputed, batch.rollout.lengths.tolist()),
+        ranks,
+    )
+    rewards = torch.cat([p[0] for p in parts])
+    components = {k: [v for p in parts for v in p[1][k]] for k in batch.components}
+    uncomputed = {k: [v for p in parts for v in p[2][k]] for k in batch.uncomputed}
+    lengths = [n for p in parts for n in p[3]]
     flat = rewards.flatten()
     valid = flat[~torch.isnan(flat)]
     policy_loss = (stats.policy_loss or 0.0) / stats.updates
     out = {
         "reward/mean": float(valid.mean()) if valid.numel() else float("nan"),
         "reward/std": float(valid.std()) if valid.numel() > 1 else 0.0,
-        **{f"reward/{k}": _nanmean(v) for k, v in batch.components.items()},
-        **{f"reward/{k}/uncomputed": sum(v) for k, v in batch.uncomputed.items()},
+        **{f"reward/{k}": _nanmean(v) for k, v in components.items()},
+        **{f"reward/{k}/uncomputed": sum(v) for k, v in uncomputed.items()},
         "reward/uncomputed": int(torch.isnan(flat).sum()),
         "groups/all_equal": float(
             sum(not _has_signal(g) for g in rewards) / max(1, rewards.shape[0])
         ),
         "sampling/rounds": batch.rounds,
-        "kl/mean": kl_mean,
-        "response/length_mean": float(batch.rollout.lengths.float().mean()),
+        "kl/mean": kl_sum / max(kl_count, 1.0) if kl is not None else math.nan,
+        "response/length_mean": sum(lengths) / len(lengths),
         "loss/total": policy_loss + (stats.value_loss or 0.0) / stats.updates,
         "loss/policy": policy_loss,
         "entropy/mean": stats.entropy / stats.tokens,

@@ -1,11 +1,16 @@
 """The ``update`` phase of an RL step: ``algo.ppo_epochs`` passes over the step's completions in
 mini-batches of ``rl.mini_batch_completions``, one optimizer update each, every mini-batch
 accumulated over micro-batches of ``rl.micro_batch_completions``; the critic, when there is one,
-takes an update on the same mini-batches."""
+takes an update on the same mini-batches.
+
+Several ranks (``reasonrl.distributed``): each holds a contiguous block of the step's rows. Row j
+of the step goes to a mini-batch by a rule of j alone (``data.mini_batches``: strided, or with
+``ppo_epochs`` > 1 dealt by a seeded permutation per block of rows), so one process's mini-batch
+m is the union of every rank's; losses are normalised by the mini-batch's totals over all
+ranks (``loss_totals``) and the wrapped model sums the ranks' gradients.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -16,23 +21,50 @@ from reasonrl.algos import (
     importance_ratio,
     kl_in_loss,
 )
-from reasonrl.config import RunConfig
+from reasonrl.config import ConfigError, RunConfig
+from reasonrl.distributed import Ranks, all_reduce_sum, global_counts, gradient_sync
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout.base import Rollout
 from reasonrl.train.critic import Critic
+from reasonrl.train.data import mini_batches
 from reasonrl.train.records import Advantages, LogProbs, UpdateStats
 
 
-def updates_per_step(cfg: RunConfig, completions: int) -> int:
-    """Optimizer updates a step of ``completions`` makes: epochs × mini-batches."""
+def mini_batch_count(cfg: RunConfig, completions: int) -> int:
+    """Mini-batches per epoch of a step of ``completions`` (over every rank)."""
     mini = min(cfg.rl.mini_batch_completions or completions, completions)
-    return cfg.algo.ppo_epochs * math.ceil(completions / mini)
+    return -(-completions // mini)
 
 
-def loss_totals(mask: torch.Tensor, rows: list[int]) -> tuple[int, int]:
-    """The loss tokens and sequences a mini-batch's losses are normalised by: the one place they
-    are counted (with several ranks, the place to all-reduce them). mask: [B, C]."""
-    return max(1, int(mask[rows].sum())), len(rows)
+def updates_per_step(cfg: RunConfig, completions: int) -> int:
+    """Optimizer updates a step of ``completions`` (over every rank) makes: epochs ×
+    mini-batches."""
+    return cfg.algo.ppo_epochs * mini_batch_count(cfg, completions)
+
+
+def check_mini_batches(cfg: RunConfig, ranks: Ranks) -> None:
+    """Every rank must hold the same number of rows of every mini-batch (the same forwards and
+    backwards, and one process's mini-batches): its completions a multiple of the mini-batch
+    count. Raises ``ConfigError`` naming the sizes to change."""
+    r, w = cfg.rl, ranks.world_size
+    total = r.prompts_per_step * r.completions_per_prompt
+    n_mini = mini_batch_count(cfg, total)
+    per_rank = total // w
+    if w > 1 and per_rank % n_mini:
+        raise ConfigError(
+            f"rl.mini_batch_completions={r.mini_batch_completions} makes {n_mini} mini-batches "
+            f"of the step's {total} completions, which cannot be split evenly over {w} ranks "
+            f"({per_rank} completions each); choose rl.prompts_per_step and "
+            f"rl.mini_batch_completions so that {n_mini} divides prompts_per_step / {w} × "
+            "completions_per_prompt"
+        )
+
+
+def loss_totals(mask: torch.Tensor, rows: list[int], ranks: Ranks) -> tuple[int, int]:
+    """The loss tokens and sequences a mini-batch's losses are normalised by, over every rank:
+    the one place they are counted. mask: [B, C] (this rank's rows)."""
+    tokens, seqs = global_counts(int(mask[rows].sum()), len(rows), ranks)
+    return max(1, tokens), seqs
 
 
 def update(
@@ -44,34 +76,39 @@ def update(
     lp: LogProbs,
     adv: Advantages,
     train_policy: bool,
+    step: int,
+    ranks: Ranks,
 ) -> UpdateStats:
-    """Train on the step's completions; ``train_policy`` False (PPO's critic warm-up) trains
-    only the critic. The learning-rate schedule is the caller's: it steps once per RL step."""
+    """Train on the step's completions (this rank's rows of them); ``train_policy`` False (PPO's
+    critic warm-up) trains only the critic. The learning-rate schedule is the caller's: it
+    steps once per RL step. Returns the step's sums, over every rank."""
     r, algo, b = cfg.rl, cfg.algo, len(rollout)
-    mini, micro = min(r.mini_batch_completions or b, b), r.micro_batch_completions
+    n_mini, micro = mini_batch_count(cfg, b * ranks.world_size), r.micro_batch_completions
+    mine = range(ranks.rank * b, (ranks.rank + 1) * b)  # equal blocks: several ranks need them
     sums = {"policy": 0.0, "value": 0.0, "entropy": 0.0, "clipped": 0.0}
     grad_norm = None
-    for _ in range(algo.ppo_epochs):
-        order = torch.randperm(b).tolist() if algo.ppo_epochs > 1 else list(range(b))
-        for m in range(0, b, mini):
-            rows_mini = order[m : m + mini]
-            tokens, seqs = loss_totals(adv.mask, rows_mini)
+    for epoch in range(algo.ppo_epochs):
+        shuffle = (cfg.seed, step, epoch) if algo.ppo_epochs > 1 else None
+        for rows_mini in mini_batches(mine, n_mini, shuffle):
+            tokens, seqs = loss_totals(adv.mask, rows_mini, ranks)
             if train_policy:
-                for u in range(0, len(rows_mini), micro):
-                    rows = rows_mini[u : u + micro]
-                    loss, stats = policy_loss(
-                        policy,
-                        rollout.select(rows),
-                        adv.mask[rows],
-                        adv.advantages[rows],
-                        lp.select(rows),
-                        cfg,
-                        tokens,
-                        seqs,
-                    )
-                    loss.backward()
+                micros = [rows_mini[u : u + micro] for u in range(0, len(rows_mini), micro)]
+                for i, rows in enumerate(micros):
+                    with gradient_sync(policy, sync=i == len(micros) - 1):
+                        loss, stats = policy_loss(
+                            policy,
+                            rollout.select(rows),
+                            adv.mask[rows],
+                            adv.advantages[rows],
+                            lp.select(rows),
+                            cfg,
+                            tokens,
+                            seqs,
+                        )
+                        loss.backward()
                     for key, value in stats.items():
                         sums[key] += value
+                # the global norm: DDP's gradients are summed, FSDP2's DTensors reduce it
                 grad_norm = float(
                     torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
                 )
@@ -91,13 +128,17 @@ def update(
                     tokens,
                     seqs,
                 )
+    # each rank's losses are its shares of the global ones: the sums over ranks are the step's
+    keys = ["policy", "value", "entropy", "clipped"]
+    local = torch.tensor([sums[k] for k in keys] + [float(adv.mask.sum())], dtype=torch.float64)
+    total = dict(zip([*keys, "tokens"], all_reduce_sum(local, ranks).tolist(), strict=True))
     return UpdateStats(
-        updates=updates_per_step(cfg, b),
-        tokens=max(1.0, float(adv.mask.sum())) * algo.ppo_epochs,
-        entropy=sums["entropy"],
-        clipped=sums["clipped"],
-        policy_loss=sums["policy"] if train_policy else None,
-        value_loss=sums["value"] if critic is not None else None,
+        updates=updates_per_step(cfg, b * ranks.world_size),
+        tokens=max(1.0, total["tokens"]) * algo.ppo_epochs,
+        entropy=total["entropy"],
+        clipped=total["clipped"],
+        policy_loss=total["policy"] if train_policy else None,
+        value_loss=total["value"] if critic is not None else None,
         grad_norm=grad_norm,
     )
 
