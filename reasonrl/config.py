@@ -427,7 +427,7 @@ class TrainConfig(_Strict):
     model; every per-step size stays the global step's. One process ignores it."""
 
     parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp: a whole replica per rank; fsdp: FSDP2
-    # fully_shard, each rank holds 1/world of the weights, gradients and AdamW state (docs/distributed.md)
+    # fully_shard, each rank holds 1/world of weights, gradients, AdamW state (docs/distributed.md)
 
 
 class RunConfig(_Strict):

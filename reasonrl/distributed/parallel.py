@@ -115,6 +115,12 @@ def full_weights(model: torch.nn.Module) -> Iterator[None]:
             m.set_reshard_after_forward(m is not model, recurse=False)
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2 (its whole state exists only gathered from every
+    rank: ``full_model_state``); a DDP replica or a plain model holds it whole."""
+    return bool(_fsdp_modules(model))
+
+
 def _fsdp_modules(model: torch.nn.Module) -> list[FSDPModule]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
