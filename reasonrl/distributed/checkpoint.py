@@ -13,6 +13,9 @@ HF ``save_pretrained`` (the exported model, not the resume state).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,8 @@ def save_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
     (every rank writes its own shards; the directory must be shared by the ranks)."""
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _one_process_quiet():
+        dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
 
 def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -45,7 +49,8 @@ def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
     # yet); DCP fills it from the files, re-cutting shards as needed.
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(
         unwrap(model),
         optimizer,
@@ -62,3 +67,11 @@ def full_model_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, Any] | N
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(unwrap(model), options=options)
     return state if ranks.is_main else None
+
+
+@contextmanager
+def _one_process_quiet() -> Iterator[None]:
+    # DCP warns on every call without a process group, though no_dist says that is meant.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
