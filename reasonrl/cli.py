@@ -91,6 +91,8 @@ def _training(run_dir: Path) -> Iterator[None]:
             )
         raise typer.Exit(130) from None
     except Exception as e:
+        if _lost_a_peer(e):
+            _stop_rank(run_dir, "a collective lost its connection")
         if (message := write_error(run_dir, e)) is None:
             raise
         _fail(message)
@@ -98,10 +100,33 @@ def _training(run_dir: Path) -> Iterator[None]:
         shutdown()  # the process group of a launched run, also on error
 
 
+def _lost_a_peer(error: Exception) -> bool:
+    # gloo reports a dead rank as a RuntimeError of the socket; NCCL as a DistError
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    lost = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in lost)
+
+
+def _stop_rank(run_dir: Path, reason: str) -> None:
+    """End this rank of a run whose other process ended, saying how to continue; at once: a
+    collective with the dead rank (or destroying the group) would only wait for it."""
+    os.write(
+        2,
+        f"\nrank {os.environ.get('RANK', '?')}: stopped: another process of the run ended "
+        f"({reason}); continue from the last complete checkpoint in {run_dir} with "
+        "--resume\n".encode(),
+    )
+    os._exit(1)
+
+
 @contextmanager
 def _stopped_by_launcher(run_dir: Path) -> Iterator[None]:
     """Under a launcher: torchrun answers a rank that died (``kill -9``, out of memory) by sending
-    SIGTERM to the others; each says so and how to continue, then exits 143."""
+    SIGTERM to the others; each says so and how to continue, then exits 1. (A rank inside a
+    collective usually sees the connection drop first: ``_lost_a_peer``.)"""
     import signal
 
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
@@ -109,13 +134,7 @@ def _stopped_by_launcher(run_dir: Path) -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
-        rank = os.environ.get("RANK", "?")
-        os.write(
-            2,
-            f"\nrank {rank}: stopped by the launcher (another process of the run ended); "
-            f"continue from the last complete checkpoint in {run_dir} with --resume\n".encode(),
-        )
-        os._exit(143)  # no cleanup: a collective with the dead rank would hang
+        _stop_rank(run_dir, "the launcher stopped this one")
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

@@ -153,7 +153,8 @@ def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
     # torchrun ends the other rank at once: not the process group's 10-minute timeout
     assert time.monotonic() - killed < 60
     assert launcher.returncode != 0
-    assert "rank 0: stopped by the launcher" in err.decode() and "--resume" in err.decode()
+    message = "rank 0: stopped: another process of the run ended"
+    assert message in err.decode() and "--resume" in err.decode()
     done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*")]
     assert 1 <= max(done) < 4, done  # stopped mid-run, after a complete checkpoint
 
@@ -164,3 +165,17 @@ def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
     for resumed in (out, on_two):
         assert_same_metrics(resumed, one_process["sft"])
         assert_same_model(resumed / "model", one_process["sft"] / "model")
+
+
+def test_a_config_error_on_rank_0_stops_every_rank_with_one_message(tmp_path: Path) -> None:
+    # rank 0 alone looks in the run directory: it finds nothing to resume and tells the others
+    done = subprocess.run(
+        _command(2, [*SFT, "--resume"], tmp_path / "empty"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("error:") == 1 and "nothing to resume" in done.stderr
+    assert "exitcode  : 2" in done.stderr  # torchrun's report of the failed ranks
