@@ -2,10 +2,10 @@
 
 How to run: a stage is never started from here but by ``reasonrl run RECIPE`` (``reasonrl
 quickstart`` for the bundled CPU example; on one GPU the same command, ``model.device=auto``
-picks CUDA), which lands in :func:`reasonrl.train.run.run`. That takes the run directory's lock,
-then ``RunContext.open`` checks the directory (``--resume`` finds its checkpoint,
-``--overwrite`` clears it), saves ``config.yaml``, prints the sizes, seeds, picks the device and
-opens the ``RunLogger``; the stage builds its model and data and trains on the context;
+picks CUDA), which lands in :func:`reasonrl.train.run.run`. There ``RunContext.open`` takes the
+run directory's lock, checks the directory (``--resume`` finds its checkpoint, ``--overwrite``
+clears it), saves ``config.yaml``, prints the sizes, seeds, picks the device and opens the
+``RunLogger``; the stage builds its model and data and trains on the context;
 ``RunContext.finish`` writes ``summary.json`` and ``report.html``. In a test, build one
 directly: ``RunContext(cfg, run_dir, logger)`` is a fresh run on the CPU.
 
