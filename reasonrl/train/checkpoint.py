@@ -1,11 +1,13 @@
 """Checkpoints: ``checkpoints/step-N/`` holds the model in HF ``save_pretrained`` format (plus the
 tokenizer), ``trainer_state.pt`` with the scheduler, RNG states and data position (the step), and
-``train_state/``: model and optimizer as a ``torch.distributed.checkpoint`` (DCP) directory.
+``train_state/``: the optimizer's state, keyed by parameter name, as a
+``torch.distributed.checkpoint`` (DCP) directory (the weights are the HF model's, not twice).
 
 Under several ranks rank 0 writes the HF model (gathered from the shards by
 ``full_model_state``), the tokenizer and ``trainer_state.pt``; every rank writes its part of
-``train_state/``. DCP re-cuts the state to the world that reads it, so a checkpoint written on N
-ranks resumes on M (DDP, FSDP2 or one process). A checkpoint of the earlier layout (the
+``train_state/``. DCP re-cuts the state to the world that reads it, and the resumed model is
+loaded whole from the HF files, then wrapped, so a checkpoint written on N ranks resumes on M
+(DDP, FSDP2 or one process). A checkpoint of the earlier layout (the
 optimizer's ``state_dict`` inside ``trainer_state.pt``, no ``train_state/``) still resumes, on
 one process or under DDP.
 
@@ -42,7 +44,7 @@ from reasonrl.distributed import (
 from reasonrl.models.loading import save_torch
 
 STATE_FILE = "trainer_state.pt"
-DCP_DIR = "train_state"  # model + optimizer, every rank's shards (torch.distributed.checkpoint)
+DCP_DIR = "train_state"  # the optimizer, every rank's shards (torch.distributed.checkpoint)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -99,7 +101,7 @@ def save_checkpoint(
     try:
         # FSDP2: the whole model gathered on rank 0; else rank 0's model (or replica) is whole
         whole = {"state_dict": full_model_state(model, ranks)} if is_sharded(model) else {}
-        save_train_state(tmp / DCP_DIR, model, optimizer)
+        save_train_state(tmp / DCP_DIR, model, optimizer, model_state=False)
         if ranks.is_main:
             unwrap(model).save_pretrained(tmp, **whole)
             tokenizer.save_pretrained(tmp)
@@ -143,14 +145,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_trainer_state(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> tuple[int, dict[str, Any]]:
-    """Restore model and optimizer (from ``train_state/``, on any number of ranks; a checkpoint
-    of the earlier layout: the optimizer from ``trainer_state.pt``), scheduler and RNG from a
-    checkpoint; returns (step, extra). Every rank calls it."""
+    """Restore the optimizer of ``model`` (from ``train_state/``, on any number of ranks; a
+    checkpoint of the earlier layout: from ``trainer_state.pt``), scheduler and RNG from a
+    checkpoint; returns (step, extra). The model's weights come from the checkpoint's HF files
+    (the caller loads them). Every rank calls it."""
     state = torch.load(Path(path) / STATE_FILE, weights_only=False)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     else:
-        load_train_state(Path(path) / DCP_DIR, model, optimizer)
+        load_train_state(Path(path) / DCP_DIR, model, optimizer, model_state=False)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]
