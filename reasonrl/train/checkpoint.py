@@ -18,6 +18,7 @@ rank has written), so a run killed while saving never leaves a half-written ``st
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from reasonrl.config import LogConfig
 from reasonrl.distributed import (
@@ -101,7 +103,7 @@ def save_checkpoint(
     try:
         # FSDP2: the whole model gathered on rank 0; else rank 0's model (or replica) is whole
         whole = {"state_dict": full_model_state(model, ranks)} if is_sharded(model) else {}
-        save_train_state(tmp / DCP_DIR, model, optimizer, model_state=False)
+        _save_optimizer(tmp / DCP_DIR, model, optimizer)
         if ranks.is_main:
             unwrap(model).save_pretrained(tmp, **whole)
             tokenizer.save_pretrained(tmp)
@@ -126,6 +128,18 @@ def save_checkpoint(
             shutil.rmtree(old)
     barrier(ranks)  # no rank goes on (or resumes) before step-N is in place
     return final
+
+
+def _save_optimizer(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    try:
+        save_train_state(path, model, optimizer, model_state=False)
+    except (RuntimeError, CheckpointException) as e:
+        # DCP writes through torch's own file writer, which reports a full disk as a bare
+        # RuntimeError ("unexpected pos", inside DCP's CheckpointException): raise it as the
+        # OSError it is, for the run's message
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
