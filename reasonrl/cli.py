@@ -1,7 +1,11 @@
-"""The ``reasonrl`` command line: argument plumbing only; the work lives in the modules."""
+"""The ``reasonrl`` command line: argument plumbing only; the work lives in the modules.
+
+Under a launcher (``torchrun``, ``accelerate launch``) every process runs the same command:
+rank 0 (``RANK``, unset on one process) prints the messages, the others stay quiet."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,9 +44,15 @@ OverwriteOpt = Annotated[
 ]
 
 
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _fail(message: str) -> None:
-    # escaped: a message's own brackets (pip install 'reasonrl[wandb]') are not rich markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    # escaped: a message's own brackets (pip install 'reasonrl[wandb]') are not rich markup.
+    # Every rank meets the same ConfigError (the config, or rank 0's broadcast): one prints it.
+    if _main_rank():
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -59,11 +69,12 @@ def _training(run_dir: Path) -> Iterator[None]:
     """A bad configuration, a read-only --out or a full disk is an error message; Ctrl-C (after
     the trainer's checkpoint; a second one is ignored) says whether there is a checkpoint (or a
     finished stage) to continue from, and how."""
+    from reasonrl.distributed import shutdown
     from reasonrl.train.checkpoint import one_interrupt
     from reasonrl.train.rundir import last_checkpoint, write_error
 
     try:
-        with one_interrupt():
+        with one_interrupt(), _stopped_by_launcher(run_dir):
             yield
     except ConfigError as e:
         _fail(str(e))
@@ -80,9 +91,56 @@ def _training(run_dir: Path) -> Iterator[None]:
             )
         raise typer.Exit(130) from None
     except Exception as e:
+        if _lost_a_peer(e):
+            _stop_rank(run_dir, "a collective lost its connection")
         if (message := write_error(run_dir, e)) is None:
             raise
         _fail(message)
+    finally:
+        shutdown()  # the process group of a launched run, also on error
+
+
+def _lost_a_peer(error: Exception) -> bool:
+    # gloo reports a dead rank as a RuntimeError of the socket; NCCL as a DistError
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    lost = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in lost)
+
+
+def _stop_rank(run_dir: Path, reason: str) -> None:
+    """End this rank of a run whose other process ended, saying how to continue; at once: a
+    collective with the dead rank (or destroying the group) would only wait for it."""
+    os.write(
+        2,
+        f"\nrank {os.environ.get('RANK', '?')}: stopped: another process of the run ended "
+        f"({reason}); continue from the last complete checkpoint in {run_dir} with "
+        "--resume\n".encode(),
+    )
+    os._exit(1)
+
+
+@contextmanager
+def _stopped_by_launcher(run_dir: Path) -> Iterator[None]:
+    """Under a launcher: torchrun answers a rank that died (``kill -9``, out of memory) by sending
+    SIGTERM to the others; each says so and how to continue, then exits 1. (A rank inside a
+    collective usually sees the connection drop first: ``_lost_a_peer``.)"""
+    import signal
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        _stop_rank(run_dir, "the launcher stopped this one")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refuse_if_in_use(run_dir: Path) -> None:
@@ -96,7 +154,8 @@ def _refuse_if_in_use(run_dir: Path) -> None:
 
 def _run(cfg: RunConfig, out: Path | None, resume: bool, overwrite: bool) -> None:
     run_dir = out or Path(cfg.out or f"runs/{cfg.name}")
-    _refuse_if_in_use(run_dir)  # before the slow imports
+    if _main_rank():  # rank 0 takes the lock: the others would see it taken
+        _refuse_if_in_use(run_dir)  # before the slow imports
     from reasonrl.train.run import run
 
     with _training(run_dir):
@@ -123,6 +182,8 @@ def run(
     if not pipeline:
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("a multi-stage recipe runs on one process: launch each stage's recipe on its own")
     from reasonrl.train.rundir import pipeline_run_dir
 
     run_dir = out or pipeline_run_dir(recipe)

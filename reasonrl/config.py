@@ -422,6 +422,14 @@ def _check_gates(rewards: dict[str, RewardSpec]) -> dict[str, RewardSpec]:
 Rewards = Annotated[dict[str, RewardSpec], AfterValidator(_check_gates)]
 
 
+class TrainConfig(_Strict):
+    """How a run started on several processes (``torchrun``, ``accelerate launch``) splits the
+    model; every per-step size stays the global step's. One process ignores it."""
+
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp: a whole replica per rank; fsdp: FSDP2
+    # fully_shard, each rank holds 1/world of weights, gradients, AdamW state (docs/distributed.md)
+
+
 class RunConfig(_Strict):
     name: str = "run"
     stage: Literal["rl", "sft", "rm", "dpo"] = "rl"
@@ -440,6 +448,7 @@ class RunConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _reward_tasks_exist(self) -> RunConfig:
@@ -452,30 +461,44 @@ class RunConfig(_Strict):
                 )
         return self
 
-    def derived_sizes(self) -> dict[str, int]:
-        """The totals implied by the per-unit sizes, printed at the start of a run."""
+    def derived_sizes(self, world_size: int = 1) -> dict[str, int]:
+        """The totals implied by the per-unit sizes, printed at the start of a run; with
+        several processes also the world size and each rank's share of a step (the
+        accumulation steps are then a rank's micro-batches per step)."""
         if self.stage == "sft":
             s = self.sft
-            return {
+            sizes = {
                 "examples_per_step": s.examples_per_step,
-                "accumulation_steps": s.examples_per_step // s.micro_batch_examples,
+                "accumulation_steps": -(
+                    -s.examples_per_step // world_size // s.micro_batch_examples
+                ),
                 "total_examples": s.steps * s.examples_per_step,
             }
-        if self.stage in ("rm", "dpo"):
+            per_rank = {"examples_per_step_per_rank": s.examples_per_step // world_size}
+        elif self.stage in ("rm", "dpo"):
             pt = self.rm if self.stage == "rm" else self.dpo
-            return {
+            sizes = {
                 "pairs_per_step": pt.pairs_per_step,
-                "accumulation_steps": pt.pairs_per_step // pt.micro_batch_pairs,
+                "accumulation_steps": -(-pt.pairs_per_step // world_size // pt.micro_batch_pairs),
                 "total_pairs": pt.steps * pt.pairs_per_step,
             }
-        r = self.rl
-        per_step = r.prompts_per_step * r.completions_per_prompt
-        return {
-            "completions_per_step": per_step,
-            "accumulation_steps": per_step // r.micro_batch_completions,
-            "total_prompts": r.steps * r.prompts_per_step,
-            "total_completions": r.steps * per_step,
-        }
+            per_rank = {"pairs_per_step_per_rank": pt.pairs_per_step // world_size}
+        else:
+            r = self.rl
+            per_step = r.prompts_per_step * r.completions_per_prompt
+            sizes = {
+                "completions_per_step": per_step,
+                "accumulation_steps": per_step // r.micro_batch_completions,
+                "total_prompts": r.steps * r.prompts_per_step,
+                "total_completions": r.steps * per_step,
+            }
+            per_rank = {
+                "prompts_per_step_per_rank": r.prompts_per_step // world_size,
+                "completions_per_step_per_rank": per_step // world_size,
+            }
+        if world_size == 1:
+            return sizes
+        return {**sizes, "world_size": world_size, **per_rank}
 
 
 # --------------------------------------------------------------------------- loading

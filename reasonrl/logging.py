@@ -308,6 +308,23 @@ class RunLogger:
         self.close()
 
 
+class SilentLogger(RunLogger):
+    """The logger of every rank but 0 under several processes: it writes nothing (rank 0 logs
+    the step's metrics, already reduced over the ranks)."""
+
+    def __init__(self) -> None:  # no files, no trackers
+        pass
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_samples(self, step: int, samples: Iterable[Mapping[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ProgressHandle:
     """What ``training_progress`` yields: call ``update(step, reward=..., kl=...)`` each step."""
 

@@ -270,3 +270,13 @@ def test_report_to_names_the_trackers_and_log_tensorboard_still_works():
         load_config(None, ["log.report_to=[wandbb]"])
     with pytest.raises(ConfigError, match="tensorboard is true or false"):
         load_config(None, ["log.tensorboard=5"])
+
+
+def test_derived_sizes_show_each_ranks_share():
+    cfg = load_config(None, ["stage=sft", "sft.examples_per_step=8", "sft.micro_batch_examples=2"])
+    sizes = cfg.derived_sizes(world_size=2)
+    assert sizes["world_size"] == 2
+    assert sizes["examples_per_step_per_rank"] == 4
+    assert sizes["accumulation_steps"] == 2
+    assert "world_size" not in cfg.derived_sizes()
+    assert cfg.train.parallel == "ddp"

@@ -8,6 +8,7 @@ from reasonrl.distributed.parallel import (
     full_weights,
     global_counts,
     gradient_sync,
+    is_sharded,
     unwrap,
     wrap_model,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "gradient_sync",
     "global_counts",
     "init_distributed",
+    "is_sharded",
     "load_train_state",
     "save_train_state",
     "shard",

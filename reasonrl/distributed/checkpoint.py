@@ -13,6 +13,9 @@ HF ``save_pretrained`` (the exported model, not the resume state).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_optimizer_state_dict,
     set_state_dict,
 )
 
@@ -30,22 +34,45 @@ from reasonrl.distributed.parallel import unwrap
 from reasonrl.distributed.ranks import Ranks
 
 
-def save_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def save_train_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    model_state: bool = True,
+) -> None:
     """Write ``model``'s and ``optimizer``'s state as a DCP checkpoint in directory ``path``
-    (every rank writes its own shards; the directory must be shared by the ranks)."""
+    (every rank writes its own shards; the directory must be shared by the ranks).
+    ``model_state=False``: the optimizer's alone (keyed by parameter name), for a checkpoint
+    that holds the weights in another form already (HF ``save_pretrained``)."""
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    state = {"model": model_sd, "optim": optim_sd} if model_state else {"optim": optim_sd}
+    with _one_process_quiet():
+        dcp.save(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
 
-def load_train_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def load_train_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    model_state: bool = True,
+) -> None:
     """Restore ``model`` and ``optimizer`` in place from a ``save_train_state`` directory,
-    whatever world size and parallel mode wrote it."""
+    whatever world size and parallel mode wrote it (``model_state=False``: the optimizer
+    alone, as it was saved)."""
     # get_state_dict gives this rank's layout (with zero optimizer moments made if none exist
     # yet); DCP fills it from the files, re-cutting shards as needed.
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
+    if not model_state:
+        state = {"optim": optim_sd}
+        with _one_process_quiet():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        set_optimizer_state_dict(unwrap(model), optimizer, optim_state_dict=state["optim"])
+        return
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(
         unwrap(model),
         optimizer,
@@ -62,3 +89,11 @@ def full_model_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, Any] | N
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(unwrap(model), options=options)
     return state if ranks.is_main else None
+
+
+@contextmanager
+def _one_process_quiet() -> Iterator[None]:
+    # DCP warns on every call without a process group, though no_dist says that is meant.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

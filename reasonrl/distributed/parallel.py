@@ -14,6 +14,7 @@ gradients returns the global norm (a replicated DTensor; ``float()`` of it is th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal
@@ -57,11 +58,14 @@ def wrap_model(
     if parallel == "ddp":
         # broadcast_buffers=False: the model's buffers (rotary tables) are not trained, and a
         # broadcast in every forward would deadlock ranks running different numbers of them.
-        ddp = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
+        # torch 2.13 calls it deprecated, but its successor still syncs at init: keep it, quietly.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
+            ddp = DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         ddp.register_comm_hook(None, _sum_hook)
         return ddp
     if parallel == "fsdp":
@@ -113,6 +117,12 @@ def full_weights(model: torch.nn.Module) -> Iterator[None]:
             m.reshard()
             # The root keeps its parameters after forward (FSDP's own default for the root).
             m.set_reshard_after_forward(m is not model, recurse=False)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2 (its whole state exists only gathered from every
+    rank: ``full_model_state``); a DDP replica or a plain model holds it whole."""
+    return bool(_fsdp_modules(model))
 
 
 def _fsdp_modules(model: torch.nn.Module) -> list[FSDPModule]:

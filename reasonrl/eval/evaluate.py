@@ -1,4 +1,10 @@
-"""Evaluate a policy on held-out samples, each checked by its own task's rule (``correct``)."""
+"""Evaluate a policy on held-out samples, each checked by its own task's rule (``correct``).
+
+Under several ranks each rank generates and checks its block of the problems (``shard(n,
+ranks, even=False)``), the per-problem results are gathered on every rank and the statistics
+are computed once from them, in problem order. pass@k samples are drawn with per-problem seeds
+(``eval_seeds``), so the numbers do not depend on which rank draws them, nor on the world size.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reasonrl.config import EvalConfig, RunConfig
+from reasonrl.distributed import Ranks, all_gather_objects, shard
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
 from reasonrl.rewards.correct import CorrectVerifier
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.tasks.base import Sample
+from reasonrl.train.data import eval_seeds
 
 
 @functools.cache
@@ -87,10 +95,15 @@ def evaluate(
     samples: Sequence[Sample],
     cfg: EvalConfig,
     scorers: Mapping[str, Scorer] | None = None,
+    *,
+    seed: int = 0,
+    ranks: Ranks = Ranks(),
 ) -> dict[str, Any]:
     """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
-    samples per problem with a normal 95% CI over problems. ``scorers`` (name → function of
-    texts and samples, e.g. a reward model's raw score) also score the greedy completions.
+    samples per problem (sample j of problem i drawn with seed ``eval_seeds(seed, [i], k)[j]``)
+    with a normal 95% CI over problems. ``scorers`` (name → function of texts and samples, e.g.
+    a reward model's raw score) also score the greedy completions. Every rank calls it and gets
+    the same result (each generates its share of the problems).
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
@@ -99,10 +112,11 @@ def evaluate(
     """
     n = eval_size(cfg, len(prompts))
     prompts, samples = prompts[:n], samples[:n]
-    s = cfg.sampling
-    greedy = engine.generate(list(prompts), max_new_tokens=s.max_new_tokens, greedy=True)
-    correct = _correct(greedy.texts, samples)
-    n, hits = len(correct), sum(correct)
+    mine = shard(n, ranks, even=False)
+    texts, correct, scores, per_problem = _gathered(
+        _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine), ranks
+    )
+    hits = sum(correct)
     low, high = wilson_interval(hits, n)
     result: dict[str, Any] = {
         "accuracy": hits / n,
@@ -112,25 +126,13 @@ def evaluate(
         "pass_at_k": {},
         "pass_at_k_ci": {},
         "examples": [
-            {"prompt": samples[i].prompt, "completion": greedy.texts[i], "correct": correct[i]}
+            {"prompt": samples[i].prompt, "completion": texts[i], "correct": correct[i]}
             for i in range(min(EXAMPLES, n))
         ],
     }
-    scores = {name: scorer(greedy.texts, samples) for name, scorer in (scorers or {}).items()}
     if scorers:
         result["scores"] = {name: _mean_ci(values) for name, values in scores.items()}
-    per_problem: list[int] = []
     if cfg.k >= 1:
-        repeated = [p for p in prompts for _ in range(cfg.k)]
-        sampled = engine.generate(
-            repeated,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-        )
-        ok = _correct(sampled.texts, [x for x in samples for _ in range(cfg.k)])
-        per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(n)]
         for k in sorted({1, cfg.k}):
             mean, lo, hi = mean_ci([pass_at_k(cfg.k, c, k) for c in per_problem])
             result["pass_at_k"][str(k)] = mean
@@ -139,3 +141,51 @@ def evaluate(
     if tasks:
         result["tasks"] = tasks
     return result
+
+
+Shard = tuple[list[str], list[bool], dict[str, list[float]], list[int]]
+
+
+def _evaluate_shard(
+    engine: RolloutEngine,
+    prompts: Sequence[str],
+    samples: Sequence[Sample],
+    cfg: EvalConfig,
+    scorers: Mapping[str, Scorer],
+    seed: int,
+    mine: range,
+) -> Shard:
+    """Problems ``mine``: greedy completions, their correctness, their scores, and the number of
+    correct pass@k samples of each problem (empty when ``cfg.k`` is 0)."""
+    s = cfg.sampling
+    prompts, samples = list(prompts[mine.start : mine.stop]), samples[mine.start : mine.stop]
+    greedy = engine.generate(prompts, max_new_tokens=s.max_new_tokens, greedy=True)
+    correct = _correct(greedy.texts, samples)
+    scores = {name: scorer(greedy.texts, samples) for name, scorer in scorers.items()}
+    per_problem: list[int] = []
+    if cfg.k >= 1:
+        sampled = engine.generate(
+            [p for p in prompts for _ in range(cfg.k)],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seeds=eval_seeds(seed, mine, cfg.k),
+        )
+        ok = _correct(sampled.texts, [x for x in samples for _ in range(cfg.k)])
+        per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(prompts))]
+    return list(greedy.texts), correct, scores, per_problem
+
+
+def _gathered(part: Shard, ranks: Ranks) -> Shard:
+    """Every rank's shard joined in rank (= problem) order, on every rank."""
+    parts = all_gather_objects(part, ranks)
+    if len(parts) == 1:
+        return part
+    scores = {name: [v for p in parts for v in p[2][name]] for name in part[2]}
+    return (
+        [t for p in parts for t in p[0]],
+        [c for p in parts for c in p[1]],
+        scores,
+        [c for p in parts for c in p[3]],
+    )

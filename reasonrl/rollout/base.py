@@ -99,6 +99,7 @@ class RolloutEngine(Protocol):
     """Generates completions with the weights currently being trained."""
 
     pad_id: int  # pads the rows of the Rollouts it returns
+    model: torch.nn.Module  # the weights it generates with (FSDP2: unshard them around it)
 
     def generate(
         self,

@@ -1,12 +1,24 @@
 """Checkpoints: ``checkpoints/step-N/`` holds the model in HF ``save_pretrained`` format (plus the
-tokenizer) and ``trainer_state.pt`` with the optimizer, scheduler, RNG states and data position.
+tokenizer), ``trainer_state.pt`` with the scheduler, RNG states and data position (the step), and
+``train_state/``: the optimizer's state, keyed by parameter name, as a
+``torch.distributed.checkpoint`` (DCP) directory (the weights are the HF model's, not twice).
 
-A checkpoint is written to a temporary directory and renamed into place, so a run killed while
-saving never leaves a half-written ``step-N`` that ``--resume`` would pick up.
+Under several ranks rank 0 writes the HF model (gathered from the shards by
+``full_model_state``), the tokenizer and ``trainer_state.pt``; every rank writes its part of
+``train_state/``. DCP re-cuts the state to the world that reads it, and the resumed model is
+loaded whole from the HF files, then wrapped, so a checkpoint written on N ranks resumes on M
+(DDP, FSDP2 or one process). A checkpoint of the earlier layout (the
+optimizer's ``state_dict`` inside ``trainer_state.pt``, no ``train_state/``) still resumes, on
+one process or under DDP.
+
+A checkpoint is written to a temporary directory and renamed into place (by rank 0, after every
+rank has written), so a run killed while saving never leaves a half-written ``step-N`` that
+``--resume`` would pick up.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -19,11 +31,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from reasonrl.config import LogConfig
+from reasonrl.distributed import (
+    Ranks,
+    barrier,
+    full_model_state,
+    is_sharded,
+    load_train_state,
+    save_train_state,
+    unwrap,
+)
 from reasonrl.models.loading import save_torch
 
 STATE_FILE = "trainer_state.pt"
+DCP_DIR = "train_state"  # the optimizer, every rank's shards (torch.distributed.checkpoint)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -60,8 +83,10 @@ def save_checkpoint(
     keep: int = 2,
     rng: dict[str, Any] | None = None,
     save_more: Callable[[Path], None] | None = None,
+    ranks: Ranks = Ranks(),
 ) -> Path:
     """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints.
+    Every rank calls it (the gather and the DCP write are collectives).
 
     ``rng`` is the RNG state to restore on resume: the state at the start of step ``step + 1``
     (by default the current one). A trainer interrupted mid-step passes the state it saved
@@ -71,29 +96,50 @@ def save_checkpoint(
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    if ranks.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng if rng is not None else rng_state(),
-            "extra": extra or {},
-        }
-        save_torch(state, tmp / STATE_FILE)
-        if save_more is not None:
-            save_more(tmp)
+    barrier(ranks)
+    try:
+        # FSDP2: the whole model gathered on rank 0; else rank 0's model (or replica) is whole
+        whole = {"state_dict": full_model_state(model, ranks)} if is_sharded(model) else {}
+        _save_optimizer(tmp / DCP_DIR, model, optimizer)
+        if ranks.is_main:
+            unwrap(model).save_pretrained(tmp, **whole)
+            tokenizer.save_pretrained(tmp)
+            state = {
+                "step": step,
+                "scheduler": scheduler.state_dict(),
+                "rng": rng if rng is not None else rng_state(),
+                "extra": extra or {},
+            }
+            save_torch(state, tmp / STATE_FILE)
+            if save_more is not None:
+                save_more(tmp)
+        barrier(ranks)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint only takes space
+        if ranks.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint only takes space
         raise
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
+    if ranks.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    barrier(ranks)  # no rank goes on (or resumes) before step-N is in place
     return final
+
+
+def _save_optimizer(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    try:
+        save_train_state(path, model, optimizer, model_state=False)
+    except (RuntimeError, CheckpointException) as e:
+        # DCP writes through torch's own file writer, which reports a full disk as a bare
+        # RuntimeError ("unexpected pos", inside DCP's CheckpointException): raise it as the
+        # OSError it is, for the run's message
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -111,11 +157,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_trainer_state(
-    path: Path, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> tuple[int, dict[str, Any]]:
-    """Restore optimizer, scheduler and RNG from a checkpoint; returns (step, extra)."""
+    """Restore the optimizer of ``model`` (from ``train_state/``, on any number of ranks; a
+    checkpoint of the earlier layout: from ``trainer_state.pt``), scheduler and RNG from a
+    checkpoint; returns (step, extra). The model's weights come from the checkpoint's HF files
+    (the caller loads them). Every rank calls it."""
     state = torch.load(Path(path) / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        load_train_state(Path(path) / DCP_DIR, model, optimizer, model_state=False)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]
@@ -198,8 +250,9 @@ class Checkpointer:
         keep: int,
         extra: dict[str, Any] | None = None,
         save_more: Callable[[Path], None] | None = None,
+        ranks: Ranks = Ranks(),
     ) -> None:
-        self.run_dir, self.model, self.tokenizer = run_dir, model, tokenizer
+        self.run_dir, self.model, self.tokenizer, self.ranks = run_dir, model, tokenizer, ranks
         self.optimizer, self.scheduler = optimizer, scheduler
         self.every, self.keep, self.extra, self.save_more = every, keep, extra, save_more
         self.done = start
@@ -216,12 +269,14 @@ class Checkpointer:
         log: LogConfig,
         resume_from: Path | None,
         save_more: Callable[[Path], None] | None = None,
+        ranks: Ranks = Ranks(),
     ) -> tuple[Checkpointer, dict[str, Any]]:
-        """A loop's checkpointer, after restoring optimizer, scheduler and RNG from
-        ``resume_from`` when there is one; returns it with that checkpoint's ``extra``."""
+        """A loop's checkpointer, after restoring model, optimizer, scheduler and RNG from
+        ``resume_from`` when there is one; returns it with that checkpoint's ``extra``.
+        ``save_more`` runs on rank 0 alone."""
         start, extra = 0, {}
         if resume_from is not None:
-            start, extra = load_trainer_state(resume_from, optimizer, scheduler)
+            start, extra = load_trainer_state(resume_from, model, optimizer, scheduler)
         ckpt = cls(
             run_dir,
             model,
@@ -232,6 +287,7 @@ class Checkpointer:
             every=log.checkpoint_every,
             keep=log.keep_checkpoints,
             save_more=save_more,
+            ranks=ranks,
         )
         return ckpt, extra
 
@@ -251,6 +307,7 @@ class Checkpointer:
             keep=self.keep,
             rng=self.rng,
             save_more=self.save_more,
+            ranks=self.ranks,
         )
 
     def end_of_step(self, on_step: Callable[[int], None] | None) -> None:

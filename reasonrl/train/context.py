@@ -2,10 +2,10 @@
 
 How to run: a stage is never started from here but by ``reasonrl run RECIPE`` (``reasonrl
 quickstart`` for the bundled CPU example; on one GPU the same command, ``model.device=auto``
-picks CUDA), which lands in :func:`reasonrl.train.run.run`. That takes the run directory's lock,
-then ``RunContext.open`` checks the directory (``--resume`` finds its checkpoint,
-``--overwrite`` clears it), saves ``config.yaml``, prints the sizes, seeds, picks the device and
-opens the ``RunLogger``; the stage builds its model and data and trains on the context;
+picks CUDA), which lands in :func:`reasonrl.train.run.run`. There ``RunContext.open`` takes the
+run directory's lock, checks the directory (``--resume`` finds its checkpoint, ``--overwrite``
+clears it), saves ``config.yaml``, prints the sizes, seeds, picks the device and opens the
+``RunLogger``; the stage builds its model and data and trains on the context;
 ``RunContext.finish`` writes ``summary.json`` and ``report.html``. In a test, build one
 directly: ``RunContext(cfg, run_dir, logger)`` is a fresh run on the CPU.
 
@@ -16,7 +16,12 @@ A policy stage hands the context its held-out problems (``use_held_out``): they 
 logging cadence and per-step hook of the sft, dpo and rm loops; a stage gives it one function
 that does a step's forward and backward passes.
 
-Leaves out: several processes (``ranks`` is rank 0 of 1 for now).
+Several processes (``torchrun --nproc-per-node N -m reasonrl run RECIPE``, ``accelerate launch
+-m reasonrl run ...``; docs/distributed.md): every rank opens the context; rank 0 alone takes
+the directory's lock, checks and prepares it, writes config.yaml, prints, logs and writes the
+summary and report, and broadcasts the checkpoint to resume from; the other ranks get a quiet
+console and a ``SilentLogger``. Evaluations are sharded over the ranks and gathered; the loop's
+step function hands back metrics already reduced over the ranks.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,11 +41,11 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonrl.config import ConfigError, EvalConfig, RunConfig, dump_config
-from reasonrl.distributed import Ranks
+from reasonrl.distributed import Ranks, broadcast_object, full_weights, shard
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.evaluate import reward_scorers
 from reasonrl.eval.summary import print_summary
-from reasonrl.logging import METRICS_FILE, RunLogger, training_progress
+from reasonrl.logging import METRICS_FILE, RunLogger, SilentLogger, training_progress
 from reasonrl.models import pick_device
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.tasks import Sample
@@ -51,7 +56,7 @@ from reasonrl.train.checkpoint import (
     optimizer_step,
 )
 from reasonrl.train.optim import build_optimizer, warmup_cosine
-from reasonrl.train.rundir import holds_run, prepare_dir
+from reasonrl.train.rundir import holds_run, locked, prepare_dir
 
 SUMMARY_FILE = "summary.json"
 BEFORE_FILE = "eval_before.json"
@@ -75,15 +80,44 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, console: Conso
     return resume_from
 
 
+def on_main(ranks: Ranks, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result on every rank. A ``ConfigError`` there is raised on every
+    rank (rank 0 raises the original), so all ranks stop together with one message."""
+    result, message = None, None
+    if ranks.is_main:
+        try:
+            result = work()
+        except ConfigError as e:
+            message = str(e)
+            if ranks.world_size == 1:
+                raise
+            broadcast_object((None, message), ranks)
+            raise
+    result, message = broadcast_object((result, message), ranks)
+    if message is not None:
+        raise ConfigError(message)
+    return result
+
+
+def pick_rank_device(device: str, ranks: Ranks) -> torch.device:
+    """``model.device`` resolved; on CUDA under several ranks, this rank's GPU (``LOCAL_RANK``)."""
+    picked = pick_device(device)
+    if picked.type == "cuda" and ranks.world_size > 1:
+        return torch.device("cuda", ranks.local_rank)
+    return picked
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path) -> None:
+def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path, ranks: Ranks) -> None:
     table = Table(title=f"{cfg.name}: {cfg.stage} → {run_dir}", show_header=False)
-    for key, value in cfg.derived_sizes().items():
+    if ranks.world_size > 1:
+        table.add_row("parallel", cfg.train.parallel)
+    for key, value in cfg.derived_sizes(ranks.world_size).items():
         table.add_row(key, str(value))
     console.print(table)
 
@@ -124,20 +158,41 @@ class RunContext:
         resume: bool = False,
         overwrite: bool = False,
         console: Console | None = None,
+        ranks: Ranks = Ranks(),
     ) -> Iterator[RunContext]:
-        """What every stage does first: the run directory (checked, or its checkpoint found),
-        the saved config.yaml, the sizes table, the seed, the device, the logger (closed on
-        leaving). The caller holds the directory's lock (``rundir.locked``)."""
+        """What every stage does first: the directory's lock (held until leaving), the run
+        directory (checked, or its checkpoint found), the saved config.yaml, the sizes table,
+        the seed, the device, the logger (closed on leaving) — the files and the console on
+        rank 0 alone, the checkpoint to resume from broadcast to the other ranks."""
         started = time.time()
-        console = console or Console()
-        resume_from = prepare_run_dir(run_dir, resume, overwrite, console)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        _print_sizes(console, cfg, run_dir)
-        seed_everything(cfg.seed)
-        device = pick_device(cfg.model.device)
-        start_step = int(resume_from.name.split("-")[1]) if resume_from else None
-        with RunLogger.for_run(cfg, run_dir, start_step) as logger:
-            yield cls(cfg, run_dir, logger, console, device, resume_from, started=started)
+        console = (console or Console()) if ranks.is_main else Console(quiet=True)
+        with ExitStack() as stack:
+
+            def prepare() -> Path | None:
+                stack.enter_context(locked(run_dir))
+                resume_from = prepare_run_dir(run_dir, resume, overwrite, console)
+                (run_dir / "config.yaml").write_text(dump_config(cfg))
+                _print_sizes(console, cfg, run_dir, ranks)
+                return resume_from
+
+            resume_from = on_main(ranks, prepare)
+            seed_everything(cfg.seed)
+            device = pick_rank_device(cfg.model.device, ranks)
+            start_step = int(resume_from.name.split("-")[1]) if resume_from else None
+            logger = (
+                RunLogger.for_run(cfg, run_dir, start_step) if ranks.is_main else SilentLogger()
+            )
+            with logger:
+                yield cls(
+                    cfg,
+                    run_dir,
+                    logger,
+                    console,
+                    device,
+                    resume_from,
+                    ranks=ranks,
+                    started=started,
+                )
 
     @property
     def resumed(self) -> bool:
@@ -158,7 +213,11 @@ class RunContext:
     def _evaluate(self, ev: EvalConfig, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.held_out is not None
         h = self.held_out
-        return evaluate(h.engine, h.prompts, h.samples, ev, scorers)
+        # FSDP2: each rank generates its own problems, so with the whole weights (no collectives)
+        with full_weights(h.engine.model):
+            return evaluate(
+                h.engine, h.prompts, h.samples, ev, scorers, seed=self.cfg.seed, ranks=self.ranks
+            )
 
     def _full_eval(self, tag: str) -> dict[str, Any]:
         assert self.held_out is not None
@@ -174,10 +233,13 @@ class RunContext:
         if self.held_out is None or not self.cfg.eval.before or self.cfg.model.init is not None:
             return None
         path = self.run_dir / BEFORE_FILE
-        before = json.loads(path.read_text()) if path.exists() else None
+        before = on_main(
+            self.ranks, lambda: json.loads(path.read_text()) if path.exists() else None
+        )
         if before is None or before["n"] != eval_size(self.cfg.eval, len(self.held_out.samples)):
             before = self._full_eval("before")
-            path.write_text(json.dumps(before, indent=2))
+            if self.ranks.is_main:
+                path.write_text(json.dumps(before, indent=2))
         print_summary(self.console, {"before": before})
         if not self.resumed:
             self.logger.log(0, {"eval/accuracy": before["accuracy"]})
@@ -190,6 +252,18 @@ class RunContext:
         after = self._full_eval("after")
         self.logger.log(step, {"eval/accuracy": after["accuracy"]})
         return after
+
+    def share(self, items: list[int], size_name: str) -> list[int]:
+        """This rank's contiguous block of a step's ``items`` (all of them on one process);
+        ``size_name`` (``sft.examples_per_step``…) must be divisible by the number of ranks."""
+        w = self.ranks.world_size
+        if len(items) % w:
+            raise ConfigError(
+                f"{size_name}={len(items)} must be divisible by the number of processes ({w}) "
+                f"so every rank trains on the same share of the step; use a multiple of {w}"
+            )
+        mine = shard(len(items), self.ranks)
+        return items[mine.start : mine.stop]
 
     def loop(
         self, model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, name: str
@@ -206,6 +280,8 @@ class RunContext:
             **summary,
             "wall_s": time.time() - self.started,
         }
+        if not self.ranks.is_main:
+            return summary
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         from reasonrl.report import build_report  # matplotlib: only once the run is done
 
@@ -260,6 +336,7 @@ class TrainLoop:
             self.scheduler,
             ctx.cfg.log,
             ctx.resume_from,
+            ranks=ctx.ranks,
         )
         model.train()
 
@@ -276,7 +353,10 @@ class TrainLoop:
         log_every = self.ctx.cfg.log.every
         if held_out is not None and ckpt.done == 0:
             logger.log(0, held_out())
-        with ckpt.on_interrupt(), training_progress(total, self.name, ckpt.done) as bar:
+        with (
+            ckpt.on_interrupt(),
+            training_progress(total, self.name, ckpt.done, console=self.ctx.console) as bar,
+        ):
             for step in range(ckpt.done, total):
                 t0 = time.perf_counter()
                 out = train_step(step)

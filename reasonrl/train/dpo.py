@@ -10,6 +10,8 @@ base), and stored in each checkpoint: no second copy of the weights is kept, and
 uses exactly the reference the interrupted one did. One step: ``pairs_per_step`` pairs in
 micro-batches whose rows are ``[chosen…, rejected…]`` behind a shared prompt; the per-pair
 losses are summed and divided by the step's pairs (so accumulation does not change the loss).
+Several processes: each rank takes its block of the step's pairs and divides by the pairs of
+every rank; the step's metrics are computed from every rank's scores, gathered.
 Leaves out: the reference-free and length-normalised variants (SimPO, ORPO), label smoothing.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from reasonrl.algos import dpo_loss
+from reasonrl.distributed import all_gather_objects, all_reduce_sum, global_counts, gradient_sync
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.tasks.preferences import EncodedPair
 from reasonrl.train.context import RunContext, StepOutput
@@ -122,23 +125,30 @@ def train_dpo(
         return {f"eval/dpo_{k}": v for k, v in stats.items()}
 
     def train_step(step: int) -> StepOutput:
-        idx = step_indices(len(train_pairs), d.pairs_per_step, step, ctx.cfg.seed)
+        step_idx = step_indices(len(train_pairs), d.pairs_per_step, step, ctx.cfg.seed)
+        idx = ctx.share(step_idx, "dpo.pairs_per_step")
         policy_rows, tokens = [], 0
         total = 0.0
-        for m in range(0, len(idx), d.micro_batch_pairs):
+        starts = range(0, len(idx), d.micro_batch_pairs)
+        _, step_pairs = global_counts(0, len(idx), ctx.ranks)
+        for m in starts:
             rows = idx[m : m + d.micro_batch_pairs]
             pairs = [train_pairs[i] for i in rows]
-            pc, pr = pair_logprobs(model, pairs, pad, pack)
-            ref = ref_train[rows].to(pc.device)
-            nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
-            loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
-            loss = loss.sum() / d.pairs_per_step
-            loss.backward()
+            with gradient_sync(model, sync=m == starts[-1]):
+                pc, pr = pair_logprobs(model, pairs, pad, pack)
+                ref = ref_train[rows].to(pc.device)
+                nc, nr = (n.to(pc.device) for n in response_tokens(pairs))
+                loss, _, _ = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], d.beta, d.loss_type, nc, nr)
+                loss = loss.sum() / step_pairs
+                loss.backward()
             total += loss.item()
             policy_rows.append(torch.stack([pc, pr], dim=-1).detach().float().cpu())
             tokens += int(nc.sum() + nr.sum())
-        batch = [train_pairs[i] for i in idx]
-        stats = pair_metrics(torch.cat(policy_rows), ref_train[idx], batch, d.beta, d.loss_type)
+        total = all_reduce_sum(total, ctx.ranks)  # each rank's loss is its share of the step's
+        tokens = all_reduce_sum(tokens, ctx.ranks)
+        scored = torch.cat(all_gather_objects(torch.cat(policy_rows), ctx.ranks))
+        batch = [train_pairs[i] for i in step_idx]
+        stats = pair_metrics(scored, ref_train[step_idx], batch, d.beta, d.loss_type)
         metrics = {
             "loss/dpo": total,
             "dpo/reward_accuracy": stats["reward_accuracy"],

@@ -131,6 +131,9 @@ def rm_stage(ctx: RunContext) -> dict[str, Any]:
     """The ``rm`` stage: pairs, training, the saved model (``run_dir/model``) and the
     held-out pairwise accuracy; returns the stage's part of ``summary.json``."""
     cfg, console, resume_from = ctx.cfg, ctx.console, ctx.resume_from
+    if ctx.ranks.world_size > 1:
+        # pair_scores calls score_responses, not forward: DDP's gradient hooks would not run
+        raise ConfigError("the rm stage runs on one process: start it without torchrun")
     path = str(resume_from or cfg.model.path)
     data = cfg.rm.data
     # Only generated pairs are made from the task's problems.

@@ -3,9 +3,20 @@
 stage on it, finish it (``summary.json`` and ``report.html``).
 
 CPU: ``reasonrl quickstart`` or ``reasonrl run RECIPE`` both land in :func:`run`; one GPU: the
-same, ``model.device=auto`` picks CUDA. A policy stage (:func:`policy_stage`: sft, dpo, rl)
-evaluates before, trains, saves the model and evaluates after; the rm stage is
-``reasonrl.train.rm.rm_stage``. Leaves out: several processes.
+same, ``model.device=auto`` picks CUDA. Several processes: ``torchrun --nproc-per-node N -m
+reasonrl run RECIPE`` or ``accelerate launch --multi_gpu --num_processes N -m reasonrl run
+RECIPE`` (docs/distributed.md): :func:`run` joins the process group (gloo on CPU, NCCL on GPU),
+and the models are wrapped by ``wrap_model`` per ``train.parallel`` (DDP or FSDP2).
+
+A policy stage (:func:`policy_stage`: sft, dpo, rl) evaluates before, trains, saves the model
+and evaluates after; the rm stage is ``reasonrl.train.rm.rm_stage``.
+
+What ``train_rl`` receives: ``policy`` wrapped by ``wrap_model`` (a DDP wrapper, an FSDP2-sharded
+model, or the model itself on one process: ``unwrap`` reaches its methods, generation under
+FSDP2 runs inside ``full_weights(policy)``); ``ref`` the frozen reference — under FSDP2 sharded
+by ``wrap_model`` as well, under DDP a plain whole replica on this rank's device, None under LoRA
+(the policy with its adapters disabled); ``critic`` (PPO) wrapped like the policy; ``engine``
+built on ``unwrap(policy)``; ``ranks`` this process's place.
 """
 
 from __future__ import annotations
@@ -20,8 +31,22 @@ from rich.console import Console
 
 from reasonrl.checks import check_config
 from reasonrl.config import ConfigError, RunConfig
+from reasonrl.distributed import (
+    Ranks,
+    full_model_state,
+    init_distributed,
+    is_sharded,
+    unwrap,
+    wrap_model,
+)
 from reasonrl.eval.summary import print_summary, score_changes
-from reasonrl.models import init_model, load_model, load_tokenizer, resolve_model_path
+from reasonrl.models import (
+    init_model,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    resolve_model_path,
+)
 from reasonrl.models.lora import (
     apply_lora,
     enable_activation_checkpointing,
@@ -37,7 +62,6 @@ from reasonrl.tasks.traces import solution_text
 from reasonrl.train.context import MODEL_DIR, HeldOut, RunContext
 from reasonrl.train.memory import module_mib, peak_memory_mib
 from reasonrl.train.rm import rm_stage
-from reasonrl.train.rundir import locked
 
 
 def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
@@ -127,31 +151,57 @@ def run(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the recipe ``cfg`` in ``run_dir``; returns the summary written to summary.json.
-    The run holds the directory's lock from start to end: a second run there is refused."""
+    The run holds the directory's lock from start to end: a second run there is refused.
+    Started by a launcher (torchrun, accelerate), every process calls it: the first call joins
+    the process group, which the command line closes when it exits."""
     check_config(cfg)  # every model, file and verifier it names, before anything slow
+    ranks = init_distributed(pick_device(cfg.model.device).type)
     stage = rm_stage if cfg.stage == "rm" else policy_stage
-    with locked(run_dir):
-        with RunContext.open(
-            cfg, run_dir, resume=resume, overwrite=overwrite, console=console
-        ) as ctx:
-            summary = stage(ctx)
-        return ctx.finish(summary)
+    with RunContext.open(
+        cfg, run_dir, resume=resume, overwrite=overwrite, console=console, ranks=ranks
+    ) as ctx:
+        return ctx.finish(stage(ctx))
+
+
+def save_final(
+    model: torch.nn.Module, tokenizer: Any, path: Path, cfg: RunConfig, ranks: Ranks
+) -> None:
+    """The stage's ``model/`` directory, written by rank 0 (``save_model``); an FSDP2 model is
+    first gathered from every rank, and a LoRA one is then saved as its adapter."""
+    if is_sharded(model):
+        whole = full_model_state(model, ranks)
+        if ranks.is_main:
+            model.save_pretrained(path, state_dict=whole)
+            tokenizer.save_pretrained(path)
+    elif ranks.is_main:
+        save_model(unwrap(model), tokenizer, path, cfg.model.lora)
 
 
 def policy_stage(ctx: RunContext) -> dict[str, Any]:
     """An sft, dpo or rl stage: evaluate, train, save the model, evaluate again; returns the
     stage's part of ``summary.json`` and prints the before/after table."""
-    cfg, console, device = ctx.cfg, ctx.console, ctx.device
+    cfg, console, device, ranks = ctx.cfg, ctx.console, ctx.device, ctx.ranks
+    parallel = cfg.train.parallel
+    # FSDP2 shards a model that arrives on the CPU layer by layer: no device holds it whole
+    sharded = ranks.world_size > 1 and parallel == "fsdp"
+    load_on = torch.device("cpu") if sharded else device
     train, held_out = load_splits(cfg.task)
-    model, tokenizer = build_model(cfg, train, ctx.resume_from, device)
+    model, tokenizer = build_model(cfg, train, ctx.resume_from, load_on)
     console.print(
         f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}; "
         f"{len(train)} train / {len(held_out)} held-out problems"
     )
+    ref = None  # under LoRA the reference is the policy with its adapters disabled
+    if cfg.stage == "rl" and cfg.algo.beta > 0 and cfg.model.lora is None:
+        ref = copy.deepcopy(model) if not ctx.resumed else load_base(cfg.model, load_on)
+        ref.eval().requires_grad_(False)
+        # FSDP2 shards the reference too; under DDP it stays a whole replica (no gradients)
+        ref = wrap_model(ref, "fsdp", ranks, device) if sharded else ref.to(device)
+    model = wrap_model(model, parallel, ranks, device)
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
     make_engine = ENGINES[cfg.rollout.engine]  # hf or fast, for rollouts and evaluation
-    engine = make_engine(model, tokenizer, cfg.rollout.batch_completions)
-    eval_engine = make_engine(model, tokenizer, cfg.eval.batch_completions)
+    engine = make_engine(unwrap(model), tokenizer, cfg.rollout.batch_completions)
+    eval_engine = make_engine(unwrap(model), tokenizer, cfg.eval.batch_completions)
     ctx.use_held_out(HeldOut(eval_engine, [render(s) for s in held_out], held_out))
     before = ctx.eval_before()
 
@@ -176,11 +226,9 @@ def policy_stage(ctx: RunContext) -> dict[str, Any]:
     else:
         from reasonrl.train.rl import train_rl
 
-        ref = None  # under LoRA the reference is the policy with its adapters disabled
-        if cfg.algo.beta > 0 and cfg.model.lora is None:
-            ref = copy.deepcopy(model) if not ctx.resumed else load_base(cfg.model, device)
-            ref.eval().requires_grad_(False)
-        critic = build_critic(cfg, ctx.resume_from, device)
+        critic = build_critic(cfg, ctx.resume_from, load_on)
+        if critic is not None:
+            critic = wrap_model(critic, parallel, ranks, device)
         memory = rl_memory(cfg, model, ref, critic)
         console.print(
             "weights in memory (MiB): "
@@ -199,9 +247,10 @@ def policy_stage(ctx: RunContext) -> dict[str, Any]:
             ctx.resume_from,
             ctx.on_step,
             critic,
+            ranks=ranks,
         )
         memory[f"peak_{device.type}_mib"] = peak_memory_mib(device)
-    save_model(model, tokenizer, ctx.run_dir / MODEL_DIR, cfg.model.lora)
+    save_final(model, tokenizer, ctx.run_dir / MODEL_DIR, cfg, ranks)
     after = ctx.eval_after(steps)
 
     summary: dict[str, Any] = {

@@ -2,7 +2,10 @@
 
 CPU: ``reasonrl run recipes/tiny-cold-start.yaml`` trains the bundled model from scratch.
 GPU: the same command; ``model.device=auto`` picks CUDA. ``model.lora`` trains adapters only
-(reasonrl.models.lora; the optimizer sees only parameters that require grad). Leaves out: packing.
+(reasonrl.models.lora; the optimizer sees only parameters that require grad). Several processes
+(``torchrun --nproc-per-node N -m reasonrl run ...``): each rank trains on its block of the step's
+examples, the loss is divided by the step's tokens over all ranks, so the summed gradient equals
+one process's. Leaves out: packing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from reasonrl.algos import sft_loss
+from reasonrl.distributed import all_reduce_sum, global_counts, gradient_sync
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.train.context import RunContext, StepOutput
 from reasonrl.train.data import step_indices
@@ -43,7 +47,7 @@ def train_sft(
 
     Completions get the tokenizer's EOS appended, so the model learns to stop.
     """
-    s, seed = ctx.cfg.sft, ctx.cfg.seed
+    s, seed, ranks = ctx.cfg.sft, ctx.cfg.seed, ctx.ranks
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     enc_prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
@@ -54,10 +58,12 @@ def train_sft(
     loop = ctx.loop(model, tokenizer, s, "sft")
 
     def train_step(step: int) -> StepOutput:
-        idx = step_indices(len(pairs), s.examples_per_step, step, seed)
-        step_tokens = sum(len(enc_completions[i]) for i in idx)
+        step_idx = step_indices(len(pairs), s.examples_per_step, step, seed)
+        idx = ctx.share(step_idx, "sft.examples_per_step")
+        step_tokens, _ = global_counts(sum(len(enc_completions[i]) for i in idx), len(idx), ranks)
         total = 0.0
-        for m in range(0, len(idx), s.micro_batch_examples):
+        starts = range(0, len(idx), s.micro_batch_examples)
+        for m in starts:
             rows = idx[m : m + s.micro_batch_examples]
             ids, attn, cmask = pack_pairs(
                 [enc_prompts[i] for i in rows],
@@ -65,12 +71,14 @@ def train_sft(
                 tokenizer.pad_token_id,
             )
             ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
-            logp, _ = completion_logprobs(
-                model, ids, attn, cmask.shape[1], pack_tokens=ctx.cfg.model.pack_tokens
-            )
-            loss = sft_loss(logp, cmask, step_tokens)
-            loss.backward()
+            with gradient_sync(model, sync=m == starts[-1]):
+                logp, _ = completion_logprobs(
+                    model, ids, attn, cmask.shape[1], pack_tokens=ctx.cfg.model.pack_tokens
+                )
+                loss = sft_loss(logp, cmask, step_tokens)
+                loss.backward()
             total += loss.item()
+        total = all_reduce_sum(total, ranks)  # each rank's loss is its share of the step's
         return StepOutput({"loss/sft": total}, {"loss": total}, {"tokens": step_tokens})
 
     return loop.run(train_step)

@@ -2,6 +2,7 @@ import math
 
 from reasonrl.config import EvalConfig, ModelConfig, SamplingConfig
 from reasonrl.eval import evaluate
+from reasonrl.eval.evaluate import _evaluate_shard
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import Sample, render_prompt
@@ -50,3 +51,30 @@ def test_a_task_mix_is_also_reported_per_task():
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in tasks.values())
     one_task = [Sample(s.prompt, s.answer, {}) for s in samples]
     assert "tasks" not in evaluate(engine, prompts, one_task, cfg.model_copy(update={"k": 0}))
+
+
+def test_pass_at_k_of_a_problem_does_not_depend_on_the_problems_beside_it():
+    # Per-problem seeds: the samples of problem i are the same whether it is evaluated with
+    # the others (one process) or in another block (a rank's shard of the problems).
+    tok = load_tokenizer("bundled")
+    engine = HFEngine(load_model(ModelConfig(device="cpu")), tok)
+    samples = [Sample(f"{a} + {b} =", str(a + b), {}) for a, b in [(1, 2), (30, 4), (7, 7)]]
+    prompts = [render_prompt(s, tok) for s in samples]
+    cfg = EvalConfig(k=4, sampling=SamplingConfig(max_new_tokens=24))
+    drawn = []
+    generate = engine.generate
+
+    def recording(prompts, **kw):
+        out = generate(prompts, **kw)
+        if kw.get("seeds") is not None:
+            drawn.append(out.texts)
+        return out
+
+    engine.generate = recording
+    whole = evaluate(engine, prompts, samples, cfg, seed=3)
+    _evaluate_shard(engine, prompts, samples, cfg, {}, 3, range(1, 3))  # rank 1 of 2's block
+    evaluate(engine, prompts, samples, cfg, seed=4)
+    texts, block, other_seed = drawn
+    assert len(texts) == 12 and block == texts[4:]
+    assert other_seed != texts  # the run's seed changes the draws
+    assert whole == evaluate(engine, prompts, samples, cfg, seed=3)

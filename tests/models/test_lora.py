@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint import FileSystemReader
 
 from reasonrl.algos import sft_loss
 from reasonrl.config import ConfigError, LoRAConfig, ModelConfig, load_config
@@ -21,6 +22,7 @@ from reasonrl.models.lora import (
     reference_model,
     save_model,
 )
+from reasonrl.train.checkpoint import DCP_DIR
 from reasonrl.train.optim import build_optimizer
 from reasonrl.train.run import run
 
@@ -164,10 +166,13 @@ def test_lora_rl_run_uses_the_disabled_adapters_as_reference_and_resumes(tmp_pat
         p.name for p in ckpt.iterdir()
     }
     assert not (ckpt / "model.safetensors").exists()
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     adapters = apply_lora(_bundled(), cfg.model.lora).named_parameters()
     lora_params = sum(p.numel() for n, p in adapters if "lora_" in n)
-    exp_avg = sum(s["exp_avg"].numel() for s in state["optimizer"]["state"].values())
+    # the optimizer's state is in the DCP directory, keyed optim.state.<parameter>.<name>
+    saved = FileSystemReader(str(ckpt / DCP_DIR)).read_metadata().state_dict_metadata
+    exp_avg = sum(
+        m.size.numel() for k, m in saved.items() if k.startswith("optim.") and k.endswith("exp_avg")
+    )
     assert exp_avg == lora_params  # the optimizer holds the adapters' state alone
 
     # Resume from step 2 of a copy: steps 3-4 come out as in the uninterrupted run.

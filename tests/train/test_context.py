@@ -35,3 +35,21 @@ def test_the_loop_logs_every_n_steps_evaluates_and_calls_the_hook(tmp_path):
     assert steps[0]["optim/lr"] == pytest.approx(lr)
     assert steps[0]["optim/grad_norm"] == pytest.approx(math.sqrt(3))  # before clipping at 1
     assert steps[0]["perf/things_per_s"] > 0 and "lr" not in steps[0]
+
+
+def test_each_rank_shares_a_step_in_contiguous_blocks(tmp_path):
+    from reasonrl.config import ConfigError
+    from reasonrl.distributed import Ranks
+
+    cfg = load_config(None, ["stage=sft"])
+    with RunLogger(tmp_path, report_to=[]) as logger:
+        step = [7, 3, 5, 1, 0, 2]
+        blocks = [
+            RunContext(cfg, tmp_path, logger, ranks=Ranks(r, 2)).share(step, "sft.x")
+            for r in range(2)
+        ]
+        assert blocks == [[7, 3, 5], [1, 0, 2]]
+        assert RunContext(cfg, tmp_path, logger).share(step, "sft.x") == step
+        with pytest.raises(ConfigError, match=r"sft.examples_per_step=6 .* processes \(4\)"):
+            four = RunContext(cfg, tmp_path, logger, ranks=Ranks(0, 4))
+            four.share(step, "sft.examples_per_step")

@@ -1,0 +1,181 @@
+"""``reasonrl run`` under ``torchrun`` on two CPU ranks (gloo, loopback) against one process:
+SFT and DPO in float64 give the same saved model (DDP and FSDP2), the same metrics and the same
+sharded evaluation; a run whose rank is killed stops at once with a message, and ``--resume``
+continues it on one rank or on two, reproducing the uninterrupted run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from reasonrl.logging import read_jsonl
+
+ROOT = Path(__file__).parent.parent.parent
+TINY = ["model.dtype=float64", "log.report_to=none", "eval.before=false"]
+SFT = [
+    "quickstart",
+    "stage=sft",
+    *TINY,
+    "task.train_size=64",
+    "task.eval_size=5",  # evaluation shards unevenly: 3 problems on rank 0, 2 on rank 1
+    "sft.steps=4",
+    "sft.examples_per_step=8",
+    "sft.micro_batch_examples=2",
+    "sft.warmup_steps=0",
+    "eval.k=2",
+    "eval.sampling.max_new_tokens=24",
+    "log.checkpoint_every=1",
+    "log.keep_checkpoints=10",
+]
+DPO = [
+    "tiny-dpo",
+    *TINY,
+    "task.train_size=64",
+    "task.eval_size=4",
+    "dpo.data={source: generated, train_size: 16, eval_size: 8}",
+    "dpo.steps=3",
+    "dpo.pairs_per_step=4",
+    "dpo.micro_batch_pairs=1",
+    "dpo.warmup_steps=0",
+    "dpo.learning_rate=5e-4",
+    "dpo.eval_every=0",
+    "eval.after=false",
+    "log.checkpoint_every=0",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _command(ranks: int, args: list[str], out: Path) -> list[str]:
+    cmd = [sys.executable]
+    if ranks > 1:
+        cmd += ["-m", "torch.distributed.run", f"--nproc-per-node={ranks}"]
+        cmd += ["--master-addr=127.0.0.1", f"--master-port={_free_port()}"]
+    return [*cmd, "-m", "reasonrl", "run", *args, "--out", str(out)]
+
+
+def reasonrl_run(ranks: int, args: list[str], out: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        _command(ranks, args, out), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def assert_same_model(got: Path, want: Path, tol: float = 1e-10) -> None:
+    a, b = load_file(got / "model.safetensors"), load_file(want / "model.safetensors")
+    assert set(b) <= set(a)  # FSDP2's gathered state also names the tied lm_head
+    for key, value in b.items():
+        assert (a[key] - value).abs().max().item() < tol, key
+
+
+def assert_same_metrics(got: Path, want: Path, tol: float = 1e-10) -> None:
+    a, b = read_jsonl(got / "metrics.jsonl"), read_jsonl(want / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        keys = {k for k in y if not k.startswith("perf/")}
+        assert keys == {k for k in x if not k.startswith("perf/")}
+        for k in keys:
+            assert x[k] == pytest.approx(y[k], abs=tol), (x["step"], k)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("one")
+    reasonrl_run(1, SFT, root / "sft")
+    reasonrl_run(1, DPO, root / "dpo")
+    return {"sft": root / "sft", "dpo": root / "dpo"}
+
+
+# SFT under FSDP2 on two ranks is the kill-and-resume test's run.
+@pytest.mark.parametrize(("stage", "parallel"), [("sft", "ddp"), ("dpo", "ddp"), ("dpo", "fsdp")])
+def test_two_ranks_train_and_evaluate_like_one_process(
+    one_process: dict[str, Path], tmp_path: Path, stage: str, parallel: str
+) -> None:
+    out = tmp_path / "run"
+    reasonrl_run(2, [*(SFT if stage == "sft" else DPO), f"train.parallel={parallel}"], out)
+    want = one_process[stage]
+    assert_same_model(out / "model", want / "model")
+    assert_same_metrics(out, want)
+    if stage == "sft":  # the sharded evaluation gathers the numbers of one process
+        got_after = json.loads((out / "summary.json").read_text())["after"]
+        want_after = json.loads((want / "summary.json").read_text())["after"]
+        assert got_after == want_after
+        assert want_after["n"] == 5 and set(want_after["pass_at_k"]) == {"1", "2"}
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The PID of the launched process with ``RANK=rank`` (a child of torchrun)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among {children}")
+
+
+def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
+    one_process: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    args = [*SFT, "train.parallel=fsdp"]
+    launcher = subprocess.Popen(
+        _command(2, args, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoints" / "step-1").exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    os.kill(_rank_pid(launcher, 1), signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = launcher.communicate(timeout=120)
+    # torchrun ends the other rank at once: not the process group's 10-minute timeout
+    assert time.monotonic() - killed < 60
+    assert launcher.returncode != 0
+    message = "rank 0: stopped: another process of the run ended"
+    assert message in err.decode() and "--resume" in err.decode()
+    done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*")]
+    assert 1 <= max(done) < 4, done  # stopped mid-run, after a complete checkpoint
+
+    on_two = tmp_path / "on-two"
+    shutil.copytree(out, on_two)
+    reasonrl_run(1, [*SFT, "--resume"], out)  # FSDP2's shards re-cut for one process
+    reasonrl_run(2, [*SFT, "train.parallel=ddp", "--resume"], on_two)
+    for resumed in (out, on_two):
+        assert_same_metrics(resumed, one_process["sft"])
+        assert_same_model(resumed / "model", one_process["sft"] / "model")
+
+
+def test_a_config_error_on_rank_0_stops_every_rank_with_one_message(tmp_path: Path) -> None:
+    # rank 0 alone looks in the run directory: it finds nothing to resume and tells the others
+    done = subprocess.run(
+        _command(2, [*SFT, "--resume"], tmp_path / "empty"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("error:") == 1 and "nothing to resume" in done.stderr
+    assert "exitcode  : 2" in done.stderr  # torchrun's report of the failed ranks
