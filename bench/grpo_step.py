@@ -127,6 +127,7 @@ def run_reasonrl(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     from reasonrl.logging import RunLogger, read_jsonl
     from reasonrl.rollout import ENGINES
     from reasonrl.tasks.base import Sample
+    from reasonrl.train.context import RunContext
     from reasonrl.train.rl import train_rl
 
     cfg = load_config(
@@ -167,9 +168,8 @@ def run_reasonrl(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
     with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), report_to=()) as logger:
         run_dir = Path(tmp)
-        train_rl(
-            cfg, model, None, tokenizer, engine, prompts, samples, run_dir, logger, None, after_step
-        )
+        ctx = RunContext(cfg, run_dir, logger, on_step=after_step)
+        train_rl(ctx, model, None, tokenizer, engine, prompts, samples)
         metrics = [m for m in read_jsonl(Path(tmp) / "metrics.jsonl") if m["step"] > 1]
     step_s = statistics.median(m["perf/step_s"] for m in metrics)
     gen_s = statistics.median(m["perf/generate_s"] for m in metrics)

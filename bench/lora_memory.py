@@ -78,6 +78,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from reasonrl.models.lora import apply_lora, enable_activation_checkpointing
     from reasonrl.rollout import HFEngine
     from reasonrl.tasks import load_splits, render_prompt
+    from reasonrl.train.context import RunContext
     from reasonrl.train.rl import train_rl
 
     cfg = load_config(
@@ -124,7 +125,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
     engine = HFEngine(model, tokenizer, cfg.rollout.batch_completions)
     with tempfile.TemporaryDirectory() as tmp, RunLogger(Path(tmp), report_to=()) as log:
-        train_rl(cfg, model, ref, tokenizer, engine, prompts, train, Path(tmp), log)
+        train_rl(RunContext(cfg, Path(tmp), log), model, ref, tokenizer, engine, prompts, train)
     step_s = time.perf_counter() - t0
     peak = _peak(args.device)
     return {

@@ -281,7 +281,8 @@ def eval_cmd(
     """Evaluate a model on a recipe's held-out split: greedy pass@1 and sampled pass@k, and
     the mean score of the greedy completions under each reward model (the recipe's learned
     reward terms and every --reward-model)."""
-    from reasonrl.eval.command import eval_config, evaluate_model
+    from reasonrl.eval.command import evaluate_model
+    from reasonrl.pipeline import eval_config
 
     try:
         cfg = eval_config(recipe, overrides or [], model, stage, run_dir)

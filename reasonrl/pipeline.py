@@ -42,10 +42,11 @@ from reasonrl.config import (
     RunConfig,
     apply_overrides,
     dump_yaml,
+    load_config,
     read_recipe,
     validate_config,
 )
-from reasonrl.train.rundir import PIPELINE_FILE, holds_run, locked, prepare_dir
+from reasonrl.train.rundir import PIPELINE_FILE, holds_run, locked, pipeline_run_dir, prepare_dir
 
 SUMMARY_FILE = "summary.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -346,3 +347,27 @@ def _has_checkpoint(stage_dir: Path) -> bool:
     from reasonrl.train.checkpoint import latest_checkpoint
 
     return latest_checkpoint(stage_dir) is not None
+
+
+def eval_config(
+    recipe: str, overrides: list[str], model: str, stage: str | None, run_dir: Path | None
+) -> RunConfig:
+    """The config ``reasonrl eval`` uses: the recipe's, or one policy stage's of a multi-stage
+    recipe (its ``@name`` reward models resolved under ``run_dir``, by default where the
+    pipeline runs), with ``model`` as the model to evaluate."""
+    if not is_pipeline(recipe):
+        if stage is not None:
+            raise ConfigError(f"--stage is for multi-stage recipes; {recipe} has one stage")
+        return load_config(recipe, [*overrides, f"model.path={model}"])
+    stages = load_pipeline(recipe, overrides, run_dir or pipeline_run_dir(recipe))
+    policies = [s.name for s in stages if s.cfg.stage != "rm"]
+    if stage is None:
+        raise ConfigError(
+            f"{recipe} is a multi-stage recipe: name the stage to evaluate with, --stage {policies}"
+        )
+    if stage not in policies:
+        raise ConfigError(f"{stage!r} is not a policy stage of {recipe}: --stage one of {policies}")
+    cfg = next(s.cfg for s in stages if s.name == stage)
+    return cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"path": model, "init": None})}
+    )

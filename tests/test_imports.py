@@ -62,3 +62,26 @@ def test_the_cycle_finder_finds_one():
 
 def test_no_module_imports_itself_around_a_loop():
     assert _cycle(_imports()) is None
+
+
+def _packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same graph between reasonrl's packages and top-level modules (reasonrl.train, …)."""
+    top = lambda name: ".".join(name.split(".")[:2])  # noqa: E731
+    packages: dict[str, set[str]] = {top(name): set() for name in graph}
+    for name, deps in graph.items():
+        packages[top(name)] |= {top(d) for d in deps} - {top(name)}
+    return packages
+
+
+def test_the_package_graph_merges_modules():
+    graph = {
+        "reasonrl.a.x": {"reasonrl.b.y"},
+        "reasonrl.b.y": {"reasonrl.a.z"},
+        "reasonrl.a.z": set(),
+    }
+    assert _cycle(_packages(graph)) == ["reasonrl.a", "reasonrl.b", "reasonrl.a"]
+
+
+def test_no_package_imports_itself_around_a_loop():
+    # e.g. models → tasks → rewards → models, or eval → pipeline → train → eval
+    assert _cycle(_packages(_imports())) is None

@@ -18,34 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from reasonrl.config import ConfigError, RunConfig, load_config
-
-
-def eval_config(
-    recipe: str, overrides: list[str], model: str, stage: str | None, run_dir: Path | None
-) -> RunConfig:
-    """The config ``reasonrl eval`` uses: the recipe's, or one policy stage's of a multi-stage
-    recipe (its ``@name`` reward models resolved under ``run_dir``, by default where the
-    pipeline runs), with ``model`` as the model to evaluate."""
-    from reasonrl.pipeline import is_pipeline, load_pipeline
-    from reasonrl.train.rundir import pipeline_run_dir
-
-    if not is_pipeline(recipe):
-        if stage is not None:
-            raise ConfigError(f"--stage is for multi-stage recipes; {recipe} has one stage")
-        return load_config(recipe, [*overrides, f"model.path={model}"])
-    stages = load_pipeline(recipe, overrides, run_dir or pipeline_run_dir(recipe))
-    policies = [s.name for s in stages if s.cfg.stage != "rm"]
-    if stage is None:
-        raise ConfigError(
-            f"{recipe} is a multi-stage recipe: name the stage to evaluate with, --stage {policies}"
-        )
-    if stage not in policies:
-        raise ConfigError(f"{stage!r} is not a policy stage of {recipe}: --stage one of {policies}")
-    cfg = next(s.cfg for s in stages if s.name == stage)
-    return cfg.model_copy(
-        update={"model": cfg.model.model_copy(update={"path": model, "init": None})}
-    )
+from reasonrl.config import ConfigError, RunConfig
 
 
 def read_baseline(path: Path) -> dict[str, Any]:
@@ -81,6 +54,8 @@ def evaluate_model(
     terms and each of ``reward_models``, ``DIR`` or ``NAME=DIR``); print the table (beside
     ``baseline``'s results when given), write the results to ``out`` as JSON when given, and
     return them."""
+    from transformers import set_seed
+
     from reasonrl.eval import eval_size, evaluate
     from reasonrl.eval.evaluate import EXAMPLES, reward_scorers
     from reasonrl.eval.summary import print_summary, score_changes
@@ -88,7 +63,6 @@ def evaluate_model(
     from reasonrl.rewards.reward_model import RewardModelVerifier
     from reasonrl.rollout import ENGINES
     from reasonrl.tasks import load_splits, render_prompt
-    from reasonrl.train.context import seed_everything
 
     before = read_baseline(baseline) if baseline is not None else None
     tokenizer = load_tokenizer(cfg.model.path)
@@ -107,7 +81,7 @@ def evaluate_model(
         render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
     ]
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
-    seed_everything(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
+    set_seed(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
     with console.status(f"evaluating {label} on {limit} problems"):
         result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
     summary = {"after": result}

@@ -17,8 +17,8 @@ from reasonrl.distributed import Ranks, all_gather_objects, shard
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
 from reasonrl.rewards.correct import CorrectVerifier
 from reasonrl.rollout.base import RolloutEngine
+from reasonrl.rollout.sampling import eval_seeds
 from reasonrl.tasks.base import Sample
-from reasonrl.train.data import eval_seeds
 
 
 @functools.cache

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from reasonrl.tasks.base import last_boxed
+
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 
@@ -13,20 +14,6 @@ def extract_answer(completion: str) -> str | None:
     """The text of the only <answer>…</answer> pair, stripped; None if there is not exactly one."""
     found = _ANSWER_RE.findall(completion)
     return found[0].strip() if len(found) == 1 else None
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) with balanced braces; None if
-    there is none or it is never closed."""
-    starts = [m.end() for m in _BOXED_RE.finditer(text)]
-    if not starts:
-        return None
-    depth, start = 1, starts[-1]
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i].strip()
-    return None
 
 
 def math_answer(completion: str) -> str | None:

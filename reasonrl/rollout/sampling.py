@@ -10,11 +10,13 @@ of its seed and its logits alone: not of the other rows in the batch, their orde
 left padding, the process or the global RNG. So a completion is the same whichever rank or
 worker draws it. The hash is 32-bit integer arithmetic held in int64 (every product stays below
 2**63), so the noise bits are the same on CPU and CUDA; the float transform to Gumbel noise may
-differ there by an ulp.
+differ there by an ulp. ``completion_seeds`` and ``eval_seeds`` derive the row seeds a trainer
+and an evaluation pass, from the run seed and the problem, never from the rank or the row.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -116,3 +118,36 @@ def sample_tokens(
         ids = choice if idx is None else idx.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
     picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return ids, picked - torch.logsumexp(scaled, dim=-1)
+
+
+def derive_seed(*key: str | int) -> int:
+    """A 63-bit seed from a key: BLAKE2b of its text, the same in every process, platform and
+    Python version (``hash()`` is salted per process for strings)."""
+    text = ":".join(str(part) for part in key).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def completion_seeds(
+    seed: int, step: int, prompt_indices: Sequence[int], group: int, sampling_round: int = 0
+) -> list[int]:
+    """The seeds of a step's completions, laid out as the trainer repeats its prompts: for each
+    index in ``prompt_indices`` (dataset indices, as ``step_indices`` returns), ``group`` seeds
+    in a row. Seed (i, j) is a function of (run seed, step, sampling round, dataset index, j)
+    only. An index drawn twice in one step (an epoch boundary) gets fresh seeds for its second
+    group: pass the step's whole index list, then take a rank's rows from the result."""
+    seen: dict[int, int] = {}
+    out: list[int] = []
+    for index in prompt_indices:
+        repeat = seen.get(index, 0)
+        seen[index] = repeat + 1
+        out += [
+            derive_seed("train", seed, step, sampling_round, index, repeat, j) for j in range(group)
+        ]
+    return out
+
+
+def eval_seeds(seed: int, problem_indices: Sequence[int], k: int) -> list[int]:
+    """The seeds of pass@k samples, ``k`` per problem in a row: sample j of problem i is a
+    function of (seed, i, j). The before and after evaluations of a run draw with the same
+    seeds, so their difference is the weights', not the noise's."""
+    return [derive_seed("eval", seed, i, j) for i in problem_indices for j in range(k)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonrl.config import ConfigError, TaskConfig
-from reasonrl.tasks.base import Sample
+from reasonrl.tasks.base import Sample, last_boxed
 from reasonrl.tasks.files import jsonl_rows, open_dataset
 
 
@@ -88,9 +88,7 @@ def gold_answer(text: str, answer_format: str) -> str | None:
     see :func:`detect_answer_format`); None where the field has none."""
     if answer_format == "gsm8k":
         return gsm8k_answer(text)
-    if answer_format == "boxed":
-        from reasonrl.rewards.extract import last_boxed  # the same reading as the math verifier
-
+    if answer_format == "boxed":  # the same reading as the math verifier
         return last_boxed(text)
     return text.strip() or None
 

@@ -114,8 +114,8 @@ def save_checkpoint(
                 "extra": extra or {},
             }
             save_torch(state, tmp / STATE_FILE)
-            if save_more is not None:
-                save_more(tmp)
+        if save_more is not None:  # on every rank: a critic's DCP write is collective too
+            save_more(tmp)
         barrier(ranks)
     except BaseException:
         if ranks.is_main:
@@ -273,7 +273,7 @@ class Checkpointer:
     ) -> tuple[Checkpointer, dict[str, Any]]:
         """A loop's checkpointer, after restoring model, optimizer, scheduler and RNG from
         ``resume_from`` when there is one; returns it with that checkpoint's ``extra``.
-        ``save_more`` runs on rank 0 alone."""
+        Every rank calls ``save_more`` (a critic writes its DCP part)."""
         start, extra = 0, {}
         if resume_from is not None:
             start, extra = load_trainer_state(resume_from, model, optimizer, scheduler)

@@ -27,7 +27,6 @@ step function hands back metrics already reduced over the ranks.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import set_seed
 
 from reasonrl.config import ConfigError, EvalConfig, RunConfig, dump_config
 from reasonrl.distributed import Ranks, broadcast_object, full_weights, shard
@@ -107,12 +106,6 @@ def pick_rank_device(device: str, ranks: Ranks) -> torch.device:
     return picked
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _print_sizes(console: Console, cfg: RunConfig, run_dir: Path, ranks: Ranks) -> None:
     table = Table(title=f"{cfg.name}: {cfg.stage} → {run_dir}", show_header=False)
     if ranks.world_size > 1:
@@ -176,7 +169,7 @@ class RunContext:
                 return resume_from
 
             resume_from = on_main(ranks, prepare)
-            seed_everything(cfg.seed)
+            set_seed(cfg.seed)
             device = pick_rank_device(cfg.model.device, ranks)
             start_step = int(resume_from.name.split("-")[1]) if resume_from else None
             logger = (

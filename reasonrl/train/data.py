@@ -1,19 +1,16 @@
-"""Deterministic batch order, sampling seeds and mini-batches: which examples step k uses, the
-seed each of its completions is drawn with, and the mini-batch each completion trains in,
-depend only on (seed, k) and the example (or the completion's row in the step).
+"""Deterministic batch order and mini-batches: which examples step k uses and the mini-batch
+each completion trains in depend only on (seed, k) and the completion's row in the step (the
+seed each completion is drawn with: ``rollout.sampling.completion_seeds``).
 
 That makes the data position of a checkpoint just its step number, and a resumed run sees
-exactly the batches the uninterrupted run would have seen. Seeds keyed by the example, not by
-the rank or the row, let ranks split a step's prompts and still draw the completions one
-process would (``RolloutEngine.generate(..., seeds=)``).
+exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-
 import torch
+
+from reasonrl.rollout.sampling import derive_seed
 
 
 def step_indices(num_items: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -27,39 +24,6 @@ def step_indices(num_items: int, per_step: int, step: int, seed: int) -> list[in
         perm = torch.randperm(num_items, generator=gen).tolist()
         out.extend(perm[offset : offset + per_step - len(out)])
     return out
-
-
-def _derive(*key: str | int) -> int:
-    """A 63-bit seed from a key: BLAKE2b of its text, the same in every process, platform and
-    Python version (``hash()`` is salted per process for strings)."""
-    text = ":".join(str(part) for part in key).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
-def completion_seeds(
-    seed: int, step: int, prompt_indices: Sequence[int], group: int, sampling_round: int = 0
-) -> list[int]:
-    """The seeds of a step's completions, laid out as the trainer repeats its prompts: for each
-    index in ``prompt_indices`` (dataset indices, as ``step_indices`` returns), ``group`` seeds
-    in a row. Seed (i, j) is a function of (run seed, step, sampling round, dataset index, j)
-    only. An index drawn twice in one step (an epoch boundary) gets fresh seeds for its second
-    group: pass the step's whole index list, then take a rank's rows from the result."""
-    seen: dict[int, int] = {}
-    out: list[int] = []
-    for index in prompt_indices:
-        repeat = seen.get(index, 0)
-        seen[index] = repeat + 1
-        out += [
-            _derive("train", seed, step, sampling_round, index, repeat, j) for j in range(group)
-        ]
-    return out
-
-
-def eval_seeds(seed: int, problem_indices: Sequence[int], k: int) -> list[int]:
-    """The seeds of pass@k samples, ``k`` per problem in a row: sample j of problem i is a
-    function of (seed, i, j). The before and after evaluations of a run draw with the same
-    seeds, so their difference is the weights', not the noise's."""
-    return [_derive("eval", seed, i, j) for i in problem_indices for j in range(k)]
 
 
 def mini_batches(
@@ -82,7 +46,7 @@ def mini_batches(
         block, i = divmod(j, n_mini)
         if shuffle is not None:
             if i == 0 or j == rows.start:
-                gen = torch.Generator().manual_seed(_derive("mini_batch", *shuffle, block))
+                gen = torch.Generator().manual_seed(derive_seed("mini_batch", *shuffle, block))
                 perm = torch.randperm(n_mini, generator=gen).tolist()
             i = perm[i]
         out[i].append(j - rows.start)

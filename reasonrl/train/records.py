@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,30 @@ class ScoredBatch:
             {name: [v[i] for i in rows] for name, v in self.uncomputed.items()},
             self.rounds,
         )
+
+    def sample_records(self, n: int, tokenizer: Any) -> list[dict[str, Any]]:
+        """The first completion of each of the first ``n`` groups, as ``samples.jsonl`` logs
+        it: the prompt as the model saw it (decoded from its tokens, chat template and special
+        tokens included), the completion, the gold answer, the total reward and each component
+        under ``rewards``, the token count of each part, and whether the completion was cut at
+        ``max_new_tokens``."""
+        ro, group = self.rollout, self.rewards.shape[1]
+        flat = self.rewards.flatten().tolist()
+        records = []
+        for i in range(0, len(self.samples), group)[:n]:
+            prompt_ids = ro.prompt_ids[i][ro.prompt_mask[i].bool()].tolist()
+            records.append(
+                {
+                    "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=False),
+                    "completion": ro.texts[i],
+                    "gold_answer": self.samples[i].answer,
+                    "reward": flat[i],
+                    "rewards": {k: v[i] for k, v in self.components.items()},
+                    "tokens": {"prompt": len(prompt_ids), "completion": int(ro.lengths[i])},
+                    "truncated": not bool(ro.finished[i]),
+                }
+            )
+        return records
 
 
 def concat_scored(parts: list[ScoredBatch], pad_id: int, rounds: int) -> ScoredBatch:

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from reasonrl.algos import AdvantageInput, Estimator, get_advantage, kl_in_reward
-from reasonrl.config import AlgoConfig, ConfigError, RunConfig
+from reasonrl.config import AlgoConfig, RunConfig
 from reasonrl.distributed import (
     Ranks,
     all_gather_objects,
@@ -44,45 +43,43 @@ from reasonrl.distributed import (
     shard,
     unwrap,
 )
-from reasonrl.logging import RunLogger, training_progress
+from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine
+from reasonrl.rollout.sampling import completion_seeds
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
-from reasonrl.train.critic import CRITIC_DIR as CRITIC_DIR  # run.py's build_critic reads it here
+from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
-from reasonrl.train.data import completion_seeds, step_indices
+from reasonrl.train.data import step_indices
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats, concat_scored
-from reasonrl.train.update import check_mini_batches, update, updates_per_step
+from reasonrl.train.update import check_ranks, update, updates_per_step
 
 LOGGED_KL = "k3"  # kl/mean: never negative and unbiased, comparable across algorithms
 ONE_PROCESS = Ranks()
 
 
 def train_rl(
-    cfg: RunConfig,
+    ctx: RunContext,
     policy: torch.nn.Module,
     ref_model: torch.nn.Module | None,
     tokenizer: Any,
     engine: RolloutEngine,
     prompts: Sequence[str],
     samples: Sequence[Sample],
-    run_dir: Path,
-    logger: RunLogger,
-    resume_from: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
     critic: torch.nn.Module | None = None,
-    ranks: Ranks = ONE_PROCESS,
 ) -> int:
-    """Train ``policy`` on ``samples`` (rendered as ``prompts``); returns the steps done.
+    """Train ``policy`` on ``samples`` (rendered as ``prompts``) in ``ctx``'s run; returns the
+    steps done.
 
     The KL reference is ``ref_model``, or for a LoRA policy without one, the policy with its
     adapters disabled. ``critic``: PPO's value model (wrapped like the policy), trained beside
-    it. With several ``ranks`` every rank calls this with the same arguments."""
+    it. With several ranks every rank calls this with the same arguments."""
+    cfg, ranks, logger = ctx.cfg, ctx.ranks, ctx.logger
     r, algo = cfg.rl, cfg.algo
     check_ranks(cfg, ranks)
     estimator = get_advantage(algo.advantage)
@@ -93,10 +90,18 @@ def train_rl(
     scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps - critic_only, r.min_lr_ratio)
     save_critic = ppo_critic.save if ppo_critic is not None else None
     ckpt, _ = Checkpointer.for_run(
-        run_dir, policy, tokenizer, optimizer, scheduler, cfg.log, resume_from, save_critic
+        ctx.run_dir,
+        policy,
+        tokenizer,
+        optimizer,
+        scheduler,
+        cfg.log,
+        ctx.resume_from,
+        save_critic,
+        ranks=ranks,
     )
-    if resume_from is not None and ppo_critic is not None:
-        ppo_critic.load(resume_from)
+    if ctx.resume_from is not None and ppo_critic is not None:
+        ppo_critic.load(ctx.resume_from)
     policy.train()
 
     with ckpt.on_interrupt(), training_progress(r.steps, algo.name, ckpt.done) as bar:
@@ -138,35 +143,15 @@ def train_rl(
             if ranks.is_main and (done % cfg.log.every == 0 or done == r.steps):
                 logger.log(done, logged)
             if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
-                gathered = all_gather_objects(sample_records(batch, cfg, tokenizer), ranks)
+                gathered = all_gather_objects(
+                    batch.sample_records(cfg.log.samples_per_log, tokenizer), ranks
+                )
                 if ranks.is_main:
                     records = [rec for part in gathered for rec in part]
                     logger.log_samples(done, records[: cfg.log.samples_per_log])
             bar.update(done, reward=logged["reward/mean"], kl=logged["kl/mean"])
-            ckpt.end_of_step(on_step)
+            ckpt.end_of_step(ctx.on_step)
     return ckpt.done
-
-
-def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
-    """What several ranks cannot run, refused before the first step with ``ConfigError``: a
-    step's prompts or mini-batches that do not split evenly over the ranks, DAPO's dynamic
-    sampling (ranks would keep different numbers of groups) and ``model.pack_tokens`` (a
-    forward per packed row, as many as the rank's lengths make): both would have ranks run
-    different numbers of forwards and backwards."""
-    if ranks.world_size == 1:
-        return
-    if cfg.model.pack_tokens:
-        raise ConfigError(
-            f"model.pack_tokens runs on one process only ({ranks.world_size} were started): "
-            "set model.pack_tokens=0"
-        )
-    if cfg.algo.dynamic_sampling:
-        raise ConfigError(
-            f"algo.dynamic_sampling runs on one process only ({ranks.world_size} were started): "
-            "set algo.dynamic_sampling=false, or run on one process"
-        )
-    shard(cfg.rl.prompts_per_step, ranks)
-    check_mini_batches(cfg, ranks)
 
 
 # --------------------------------------------------------------------------- collect, score
@@ -386,27 +371,3 @@ def metrics(
 def _nanmean(values: list[float]) -> float:
     valid = [v for v in values if not math.isnan(v)]
     return sum(valid) / len(valid) if valid else float("nan")
-
-
-def sample_records(batch: ScoredBatch, cfg: RunConfig, tokenizer: Any) -> list[dict[str, Any]]:
-    """One logged completion per prompt (``samples.jsonl``): the prompt as the model saw it
-    (decoded from its tokens, chat template and special tokens included), the completion, the
-    gold answer, the total reward and each component under ``rewards``, the token count of
-    each part, and whether the completion was cut at ``max_new_tokens``."""
-    ro, group = batch.rollout, cfg.rl.completions_per_prompt
-    flat = batch.rewards.flatten().tolist()
-    records = []
-    for i in range(0, len(batch.samples), group)[: cfg.log.samples_per_log]:
-        prompt_ids = ro.prompt_ids[i][ro.prompt_mask[i].bool()].tolist()
-        records.append(
-            {
-                "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=False),
-                "completion": ro.texts[i],
-                "gold_answer": batch.samples[i].answer,
-                "reward": flat[i],
-                "rewards": {k: v[i] for k, v in batch.components.items()},
-                "tokens": {"prompt": len(prompt_ids), "completion": int(ro.lengths[i])},
-                "truncated": not bool(ro.finished[i]),
-            }
-        )
-    return records

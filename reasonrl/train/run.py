@@ -109,7 +109,7 @@ def build_critic(cfg: RunConfig, resume_from: Path | None, device: torch.device)
     if cfg.algo.name != "ppo":
         return None
     from reasonrl.models.value import ValueModel
-    from reasonrl.train.rl import CRITIC_DIR
+    from reasonrl.train.critic import CRITIC_DIR
 
     if resume_from is not None:
         path = str(resume_from / CRITIC_DIR)
@@ -234,21 +234,8 @@ def policy_stage(ctx: RunContext) -> dict[str, Any]:
             "weights in memory (MiB): "
             + ", ".join(f"{k.removesuffix('_mib')} {v:.1f}" for k, v in memory.items())
         )
-        steps = train_rl(
-            cfg,
-            model,
-            ref,
-            tokenizer,
-            engine,
-            [render(s) for s in train],
-            train,
-            ctx.run_dir,
-            ctx.logger,
-            ctx.resume_from,
-            ctx.on_step,
-            critic,
-            ranks=ranks,
-        )
+        prompts = [render(s) for s in train]
+        steps = train_rl(ctx, model, ref, tokenizer, engine, prompts, train, critic)
         memory[f"peak_{device.type}_mib"] = peak_memory_mib(device)
     save_final(model, tokenizer, ctx.run_dir / MODEL_DIR, cfg, ranks)
     after = ctx.eval_after(steps)

@@ -22,7 +22,7 @@ from reasonrl.algos import (
     kl_in_loss,
 )
 from reasonrl.config import ConfigError, RunConfig
-from reasonrl.distributed import Ranks, all_reduce_sum, global_counts, gradient_sync
+from reasonrl.distributed import Ranks, all_reduce_sum, global_counts, gradient_sync, shard
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout.base import Rollout
 from reasonrl.train.critic import Critic
@@ -199,6 +199,28 @@ def policy_loss(
     loss = aggregate(algo.aggregation, per_token, mask, mini_tokens, mini_seqs, norm_len)
     return loss, {
         "policy": loss.item(),
-        "entropy": float((entropy * mask).sum()),
+        "entropy": float((entropy.detach() * mask).sum()),
         "clipped": float((clipped.to(mask.dtype) * mask).sum()),
     }
+
+
+def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
+    """What several ranks cannot run, refused before the first step with ``ConfigError``: a
+    step's prompts or mini-batches that do not split evenly over the ranks, DAPO's dynamic
+    sampling (ranks would keep different numbers of groups) and ``model.pack_tokens`` (a
+    forward per packed row, as many as the rank's lengths make): both would have ranks run
+    different numbers of forwards and backwards."""
+    if ranks.world_size == 1:
+        return
+    if cfg.model.pack_tokens:
+        raise ConfigError(
+            f"model.pack_tokens runs on one process only ({ranks.world_size} were started): "
+            "set model.pack_tokens=0"
+        )
+    if cfg.algo.dynamic_sampling:
+        raise ConfigError(
+            f"algo.dynamic_sampling runs on one process only ({ranks.world_size} were started): "
+            "set algo.dynamic_sampling=false, or run on one process"
+        )
+    shard(cfg.rl.prompts_per_step, ranks)
+    check_mini_batches(cfg, ranks)

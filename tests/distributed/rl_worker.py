@@ -24,11 +24,12 @@ from reasonrl.distributed import (
     shutdown,
     wrap_model,
 )
-from reasonrl.logging import RunLogger, read_jsonl
+from reasonrl.logging import RunLogger, SilentLogger, read_jsonl
 from reasonrl.models import load_model, load_tokenizer, resolve_model_path
 from reasonrl.models.value import ValueModel
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
+from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
 from reasonrl.train.rl import train_rl
 
@@ -86,11 +87,9 @@ def run_case(name: str, parallel: str, out: Path) -> None:
     prompts = [render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in train]
     tag = f"{name}-{parallel}-w{ranks.world_size}"
     run_dir = out / tag
-    logger = RunLogger(run_dir, report_to=[]) if ranks.is_main else None
-    train_rl(
-        cfg, policy, ref, tokenizer, engine, prompts, train, run_dir, logger,
-        critic=critic, ranks=ranks,
-    )  # fmt: skip
+    logger = RunLogger(run_dir, report_to=[]) if ranks.is_main else SilentLogger()
+    ctx = RunContext(cfg, run_dir, logger, ranks=ranks)
+    train_rl(ctx, policy, ref, tokenizer, engine, prompts, train, critic)
     result = {"policy": full_model_state(policy, ranks)}
     if critic is not None:
         result["critic"] = full_model_state(critic, ranks)

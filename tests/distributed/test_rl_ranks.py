@@ -25,7 +25,7 @@ from reasonrl.distributed import Ranks
 from reasonrl.models import load_model, resolve_model_path
 from reasonrl.models.value import ValueModel
 from reasonrl.train.critic import CRITIC_DIR, Critic
-from reasonrl.train.rl import check_ranks
+from reasonrl.train.update import check_ranks
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -13,7 +13,14 @@ from transformers.generation.logits_process import (
 from reasonrl.config import ModelConfig
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout import FastEngine
-from reasonrl.rollout.sampling import MASK32, hash_bits, sample_tokens, seed_tensor
+from reasonrl.rollout.sampling import (
+    MASK32,
+    completion_seeds,
+    eval_seeds,
+    hash_bits,
+    sample_tokens,
+    seed_tensor,
+)
 from reasonrl.tasks import Sample, render_prompt
 
 
@@ -222,3 +229,37 @@ def test_the_fast_engine_draws_first_tokens_from_the_warped_softmax(bundled, unc
     counts = torch.bincount(ro.completion_ids[:, 0], minlength=probs.numel()).double()
     assert (counts[probs == 0] == 0).all() and (counts > 0).sum() >= 5
     assert _chi_square_p(counts, probs, n) > 1e-3
+
+
+def test_completion_seeds_depend_on_the_prompt_not_on_its_row():
+    seeds = completion_seeds(7, 3, [5, 9, 2], group=4)
+    assert len(seeds) == 12 and len(set(seeds)) == 12
+    assert all(0 <= s < 2**63 for s in seeds)
+    # a rank given prompts 9 and 2 (in any order) computes the same seeds for them
+    assert completion_seeds(7, 3, [2, 9], group=4) == seeds[8:] + seeds[4:8]
+    assert completion_seeds(7, 3, [9], group=4) == seeds[4:8]
+    # a group of 2 is the first 2 of a group of 4
+    assert completion_seeds(7, 3, [5], group=2) == seeds[:2]
+
+
+def test_completion_seeds_change_with_seed_step_round_and_repeats():
+    base = completion_seeds(7, 3, [5], group=2)
+    others = [
+        completion_seeds(8, 3, [5], group=2),
+        completion_seeds(7, 4, [5], group=2),
+        completion_seeds(7, 3, [6], group=2),
+        completion_seeds(7, 3, [5], group=2, sampling_round=1),
+    ]
+    assert all(not set(base) & set(o) for o in others)
+    # the same index twice in a step: the second group is fresh, the first unchanged
+    twice = completion_seeds(7, 3, [5, 1, 5], group=2)
+    assert twice[:2] == base and not set(twice[4:]) & set(base)
+
+
+def test_eval_seeds_are_per_problem_and_sample():
+    seeds = eval_seeds(1, [0, 1, 2], k=3)
+    assert len(set(seeds)) == 9
+    assert eval_seeds(1, [2], k=3) == seeds[6:]
+    assert eval_seeds(1, [0], k=2) == seeds[:2]
+    assert not set(eval_seeds(2, [0, 1, 2], k=3)) & set(seeds)
+    assert not set(completion_seeds(1, 0, [0, 1, 2], group=3)) & set(seeds)

@@ -1,6 +1,6 @@
 import torch
 
-from reasonrl.train.data import completion_seeds, eval_seeds, mini_batches, step_indices
+from reasonrl.train.data import mini_batches, step_indices
 
 
 def test_step_indices_are_per_epoch_shuffles():
@@ -12,40 +12,6 @@ def test_step_indices_are_per_epoch_shuffles():
     assert third[2:] == perm1[:2].tolist()
     assert step_indices(10, 4, 2, seed=3) == third
     assert step_indices(10, 4, 2, seed=4) != third
-
-
-def test_completion_seeds_depend_on_the_prompt_not_on_its_row():
-    seeds = completion_seeds(7, 3, [5, 9, 2], group=4)
-    assert len(seeds) == 12 and len(set(seeds)) == 12
-    assert all(0 <= s < 2**63 for s in seeds)
-    # a rank given prompts 9 and 2 (in any order) computes the same seeds for them
-    assert completion_seeds(7, 3, [2, 9], group=4) == seeds[8:] + seeds[4:8]
-    assert completion_seeds(7, 3, [9], group=4) == seeds[4:8]
-    # a group of 2 is the first 2 of a group of 4
-    assert completion_seeds(7, 3, [5], group=2) == seeds[:2]
-
-
-def test_completion_seeds_change_with_seed_step_round_and_repeats():
-    base = completion_seeds(7, 3, [5], group=2)
-    others = [
-        completion_seeds(8, 3, [5], group=2),
-        completion_seeds(7, 4, [5], group=2),
-        completion_seeds(7, 3, [6], group=2),
-        completion_seeds(7, 3, [5], group=2, sampling_round=1),
-    ]
-    assert all(not set(base) & set(o) for o in others)
-    # the same index twice in a step: the second group is fresh, the first unchanged
-    twice = completion_seeds(7, 3, [5, 1, 5], group=2)
-    assert twice[:2] == base and not set(twice[4:]) & set(base)
-
-
-def test_eval_seeds_are_per_problem_and_sample():
-    seeds = eval_seeds(1, [0, 1, 2], k=3)
-    assert len(set(seeds)) == 9
-    assert eval_seeds(1, [2], k=3) == seeds[6:]
-    assert eval_seeds(1, [0], k=2) == seeds[:2]
-    assert not set(eval_seeds(2, [0, 1, 2], k=3)) & set(seeds)
-    assert not set(completion_seeds(1, 0, [0, 1, 2], group=3)) & set(seeds)
 
 
 def test_mini_batches_are_strided_over_the_steps_rows():

@@ -13,7 +13,7 @@ from reasonrl.models.loading import bundled_model_dir
 from reasonrl.rollout import HFEngine, Rollout
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.train.records import LogProbs, ScoredBatch
-from reasonrl.train.rl import advantages, collect, sample_records
+from reasonrl.train.rl import advantages, collect
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():
@@ -36,7 +36,7 @@ def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart(
     engine = HFEngine(model, tokenizer)
     batch = collect(cfg, engine, prompts, samples, 0)
 
-    records = sample_records(batch, cfg, tokenizer)
+    records = batch.sample_records(cfg.log.samples_per_log, tokenizer)
 
     assert len(records) == 2
     for i, record in enumerate(records):
