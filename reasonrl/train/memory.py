@@ -5,13 +5,15 @@ from __future__ import annotations
 import resource
 
 import torch
+from torch.distributed.tensor import DTensor
 
 MiB = 2**20
 
 
 def module_mib(module: torch.nn.Module, trainable_only: bool = False) -> float:
     """MiB of a module's parameters (only those that train, with ``trainable_only``) and
-    buffers, each storage counted once (tied weights share one)."""
+    buffers held by this process, each storage counted once (tied weights share one); under
+    FSDP2 a parameter is a DTensor and this rank holds its local shard."""
     seen: dict[int, int] = {}
     tensors = list(module.parameters())
     if trainable_only:
@@ -19,6 +21,8 @@ def module_mib(module: torch.nn.Module, trainable_only: bool = False) -> float:
     else:
         tensors += list(module.buffers())
     for t in tensors:
+        if isinstance(t, DTensor):
+            t = t.to_local()
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values()) / MiB
 

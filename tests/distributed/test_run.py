@@ -37,6 +37,21 @@ SFT = [
     "log.checkpoint_every=1",
     "log.keep_checkpoints=10",
 ]
+RL = [
+    "quickstart",
+    *TINY,
+    "task.train_size=64",
+    "eval.after=false",
+    "rl.steps=4",
+    "rl.prompts_per_step=4",
+    "rl.completions_per_prompt=4",
+    "rl.micro_batch_completions=4",
+    "rl.learning_rate=1e-3",
+    "rl.warmup_steps=0",
+    "rollout.max_new_tokens=32",
+    "log.checkpoint_every=1",
+    "log.keep_checkpoints=10",
+]
 DPO = [
     "tiny-dpo",
     *TINY,
@@ -135,11 +150,9 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no rank {rank} among {children}")
 
 
-def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
-    one_process: dict[str, Path], tmp_path: Path
-) -> None:
-    out = tmp_path / "killed"
-    args = [*SFT, "train.parallel=fsdp"]
+def _kill_rank_1_after_step_1(args: list[str], out: Path, steps: int) -> None:
+    """Run ``args`` on two ranks, ``kill -9`` rank 1 once ``step-1`` is written, and check that
+    the job stops at once with the message, holding a complete checkpoint short of the end."""
     launcher = subprocess.Popen(
         _command(2, args, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -156,8 +169,14 @@ def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
     message = "rank 0: stopped: another process of the run ended"
     assert message in err.decode() and "--resume" in err.decode()
     done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*")]
-    assert 1 <= max(done) < 4, done  # stopped mid-run, after a complete checkpoint
+    assert 1 <= max(done) < steps, done  # stopped mid-run, after a complete checkpoint
 
+
+def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
+    one_process: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    _kill_rank_1_after_step_1([*SFT, "train.parallel=fsdp"], out, steps=4)
     on_two = tmp_path / "on-two"
     shutil.copytree(out, on_two)
     reasonrl_run(1, [*SFT, "--resume"], out)  # FSDP2's shards re-cut for one process
@@ -165,6 +184,24 @@ def test_a_killed_rank_stops_the_run_which_resumes_on_one_or_two_ranks(
     for resumed in (out, on_two):
         assert_same_metrics(resumed, one_process["sft"])
         assert_same_model(resumed / "model", one_process["sft"] / "model")
+
+
+def test_grpo_on_two_ranks_stopped_and_resumed_on_one_or_two_is_the_one_process_run(
+    tmp_path: Path,
+) -> None:
+    # the real entry point: the reference replica, the wrapped policy, the seeds and the
+    # checkpoint of an RL run; a kill after step 1, resumed on 1 process and on 2 FSDP2 ranks
+    want, out, on_two = tmp_path / "one", tmp_path / "killed", tmp_path / "on-two"
+    reasonrl_run(1, RL, want)
+    _kill_rank_1_after_step_1([*RL, "train.parallel=ddp"], out, steps=4)
+    shutil.copytree(out, on_two)
+    reasonrl_run(1, [*RL, "--resume"], out)
+    reasonrl_run(2, [*RL, "train.parallel=fsdp", "--resume"], on_two)
+    rewards = [r["reward/mean"] for r in read_jsonl(want / "metrics.jsonl") if "reward/mean" in r]
+    assert len(rewards) == 4 and len(set(rewards)) > 1  # the run learned something to compare
+    for resumed in (out, on_two):
+        assert_same_metrics(resumed, want)
+        assert_same_model(resumed / "model", want / "model")
 
 
 def test_a_config_error_on_rank_0_stops_every_rank_with_one_message(tmp_path: Path) -> None:
