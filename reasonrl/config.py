@@ -12,6 +12,7 @@ is loaded, so a typo fails in well under a second.
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -579,6 +580,25 @@ def load_yaml(text: str) -> Any:
 def dump_yaml(data: Any) -> str:
     """YAML that :func:`load_yaml` (and YAML 1.1 readers) read back as ``data``."""
     return yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False)
+
+
+def import_path(name: str, what: str) -> Any:
+    """The callable a recipe names as ``my_pkg.module:function`` (a user's verifier or advantage
+    estimator: ``what`` says which, for the messages). Raises ``ConfigError`` saying what is
+    wrong."""
+    module_name, _, attr = name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as e:  # whatever the user's module raises on import is the answer
+        raise ConfigError(
+            f"cannot import {what} {name!r} ({type(e).__name__}: {e}): give module:function "
+            "with the module importable (installed, or its folder on PYTHONPATH)"
+        ) from e
+    if not callable(target):
+        raise ConfigError(f"{what} {name!r} is not callable")
+    return target
 
 
 def looks_local(path: str) -> bool:

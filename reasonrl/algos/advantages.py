@@ -12,16 +12,14 @@ there is nothing to compare it against. The token-level maths (GAE, REINFORCE++)
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from reasonrl.algos.returns import gae, reinforce_pp_advantages
 from reasonrl.algos.whiten import SumRanks, local_sum, masked_whiten
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, import_path
 
 
 def grpo_advantages(
@@ -193,16 +191,4 @@ def get_advantage(name: str) -> Estimator:
                 "import path such as my_pkg.advantages:fn)"
             )
         return ADVANTAGES[name]
-    module_name, _, attr = name.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except Exception as e:  # whatever the user's module raises on import is the answer
-        raise ConfigError(
-            f"cannot import advantage {name!r} ({type(e).__name__}: {e}): give module:function "
-            "with the module importable (installed, or its folder on PYTHONPATH)"
-        ) from e
-    if not callable(target):
-        raise ConfigError(f"advantage {name!r} is not callable")
-    return target
+    return import_path(name, "advantage")

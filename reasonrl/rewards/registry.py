@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from reasonrl.config import ConfigError
+from reasonrl.config import ConfigError, import_path
 from reasonrl.rewards.base import Verifier
 from reasonrl.rewards.code import CodeVerifier
 from reasonrl.rewards.correct import CorrectVerifier
@@ -44,19 +43,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
 
 def _resolve(name: str) -> Callable[..., Any]:
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                target = getattr(target, part)
-        except Exception as e:  # whatever the user's module raises on import is the answer
-            raise ConfigError(
-                f"cannot import verifier {name!r} ({type(e).__name__}: {e}): give module:function "
-                "with the module importable (installed, or its folder on PYTHONPATH)"
-            ) from e
-        if not callable(target):
-            raise ConfigError(f"verifier {name!r} is not callable")
-        return target
+        return import_path(name, "verifier")
     if name not in BUILTIN_VERIFIERS:
         hint = difflib.get_close_matches(name, list(BUILTIN_VERIFIERS), n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
