@@ -601,6 +601,22 @@ def import_path(name: str, what: str) -> Any:
     return target
 
 
+def resolve_callable(name: str, builtins: dict[str, Any], what: str, example: str) -> Any:
+    """A recipe's ``name`` for a verifier or advantage estimator: a key of ``builtins``, or an
+    import path ``my_pkg.module:function`` (``example`` shows one in the message). Raises
+    ``ConfigError`` naming the nearest built-in when ``name`` is neither."""
+    if ":" in name:
+        return import_path(name, what)
+    if name not in builtins:
+        close = difflib.get_close_matches(name, list(builtins), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown {what} {name!r}{hint} (built-in: {sorted(builtins)}; or give an import "
+            f"path such as {example})"
+        )
+    return builtins[name]
+
+
 def looks_local(path: str) -> bool:
     """Whether a model or dataset ``path`` names a file or directory here rather than a hub id
     ("org/name")."""

@@ -11,7 +11,6 @@ there is nothing to compare it against. The token-level maths (GAE, REINFORCE++)
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import torch
 
 from reasonrl.algos.returns import gae, reinforce_pp_advantages
 from reasonrl.algos.whiten import SumRanks, local_sum, masked_whiten
-from reasonrl.config import ConfigError, import_path
+from reasonrl.config import resolve_callable
 
 
 def grpo_advantages(
@@ -182,13 +181,4 @@ ADVANTAGES: dict[str, Estimator] = {
 def get_advantage(name: str) -> Estimator:
     """The estimator ``name``: a key of ``ADVANTAGES``, or a user's ``my_pkg.module:fn`` taking
     an :class:`AdvantageInput`. Raises :class:`ConfigError` saying what is wrong."""
-    if ":" not in name:
-        if name not in ADVANTAGES:
-            close = difflib.get_close_matches(name, list(ADVANTAGES), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown advantage {name!r}{hint} (built-in: {sorted(ADVANTAGES)}; or give an "
-                "import path such as my_pkg.advantages:fn)"
-            )
-        return ADVANTAGES[name]
-    return import_path(name, "advantage")
+    return resolve_callable(name, ADVANTAGES, "advantage", "my_pkg.advantages:fn")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from reasonrl.config import ConfigError, import_path
+from reasonrl.config import ConfigError, resolve_callable
 from reasonrl.rewards.base import Verifier
 from reasonrl.rewards.code import CodeVerifier
 from reasonrl.rewards.correct import CorrectVerifier
@@ -42,16 +41,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
 
 
 def _resolve(name: str) -> Callable[..., Any]:
-    if ":" in name:
-        return import_path(name, "verifier")
-    if name not in BUILTIN_VERIFIERS:
-        hint = difflib.get_close_matches(name, list(BUILTIN_VERIFIERS), n=1)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(
-            f"unknown verifier {name!r}{extra} (built-in: {sorted(BUILTIN_VERIFIERS)}; "
-            "or give an import path such as my_pkg.rewards:brevity)"
-        )
-    return BUILTIN_VERIFIERS[name]
+    return resolve_callable(name, BUILTIN_VERIFIERS, "verifier", "my_pkg.rewards:brevity")
 
 
 def check_verifier(name: str, **cfg: Any) -> Callable[..., Any]:
