@@ -93,7 +93,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_accelerate_launch_gives_each_process_its_rank() -> None:
+def test_accelerate_launch_gives_each_process_its_rank(tmp_path: Path) -> None:
     # `--cpu` would start one process (accelerate runs several CPU processes only through
     # mpirun); `--multi_gpu` is its torchrun path, which needs no GPU: init_distributed("cpu")
     # then picks gloo.
@@ -102,9 +102,9 @@ def test_accelerate_launch_gives_each_process_its_rank() -> None:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     cmd += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     cmd += ["--dynamo_backend", "no", "--main_process_ip", "127.0.0.1"]
-    cmd += ["--main_process_port", str(free_port()), str(HERE / "show_ranks.py")]
+    cmd += ["--main_process_port", str(free_port()), str(HERE / "show_ranks.py"), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    lines = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(x["ranks"] for x in lines) == [[0, 2, 0], [1, 2, 1]]
     assert all(x["seen"] == [0, 1] for x in lines)
