@@ -141,6 +141,9 @@ class RolloutConfig(SamplingConfig):
     engine: Literal["hf", "fast"] = "hf"  # hf: transformers.generate; fast: reasonrl's own
     # decode loop (group-shared prefill, static KV cache, CUDA graphs on GPU; rollout/fast.py)
     batch_completions: int = Field(256, gt=0)  # completions generated per generate() call
+    workers: int = Field(1, gt=0)  # Ray actors that generate (distributed.backend=ray)
+    async_steps: int = Field(0, ge=0)  # k > 0 (Ray): step t + k's rollouts are generated while
+    # step t trains, from weights at most k updates old; 0: synchronous
 
 
 class RLConfig(_Strict):
@@ -208,6 +211,9 @@ class AlgoConfig(_Strict):
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, draw more
     max_sampling_rounds: int = Field(3, gt=0)  # cap on generation rounds per step
     overlong_filter: bool = False  # DAPO: truncated completions get no loss
+    tis_cap: float | None = Field(None, gt=0)  # rollout.async_steps > 0: the ratio's denominator
+    # is the trainer's log-probs and the loss is weighted by min(π_trainer / π_behaviour, tis_cap)
+    # (truncated importance sampling); None: the ratio is taken to the behaviour policy itself
 
     @model_validator(mode="before")
     @classmethod
@@ -431,6 +437,19 @@ class TrainConfig(_Strict):
     # fully_shard, each rank holds 1/world of weights, gradients, AdamW state (docs/distributed.md)
 
 
+class DistributedConfig(_Strict):
+    """Where rollouts and rewards run. ``none``: in the trainer's process. ``ray``: in Ray actors
+    (``rollout.workers`` generating, ``rewards.workers`` scoring), restarted when they die, so
+    a run's result does not depend on the backend (docs/ray.md)."""
+
+    backend: Literal["none", "ray"] = "none"
+    address: str | None = None  # None: start a Ray on this machine, on 127.0.0.1 only;
+    # "auto" or "HOST:PORT": join the cluster that `ray start` made
+    reward_workers: int = Field(1, gt=0)  # written `rewards.workers` in a recipe
+    max_restarts: int = Field(3, ge=0)  # restarts of a failed worker within one call
+    worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
+
+
 class RunConfig(_Strict):
     name: str = "run"
     stage: Literal["rl", "sft", "rm", "dpo"] = "rl"
@@ -450,6 +469,39 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_workers(cls, data: Any) -> Any:
+        # `rewards:` maps term names to specs; its one other key, `workers`, is a size and is
+        # kept in `distributed` (so config.yaml reads back)
+        rewards = data.get("rewards") if isinstance(data, dict) else None
+        if not isinstance(rewards, dict) or "workers" not in rewards:
+            return data
+        rewards, distributed = dict(rewards), dict(data.get("distributed") or {})
+        distributed["reward_workers"] = rewards.pop("workers")
+        return {**data, "rewards": rewards, "distributed": distributed}
+
+    @model_validator(mode="after")
+    def _workers_need_ray(self) -> RunConfig:
+        ro, d = self.rollout, self.distributed
+        if self.algo.tis_cap is not None and ro.async_steps == 0:
+            raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
+        if d.backend == "ray":
+            return self
+        ray_only = [
+            ("rollout.workers", ro.workers, ro.workers > 1),
+            ("rewards.workers", d.reward_workers, d.reward_workers > 1),
+            ("rollout.async_steps", ro.async_steps, ro.async_steps > 0),
+        ]
+        for key, value, used in ray_only:
+            if used:
+                raise ValueError(
+                    f"{key}={value} runs on Ray workers: add distributed.backend=ray "
+                    "(pip install 'reasonrl[ray]')"
+                )
+        return self
 
     @model_validator(mode="after")
     def _reward_tasks_exist(self) -> RunConfig:
