@@ -1,0 +1,189 @@
+"""Rollout and reward workers on a local Ray (127.0.0.1 only): they generate and score what the
+trainer's process would, keep the weights each round was sent with, and survive a killed worker
+with the same result; a reward share that cannot be computed is NaN, never 0."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import torch
+
+from reasonrl.config import RunConfig, load_config
+from reasonrl.distributed.workers import RayRollouts, WorkerFailed, start_ray
+from reasonrl.models import load_model, load_tokenizer
+from reasonrl.rewards import score_batch
+from reasonrl.rollout import HFEngine
+from reasonrl.tasks import load_splits, render_prompt
+
+GROUP = 4
+SEEDS = {0: [3, 17, 21], 1: [8, 40, 2]}  # a step's prompts; 3 groups over 2 workers: 2 + 1
+
+
+def plan(step: int, round_: int) -> tuple[list[int], list[int]]:
+    idx = SEEDS[step]
+    return idx, [1000 * step + 10 * round_ + j for j in range(len(idx) * GROUP)]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> RunConfig:
+    return load_config(
+        "quickstart",
+        [
+            "model.dtype=float64",
+            "task.train_size=64",
+            "rollout.max_new_tokens=10",
+            "rl.completions_per_prompt=4",
+            "rl.micro_batch_completions=4",
+            "distributed.backend=ray",
+            "rollout.workers=2",
+            "rewards.workers=1",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def setting(cfg: RunConfig) -> tuple:
+    tokenizer = load_tokenizer("bundled")
+    model = load_model(cfg.model, torch.device("cpu"))
+    train, _ = load_splits(cfg.task)
+    prompts = [render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in train]
+    return model, tokenizer, prompts, train
+
+
+@pytest.fixture(scope="module")
+def workers(cfg: RunConfig, setting: tuple) -> Iterator[tuple[RayRollouts, list[str]]]:
+    import ray
+
+    model, tokenizer, prompts, train = setting
+    reports: list[str] = []
+    pool = RayRollouts(cfg, model, tokenizer, prompts, train, plan, reports.append)
+    yield pool, reports
+    pool.close()
+    ray.shutdown()
+
+
+def in_process(cfg: RunConfig, setting: tuple, step: int, model: torch.nn.Module | None = None):
+    """What the trainer's own process generates and scores for ``plan(step, 0)``."""
+    base, tokenizer, prompts, train = setting
+    idx, seeds = plan(step, 0)
+    rows = [i for i in idx for _ in range(GROUP)]
+    engine = HFEngine(model or base, tokenizer)
+    ro = cfg.rollout
+    rollout = engine.generate(
+        [prompts[i] for i in rows],
+        max_new_tokens=ro.max_new_tokens,
+        temperature=ro.temperature,
+        top_p=ro.top_p,
+        top_k=ro.top_k,
+        seeds=seeds,
+    )
+    scored = score_batch(rollout.texts, [train[i] for i in rows], cfg.rewards, None)
+    return rollout, scored
+
+
+def test_ray_started_here_listens_on_loopback_only(workers: tuple) -> None:
+    start_ray(None, 3)  # joins the running one
+    listening = [
+        conn.laddr.ip
+        for proc in psutil.Process().children(recursive=True)
+        for conn in proc.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    assert listening  # the GCS, the raylet and the workers listen somewhere...
+    # ...on loopback alone (gRPC's IPv6 sockets show it as ::ffff:127.0.0.1)
+    addresses = {ipaddress.ip_address(ip) for ip in listening}
+    assert {getattr(a, "ipv4_mapped", None) or a for a in addresses} == {
+        ipaddress.ip_address("127.0.0.1")
+    }
+
+
+def test_workers_generate_and_score_what_the_process_does(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    pool, reports = workers
+    rollout, scored, version = pool.gather(0, 0)
+    want, want_scored = in_process(cfg, setting, 0)
+    assert version == 0 and rollout.texts == want.texts
+    assert torch.equal(rollout.completion_ids, want.completion_ids)
+    torch.testing.assert_close(rollout.logprobs, want.logprobs, rtol=0, atol=1e-10)
+    assert scored.total == want_scored.total
+    metrics = pool.metrics()
+    assert metrics["workers/rollout-0/tokens_per_s"] > 0
+    assert metrics["workers/rollout-1/tokens_per_s"] > 0
+    assert metrics["workers/reward-0/completions_per_s"] > 0
+    assert metrics["workers/restarts"] == 0 and not reports
+
+
+def test_a_killed_rollout_worker_is_restarted_and_its_share_redone(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    pool, reports = workers
+    pool.dispatch(0, 0)
+    pool.generators.kill(0)  # in the middle of the round
+    rollout, scored, _ = pool.gather(0, 0)
+    want, want_scored = in_process(cfg, setting, 0)
+    assert rollout.texts == want.texts and scored.total == want_scored.total
+    assert pool.metrics()["workers/restarts"] == 1
+    assert len(reports) == 1 and "rollout worker 0 failed in generate" in reports[0]
+    assert "killed by `ray.kill`" in reports[0]  # Ray's own account of the death
+    reports.clear()
+
+
+def test_each_round_keeps_the_weights_it_was_dispatched_with(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    pool, _ = workers
+    model = setting[0]
+    moved = load_model(cfg.model, torch.device("cpu"))
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pool.dispatch(0, 0)  # before the update: version 0
+    pool.push_weights(moved, 1)
+    pool.dispatch(1, 0)
+    (old, _, v0), (new, _, v1) = pool.gather(0, 0), pool.gather(1, 0)
+    assert (v0, v1) == (0, 1)
+    assert old.texts == in_process(cfg, setting, 0, model)[0].texts
+    assert new.texts == in_process(cfg, setting, 1, moved)[0].texts
+    assert new.texts != in_process(cfg, setting, 1, model)[0].texts
+    pool.push_weights(model, 2)  # back to the first weights for the tests after this one
+    assert set(pool.weights) == {2}  # no round waits on the older versions
+
+
+def test_a_reward_share_that_keeps_failing_is_nan_not_zero(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    pool, reports = workers
+    pool.scorers.max_restarts = 0
+    try:
+        pool.dispatch(0, 0)
+        pool.scorers.kill(0)
+        _, scored, _ = pool.gather(0, 0)
+    finally:
+        pool.scorers.max_restarts = cfg.distributed.max_restarts
+    # the first worker's share (2 groups) failed and was given up: NaN with status error; the
+    # second share's call, lost with the same actor, was sent to its replacement and scored
+    lost = 2 * GROUP
+    assert all(math.isnan(t) for t in scored.total[:lost])
+    assert all(r.score is None and r.status == "error" for r in scored.results["answer"][:lost])
+    assert scored.uncomputed("answer") == lost
+    assert scored.total[lost:] == in_process(cfg, setting, 0)[1].total[lost:]
+    assert any("left uncomputed (NaN)" in r for r in reports)
+    reports.clear()
+
+
+def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> None:
+    pool, reports = workers
+    pool.generators.max_restarts = 0
+    try:
+        pool.dispatch(1, 0)
+        pool.generators.kill(1)
+        with pytest.raises(WorkerFailed, match="rollout worker 1 failed 1 time in a row"):
+            pool.gather(1, 0)
+    finally:
+        pool.generators.max_restarts = 3
+    assert "gave up" in reports[-1]
