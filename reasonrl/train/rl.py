@@ -229,7 +229,7 @@ def _has_signal(group_rewards: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig) -> torch.Tensor:
+def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig, ranks: Ranks) -> torch.Tensor:
     """log π(token) of every completion token under ``model``: [B, C], by micro-batches."""
     micro, c = cfg.rl.micro_batch_completions, ro.completion_ids.shape[1]
     parts = []
@@ -243,6 +243,7 @@ def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig) -> torch.T
                 c,
                 cfg.rollout.temperature,
                 pack_tokens=cfg.model.pack_tokens,
+                ranks=ranks,
             )[0]
         )
     return torch.cat(parts)
@@ -263,12 +264,12 @@ def logprobs(
     algo = cfg.algo
     several = updates_per_step(cfg, len(rollout) * ranks.world_size) > 1
     policy.eval()  # no dropout while scoring the batch
-    old = _logprobs_of(policy, rollout, cfg) if several or algo.kl_in == "reward" else None
+    old = _logprobs_of(policy, rollout, cfg, ranks) if several or algo.kl_in == "reward" else None
     ref = None
     # unwrapped: peft's disable_adapter is the model's (no backward here, DDP has nothing to do)
     with reference_model(unwrap(policy), ref_model) as reference:
         if reference is not None and algo.beta > 0:
-            ref = _logprobs_of(reference, rollout, cfg)
+            ref = _logprobs_of(reference, rollout, cfg, ranks)
     values = critic.values(rollout) if critic is not None else None
     policy.train()
     sampling = old if old is not None else rollout.logprobs

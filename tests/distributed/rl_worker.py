@@ -65,6 +65,10 @@ CASES = {
         "algo.whiten=true",
     ],
     "ppo": ["algo.name=ppo", "rl.mini_batch_completions=8", "algo.ppo_epochs=2"],
+    # packed forwards: ranks pack different numbers of rows (PackedBatch.even), the
+    # reference's and the critic's too
+    "pack": ["model.pack_tokens=118", "algo.beta=0.05"],
+    "pack_ppo": ["algo.name=ppo", "model.pack_tokens=118", "algo.ppo_epochs=2"],
 }
 
 
