@@ -36,6 +36,8 @@ TWO_RANKS = [
     "mini:fsdp",
     "ppo:ddp",
     "ppo:fsdp",
+    "dapo:ddp",
+    "dapo:fsdp",
     "pack:ddp",
     "pack:fsdp",
     "pack_ppo:fsdp",
@@ -118,6 +120,10 @@ def test_two_ranks_train_like_one(runs: Path, case: str) -> None:
     assert two["samples"] == one["samples"] and len(one["samples"]) == 3 * 4
     # the rewards differ within groups, so the advantages (and the steps) are not all zero
     assert any(m["groups/all_equal"] < 1 for m in one["metrics"])
+    if name == "dapo":  # groups were dropped and more drawn, and all that were kept train
+        assert max(m["sampling/rounds"] for m in one["metrics"]) > 1
+        assert all(m["groups/all_equal"] == 0 for m in one["metrics"])
+        assert not any("sampling/dropped_groups" in m for m in two["metrics"])
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -137,7 +143,6 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
-        (["algo.name=dapo"], "algo.dynamic_sampling"),
         (["rl.prompts_per_step=3"], "rl.prompts_per_step"),
         (
             [
