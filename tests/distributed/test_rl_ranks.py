@@ -1,7 +1,9 @@
 """The RL trainer on two gloo ranks against one process: ``train_rl`` for 3 steps of the bundled
 model in float64 gives the same parameters (to 1e-10), the same logged metrics and the same
 samples.jsonl, under DDP and FSDP2, for each loss aggregation, with several mini-batches and two
-epochs (batch-wide std and whitening), and PPO with its critic.
+epochs (batch-wide std and whitening), PPO with its critic, DAPO's dynamic sampling (a second
+round drawn, the kept groups dealt between the ranks) and packed forwards (ranks packing
+different numbers of rows).
 
 One ``torchrun`` launch (``rl_worker.py``) runs every two-rank case, while one process runs each
 configuration once beside it.
