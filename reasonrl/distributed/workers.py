@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from reasonrl.config import ConfigError, RunConfig
 from reasonrl.distributed.ranks import Ranks, shard
@@ -308,24 +309,35 @@ class RayRollouts:
         prompts: Sequence[str],
         samples: Sequence[Sample],
         plan: Plan,
-        report: Callable[[str], None],
+        run_dir: Path,
+        console: Console,
+        version: int = 0,
+        device: torch.device | None = None,
     ) -> None:
         d = cfg.distributed
         start_ray(d.address, (cfg.rollout.workers + d.reward_workers) * d.worker_cpus)
         import ray
 
         self.cfg, self.prompts, self.samples, self.plan = cfg, prompts, samples, plan
+        self.device = device or torch.device("cpu")  # the trainer's: where gather's rollouts go
         self.pad_id = tokenizer.pad_token_id
         model = ray.put(policy)
+        self.log_path, self.console = run_dir / "workers.log", console
+        report = self.report
         self.generators = Workers(
             "rollout", RolloutWorker, (model, tokenizer, cfg), cfg.rollout.workers, cfg, report
         )
         self.scorers = Workers("reward", RewardWorker, (cfg,), d.reward_workers, cfg, report)
-        self.report = report
-        self.version = 0
-        self.weights: dict[int, Any] = {}  # version → object ref (0: the workers' own)
+        self.version = version  # the policy's updates so far: the workers' own weights
+        self.weights: dict[int, Any] = {}  # version → object ref of the later ones
         self.rounds: dict[tuple[int, int], _Round] = {}
         self.stats: dict[str, float] = defaultdict(float)
+
+    def report(self, message: str) -> None:
+        """A worker's failure: on the console and in the run's workers.log."""
+        self.console.print(message, style="yellow", markup=False, highlight=False)
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def push_weights(self, policy: torch.nn.Module, version: int) -> None:
         """The policy's weights, now version ``version``, for the rounds dispatched next."""
@@ -336,6 +348,14 @@ class RayRollouts:
         self.version = version
         kept = {r.version for r in self.rounds.values()} | {version}
         self.weights = {v: ref for v, ref in self.weights.items() if v in kept}
+
+    def dispatch_ahead(self, step: int) -> None:
+        """Step ``step``'s first round and, with ``rollout.async_steps`` k, those of the next k
+        steps (each once): generated from the current weights, at most k updates behind when
+        the step trains."""
+        last = min(step + self.cfg.rollout.async_steps, self.cfg.rl.steps - 1)
+        for ahead in range(step, last + 1):
+            self.dispatch(ahead, 0)
 
     def dispatch(self, step: int, round_: int) -> None:
         """Send round ``round_`` of ``step`` to the workers (once), with the current weights."""
@@ -387,7 +407,8 @@ class RayRollouts:
             scored.append(self._score(share, len(rollout)))
             self.stats["async/wait_score_s"] += time.perf_counter() - t0
             rollouts.append(rollout)
-        return concat_rollouts(rollouts, self.pad_id), _concat(scored), done.version
+        rollout = concat_rollouts(rollouts, self.pad_id).to(self.device)
+        return rollout, _concat(scored), done.version
 
     def _score(self, share: _Share, n: int) -> ScoredBatch:
         try:
@@ -423,3 +444,9 @@ class RayRollouts:
 
         for actor in [*self.generators.actors, *self.scorers.actors]:
             ray.kill(actor, no_restart=True)
+
+    def __enter__(self) -> RayRollouts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.rollout.sampling import derive_seed
+from reasonrl.config import RunConfig
+from reasonrl.rollout.sampling import completion_seeds, derive_seed
 
 
 def step_indices(num_items: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -24,6 +25,17 @@ def step_indices(num_items: int, per_step: int, step: int, seed: int) -> list[in
         perm = torch.randperm(num_items, generator=gen).tolist()
         out.extend(perm[offset : offset + per_step - len(out)])
     return out
+
+
+def round_plan(
+    cfg: RunConfig, num_samples: int, step: int, round_: int
+) -> tuple[list[int], list[int]]:
+    """The prompts (dataset indices) step ``step`` draws in its generation round ``round_``, and
+    the seed of each of their completions (``rl.completions_per_prompt`` each, in order): from
+    (seed, step, round) alone, so resume is exact and any rank or Ray worker drawing completion i
+    draws the same one. Round k > 0 draws from its own stream."""
+    idx = step_indices(num_samples, cfg.rl.prompts_per_step, step, cfg.seed + 7919 * round_)
+    return idx, completion_seeds(cfg.seed, step, idx, cfg.rl.completions_per_prompt, round_)
 
 
 def mini_batches(

@@ -24,20 +24,20 @@ class ScoredBatch:
     components: dict[str, list[float]]  # each reward component per completion [B]
     uncomputed: dict[str, list[bool]]  # per component, whose score could not be computed [B]
     rounds: int = 1  # generation rounds used (more than 1 only with dynamic sampling)
+    staleness: int = 0  # updates between the weights that generated it and the trainer's
     dropped: int = 0  # kept groups left out so that the ranks split them evenly (train/dynamic)
 
     def groups(self, keep: list[int]) -> ScoredBatch:
         """The groups (prompts) ``keep``, in that order."""
         g = self.rewards.shape[1]
         rows = [k * g + j for k in keep for j in range(g)]
-        return ScoredBatch(
-            self.rollout.select(rows),
-            [self.samples[i] for i in rows],
-            self.rewards[keep],
-            {name: [v[i] for i in rows] for name, v in self.components.items()},
-            {name: [v[i] for i in rows] for name, v in self.uncomputed.items()},
-            self.rounds,
-            self.dropped,
+        return replace(
+            self,
+            rollout=self.rollout.select(rows),
+            samples=[self.samples[i] for i in rows],
+            rewards=self.rewards[keep],
+            components={name: [v[i] for i in rows] for name, v in self.components.items()},
+            uncomputed={name: [v[i] for i in rows] for name, v in self.uncomputed.items()},
         )
 
     def to(self, device: torch.device) -> ScoredBatch:
@@ -78,6 +78,7 @@ def concat_scored(parts: list[ScoredBatch], pad_id: int, rounds: int) -> ScoredB
         {name: [v for p in parts for v in p.components[name]] for name in parts[0].components},
         {name: [v for p in parts for v in p.uncomputed[name]] for name in parts[0].uncomputed},
         rounds,
+        staleness=max(p.staleness for p in parts),
     )
 
 
@@ -90,6 +91,8 @@ class LogProbs:
     old: torch.Tensor | None  # the ratio's denominator; None: one update, on-policy (detached)
     ref: torch.Tensor | None  # the frozen reference's; None without a KL term
     values: torch.Tensor | None  # the critic's V before each token; None without a critic
+    # stale (asynchronous) rollouts with algo.tis_cap: min(π_trainer / π_behaviour, cap) per token
+    is_weight: torch.Tensor | None = None
 
     def kl(self, estimator: str, logp: torch.Tensor | None = None) -> torch.Tensor | None:
         """The per-token KL to the reference by ``estimator`` (k1 | k2 | k3): of ``logp`` (the
@@ -107,6 +110,7 @@ class LogProbs:
             None if self.old is None else self.old[rows],
             None if self.ref is None else self.ref[rows],
             None if self.values is None else self.values[rows],
+            None if self.is_weight is None else self.is_weight[rows],
         )
 
 

@@ -1,14 +1,13 @@
 """The RL loop for the GRPO family, RLOO, REINFORCE++ and PPO, as named phases over typed records.
 
 CPU: ``reasonrl quickstart`` (the bundled model on chain_sum, minutes); any algorithm with
-``algo.name=ppo|rloo|dapo|…``. One GPU: the same recipe, ``model.device=auto`` picks CUDA.
-With ``model.lora`` only adapters train and the reference is the adapter-disabled policy
-(``ref_model`` None). Rollouts come from ``rollout.engine`` (``hf`` or ``fast``). Several
-processes (``torchrun``, docs/distributed.md): ``ranks`` says where this one sits; the caller
-wraps the policy (and reference, critic) with ``distributed.wrap_model`` and gives the engine the
-unwrapped policy. Every size in the recipe is the global step's, and the run computes what one
-process computes (to rounding; DAPO's dynamic sampling may leave out a few kept groups so that
-the ranks split them evenly, ``train/dynamic.py``). Leaves out: Ray.
+``algo.name=ppo|rloo|dapo|…``. One GPU: ``model.device=auto``. With ``model.lora`` the reference
+is the adapter-disabled policy (``ref_model`` None). Rollouts come from ``rollout.engine`` (``hf``
+or ``fast``) in this process, or from Ray workers (``distributed.backend=ray``, docs/ray.md;
+with ``rollout.async_steps`` generated ahead of the update). Several processes (``torchrun``,
+docs/distributed.md): ``ranks`` says where this one sits; the caller wraps the policy (and
+reference, critic) with ``distributed.wrap_model`` and gives the engine the unwrapped policy.
+Every size is the global step's, and the run computes what one process does (to rounding).
 
 One step, top to bottom (the records are in ``train/records.py``):
   collect     P prompts → P × G completions, each generation round scored (``score``); DAPO
@@ -27,9 +26,11 @@ The algorithms' choices are data (``AlgoConfig``, docs/algorithms.md); the maths
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -44,17 +45,18 @@ from reasonrl.distributed import (
     shard,
     unwrap,
 )
+from reasonrl.distributed.workers import RayRollouts
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
+from reasonrl.rewards import ScoredBatch as Scores
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine
-from reasonrl.rollout.sampling import completion_seeds
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
-from reasonrl.train.data import step_indices
+from reasonrl.train.data import round_plan
 from reasonrl.train.dynamic import has_signal, keep_with_signal, kept_batch
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
@@ -105,14 +107,25 @@ def train_rl(
     if ctx.resume_from is not None and ppo_critic is not None:
         ppo_critic.load(ctx.resume_from)
     policy.train()
+    remote = None
+    if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors
+        plan = lambda step, round_: round_plan(cfg, len(samples), step, round_)  # noqa: E731
+        where = (ctx.run_dir, ctx.console, ckpt.done, ctx.device)
+        remote = RayRollouts(cfg, unwrap(policy), tokenizer, prompts, samples, plan, *where)
 
-    with ckpt.on_interrupt(), training_progress(r.steps, algo.name, ckpt.done) as bar:
+    with (
+        ckpt.on_interrupt(),
+        training_progress(r.steps, algo.name, ckpt.done) as bar,
+        remote or contextlib.nullcontext(),
+    ):
         for step in range(ckpt.done, r.steps):
             t0 = time.perf_counter()
+            if remote is not None:  # this step's rollouts, and with async_steps k the next k
+                remote.dispatch_ahead(step)
             with full_weights(policy):  # FSDP2: whole weights, so ranks may generate apart
-                batch = collect(cfg, engine, prompts, samples, step, ranks)
+                batch = collect(cfg, engine, prompts, samples, step, ranks, remote)
             t_gen = time.perf_counter() - t0
-            lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout, ranks)
+            lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout, ranks, batch.staleness)
             adv = advantages(batch, lp, algo, estimator, ranks)
             train_policy = step >= critic_only
             lr = scheduler.get_last_lr()[0] if train_policy else 0.0
@@ -130,6 +143,8 @@ def train_rl(
             )
             if train_policy:
                 scheduler.step()
+            if remote is not None:
+                remote.push_weights(unwrap(policy), step + 1)
             ckpt.step_done(step)
             done, dt = ckpt.done, time.perf_counter() - t0
             logged = metrics(batch, lp, stats, ranks)
@@ -142,6 +157,8 @@ def train_rl(
                     "perf/peak_memory_mib": peak_memory_mib(batch.rollout.input_ids.device),
                 }
             )
+            if remote is not None:
+                logged.update({**remote.metrics(), "async/staleness": float(batch.staleness)})
             if ranks.is_main and (done % cfg.log.every == 0 or done == r.steps):
                 logger.log(done, logged)
             if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):
@@ -159,16 +176,13 @@ def train_rl(
 # --------------------------------------------------------------------------- collect, score
 
 
-def prompt_indices(cfg: RunConfig, num_samples: int, step: int, round_: int) -> list[int]:
-    """The prompts a step draws in its generation round ``round_``: chosen here only, from
-    (seed, step, round) alone, so resume is exact and a rank can take its slice of whole groups.
-    Round k > 0 draws from its own deterministic stream."""
-    return step_indices(num_samples, cfg.rl.prompts_per_step, step, cfg.seed + 7919 * round_)
-
-
-def score(cfg: RunConfig, rollout: Rollout, samples: list[Sample]) -> ScoredBatch:
-    """Every reward term of ``cfg.rewards`` on each completion (``samples[i]`` its problem)."""
-    scored = score_batch(rollout.texts, samples, cfg.rewards, rollout.lengths.tolist())
+def score(
+    cfg: RunConfig, rollout: Rollout, samples: list[Sample], scored: Scores | None = None
+) -> ScoredBatch:
+    """Every reward term of ``cfg.rewards`` on each completion (``samples[i]`` its problem);
+    ``scored``: those a reward worker computed."""
+    if scored is None:
+        scored = score_batch(rollout.texts, samples, cfg.rewards, rollout.lengths.tolist())
     rows = range(len(samples))
     return ScoredBatch(
         rollout,
@@ -186,30 +200,37 @@ def collect(
     samples: Sequence[Sample],
     step: int,
     ranks: Ranks = ONE_PROCESS,
+    remote: RayRollouts | None = None,
 ) -> ScoredBatch:
     """Generate and score the step's groups (this rank's block of them; completion i with the
     seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO),
     groups whose valid rewards are all equal carry no signal: they are dropped and more prompts
     drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
-    has, dealt evenly to the ranks (``train/dynamic.py``)."""
+    has, dealt evenly to the ranks (``train/dynamic.py``). ``remote``: Ray's rollout and reward
+    workers do both (``distributed/workers.py``); the batch records how many updates old the
+    weights that generated it are (``staleness``)."""
     ro, algo = cfg.rollout, cfg.algo
     group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step
     kept: list[ScoredBatch] = []
     have = 0
     for round_ in range(algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-        every = prompt_indices(cfg, len(samples), step, round_)
-        seeds = completion_seeds(cfg.seed, step, every, group, round_)
+        every, seeds = round_plan(cfg, len(samples), step, round_)
         mine = shard(len(every), ranks)
         idx = every[mine.start : mine.stop]
-        rollout = engine.generate(
-            [prompts[i] for i in idx for _ in range(group)],
-            max_new_tokens=ro.max_new_tokens,
-            temperature=ro.temperature,
-            top_p=ro.top_p,
-            top_k=ro.top_k,
-            seeds=seeds[mine.start * group : mine.stop * group],
-        )
-        scored = score(cfg, rollout, [samples[i] for i in idx for _ in range(group)])
+        rows = [samples[i] for i in idx for _ in range(group)]
+        if remote is not None:  # Ray workers (one trainer process): the round, generated
+            rollout, scores, version = remote.gather(step, round_)  # from weights `version`
+            scored = replace(score(cfg, rollout, rows, scores), staleness=step - version)
+        else:
+            rollout = engine.generate(
+                [prompts[i] for i in idx for _ in range(group)],
+                max_new_tokens=ro.max_new_tokens,
+                temperature=ro.temperature,
+                top_p=ro.top_p,
+                top_k=ro.top_k,
+                seeds=seeds[mine.start * group : mine.stop * group],
+            )
+            scored = score(cfg, rollout, rows)
         if not algo.dynamic_sampling:
             return scored
         keep, kept_here = keep_with_signal(scored.rewards, want - have, ranks)
@@ -251,15 +272,23 @@ def logprobs(
     critic: Critic | None,
     rollout: Rollout,
     ranks: Ranks = ONE_PROCESS,
+    staleness: int = 0,
 ) -> LogProbs:
     """The log-probs of the sampling policy (recomputed where the step needs them exactly: the
     ratio's denominator once an update has moved the weights, the KL penalty's when it is a
     reward; with one update they equal the current ones, detached, and are not computed), of the
-    reference (only with a KL term), and the critic's values."""
+    reference (only with a KL term), and the critic's values.
+
+    A batch generated ``staleness`` > 0 updates ago (``rollout.async_steps``) takes its ratio to
+    the behaviour policy, whose log-probs the engine recorded; with ``algo.tis_cap`` to the
+    trainer's (recomputed), each token weighted by min(π_trainer / π_behaviour, tis_cap)."""
     algo = cfg.algo
     several = updates_per_step(cfg, len(rollout) * ranks.world_size) > 1
+    to_behaviour = staleness > 0 and algo.tis_cap is None
+    tis = staleness > 0 and algo.tis_cap is not None
+    recompute = not to_behaviour and (several or algo.kl_in == "reward" or tis)
     policy.eval()  # no dropout while scoring the batch
-    old = _logprobs_of(policy, rollout, cfg, ranks) if several or algo.kl_in == "reward" else None
+    old = _logprobs_of(policy, rollout, cfg, ranks) if recompute else None
     ref = None
     # unwrapped: peft's disable_adapter is the model's (no backward here, DDP has nothing to do)
     with reference_model(unwrap(policy), ref_model) as reference:
@@ -267,8 +296,14 @@ def logprobs(
             ref = _logprobs_of(reference, rollout, cfg, ranks)
     values = critic.values(rollout) if critic is not None else None
     policy.train()
+    if to_behaviour:
+        return LogProbs(rollout.logprobs, rollout.logprobs, ref, values)
+    weight = None
+    if tis:  # masked tokens hold 0 in both: weight 1, and no loss there anyway
+        behaviour = rollout.logprobs.to(old.dtype)
+        weight = torch.exp(old - behaviour).clamp(max=algo.tis_cap)
     sampling = old if old is not None else rollout.logprobs
-    return LogProbs(sampling, old if several else None, ref, values)
+    return LogProbs(sampling, old if several or tis else None, ref, values, weight)
 
 
 # --------------------------------------------------------------------------- advantages

@@ -198,6 +198,8 @@ def policy_loss(
         dual_clip=algo.dual_clip,
         log_ratio_clamp=algo.log_ratio_clamp,
     )
+    if lp.is_weight is not None:  # truncated importance sampling of stale rollouts
+        per_token = per_token * lp.is_weight.to(logp.dtype)
     kl = lp.kl(algo.kl, logp) if algo.kl_in == "loss" and algo.beta > 0 else None
     if kl is not None:
         ratio = (
@@ -219,8 +221,14 @@ def policy_loss(
 
 def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     """What several ranks cannot run, refused before the first step with ``ConfigError``: a
-    step's prompts or mini-batches that do not split evenly over the ranks."""
+    step's prompts or mini-batches that do not split evenly over the ranks, and Ray workers
+    (driven from one trainer process)."""
     if ranks.world_size == 1:
         return
+    if cfg.distributed.backend == "ray":
+        raise ConfigError(
+            "distributed.backend=ray drives its workers from one trainer process: start the run "
+            "without torchrun or accelerate launch"
+        )
     shard(cfg.rl.prompts_per_step, ranks)
     check_mini_batches(cfg, ranks)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from rich.console import Console
 
 from reasonrl.config import RunConfig, load_config
 from reasonrl.distributed.workers import RayRollouts, WorkerFailed, start_ray
@@ -55,15 +57,26 @@ def setting(cfg: RunConfig) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def workers(cfg: RunConfig, setting: tuple) -> Iterator[tuple[RayRollouts, list[str]]]:
+def workers(
+    cfg: RunConfig, setting: tuple, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RayRollouts, Path]]:
+    """The pool, and the workers.log its failures go to (read, then emptied, by each test)."""
     import ray
 
     model, tokenizer, prompts, train = setting
-    reports: list[str] = []
-    pool = RayRollouts(cfg, model, tokenizer, prompts, train, plan, reports.append)
-    yield pool, reports
-    pool.close()
+    run_dir = tmp_path_factory.mktemp("ray-run")
+    with RayRollouts(
+        cfg, model, tokenizer, prompts, train, plan, run_dir, Console(quiet=True)
+    ) as pool:
+        yield pool, run_dir / "workers.log"
     ray.shutdown()
+
+
+def reports(log: Path) -> str:
+    """What the pool reported since the last call."""
+    text = log.read_text() if log.exists() else ""
+    log.unlink(missing_ok=True)
+    return text
 
 
 def in_process(cfg: RunConfig, setting: tuple, step: int, model: torch.nn.Module | None = None):
@@ -104,7 +117,7 @@ def test_ray_started_here_listens_on_loopback_only(workers: tuple) -> None:
 def test_workers_generate_and_score_what_the_process_does(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
-    pool, reports = workers
+    pool, log = workers
     rollout, scored, version = pool.gather(0, 0)
     want, want_scored = in_process(cfg, setting, 0)
     assert version == 0 and rollout.texts == want.texts
@@ -115,22 +128,22 @@ def test_workers_generate_and_score_what_the_process_does(
     assert metrics["workers/rollout-0/tokens_per_s"] > 0
     assert metrics["workers/rollout-1/tokens_per_s"] > 0
     assert metrics["workers/reward-0/completions_per_s"] > 0
-    assert metrics["workers/restarts"] == 0 and not reports
+    assert metrics["workers/restarts"] == 0 and not reports(log)
 
 
 def test_a_killed_rollout_worker_is_restarted_and_its_share_redone(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
-    pool, reports = workers
+    pool, log = workers
     pool.dispatch(0, 0)
     pool.generators.kill(0)  # in the middle of the round
     rollout, scored, _ = pool.gather(0, 0)
     want, want_scored = in_process(cfg, setting, 0)
     assert rollout.texts == want.texts and scored.total == want_scored.total
     assert pool.metrics()["workers/restarts"] == 1
-    assert len(reports) == 1 and "rollout worker 0 failed in generate" in reports[0]
-    assert "killed by `ray.kill`" in reports[0]  # Ray's own account of the death
-    reports.clear()
+    text = reports(log)
+    assert text.count("failed in") == 1 and "rollout worker 0 failed in generate" in text
+    assert "killed by `ray.kill`" in text  # Ray's own account of the death
 
 
 def test_each_round_keeps_the_weights_it_was_dispatched_with(
@@ -157,7 +170,7 @@ def test_each_round_keeps_the_weights_it_was_dispatched_with(
 def test_a_reward_share_that_keeps_failing_is_nan_not_zero(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
-    pool, reports = workers
+    pool, log = workers
     pool.scorers.max_restarts = 0
     try:
         pool.dispatch(0, 0)
@@ -172,12 +185,11 @@ def test_a_reward_share_that_keeps_failing_is_nan_not_zero(
     assert all(r.score is None and r.status == "error" for r in scored.results["answer"][:lost])
     assert scored.uncomputed("answer") == lost
     assert scored.total[lost:] == in_process(cfg, setting, 0)[1].total[lost:]
-    assert any("left uncomputed (NaN)" in r for r in reports)
-    reports.clear()
+    assert "left uncomputed (NaN)" in reports(log)
 
 
 def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> None:
-    pool, reports = workers
+    pool, log = workers
     pool.generators.max_restarts = 0
     try:
         pool.dispatch(1, 0)
@@ -186,4 +198,4 @@ def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> N
             pool.gather(1, 0)
     finally:
         pool.generators.max_restarts = 3
-    assert "gave up" in reports[-1]
+    assert "rollout worker 1 failed in generate (gave up)" in reports(log)
