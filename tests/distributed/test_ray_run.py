@@ -1,0 +1,122 @@
+"""GRPO on Ray workers against the trainer's own process: ``train_rl`` for 4 steps of the bundled
+model in float64 with ``rollout.workers=2 rewards.workers=1`` writes the metrics of the
+in-process run (1e-6), also when a rollout worker is killed in the middle of step 3 and a reward
+worker in the middle of step 4; with ``rollout.async_steps=1`` every batch after the first is
+one update old, and the first is the synchronous run's."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from reasonrl.config import load_config
+from reasonrl.distributed.workers import RayRollouts
+from reasonrl.logging import RunLogger, read_jsonl
+from reasonrl.models import load_model, load_tokenizer
+from reasonrl.rollout import HFEngine
+from reasonrl.tasks import load_splits, render_prompt
+from reasonrl.train.context import RunContext
+from reasonrl.train.rl import train_rl
+
+COMMON = [
+    "model.dtype=float64",
+    "model.device=cpu",
+    "task.train_size=64",
+    "task.eval_size=4",
+    "rl.steps=4",
+    "rl.prompts_per_step=4",
+    "rl.completions_per_prompt=4",
+    "rl.micro_batch_completions=8",
+    "rl.learning_rate=1e-3",
+    "rl.warmup_steps=0",
+    "rollout.max_new_tokens=12",
+    # too short to answer: a reward on the length in characters makes the groups differ
+    "rewards={answer: 1.0, length: {options: {max_length: 60, unit: chars}}}",
+    "log.report_to=none",
+    "log.checkpoint_every=0",
+]
+RAY = ["distributed.backend=ray", "rollout.workers=2", "rewards.workers=1"]
+SKIP = ("perf/", "async/", "workers/")  # timings, and what only a Ray run logs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def run(out: Path, overrides: list[str]) -> list[dict]:
+    cfg = load_config("quickstart", COMMON + overrides)
+    tokenizer = load_tokenizer("bundled")
+    model = load_model(cfg.model, torch.device("cpu"))
+    train, _ = load_splits(cfg.task)
+    prompts = [render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in train]
+    with RunLogger(out, report_to=[]) as logger:
+        ctx = RunContext(cfg, out, logger, console=Console(quiet=True))
+        train_rl(ctx, model, None, tokenizer, HFEngine(model, tokenizer), prompts, train)
+    return list(read_jsonl(out / "metrics.jsonl"))
+
+
+def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        keys = {k for k in w if not k.startswith(SKIP)}
+        assert keys == {k for k in g if not k.startswith(SKIP)}
+        for k in keys:
+            if w[k] is None:  # NaN, as metrics.jsonl writes it
+                assert g[k] is None, k
+            else:
+                assert g[k] == pytest.approx(w[k], rel=1e-6, abs=1e-6), (w["step"], k)
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return run(tmp_path_factory.mktemp("in-process"), [])
+
+
+def test_synchronous_ray_writes_the_in_process_metrics(in_process: list[dict], tmp_path: Path):
+    got = run(tmp_path, RAY)
+    assert len(got) == 4
+    assert_same_metrics(got, in_process)
+    assert all(row["async/staleness"] == 0 for row in got)
+    assert all(row["workers/restarts"] == 0 for row in got)
+    assert all(row["workers/rollout-1/tokens_per_s"] > 0 for row in got)
+    assert not (tmp_path / "workers.log").exists()  # nothing failed
+
+
+def test_workers_killed_mid_step_leave_the_metrics_unchanged(
+    in_process: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults = {2: ("generators", 0), 3: ("scorers", 0)}  # step 3: a rollout worker; step 4: reward
+    dispatch = RayRollouts.dispatch
+
+    def dispatch_then_kill(self: RayRollouts, step: int, round_: int) -> None:
+        fresh = (step, round_) not in self.rounds
+        dispatch(self, step, round_)
+        if fresh and step in faults:  # the round's calls are in flight
+            kind, index = faults[step]
+            getattr(self, kind).kill(index)
+
+    monkeypatch.setattr(RayRollouts, "dispatch", dispatch_then_kill)
+    got = run(tmp_path, RAY)
+    assert_same_metrics(got, in_process)
+    assert [row["workers/restarts"] for row in got] == [0, 0, 1, 2]
+    log = (tmp_path / "workers.log").read_text()
+    assert "rollout worker 0 failed in generate" in log and "reward worker 0 failed in score" in log
+
+
+def test_async_rollouts_are_one_update_old(in_process: list[dict], tmp_path: Path) -> None:
+    got = run(tmp_path, [*RAY, "rollout.async_steps=1", "algo.tis_cap=2.0"])
+    assert [row["async/staleness"] for row in got] == [0, 1, 1, 1]
+    # step 1 is generated before any update: it is the synchronous run's step 1
+    assert_same_metrics(got[:1], in_process[:1])
+    # later steps sample from older weights than the synchronous run's: other completions
+    assert got[1]["reward/mean"] != in_process[1]["reward/mean"]
+    assert all(math.isfinite(row["loss/policy"]) for row in got)
