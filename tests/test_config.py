@@ -280,3 +280,35 @@ def test_derived_sizes_show_each_ranks_share():
     assert sizes["accumulation_steps"] == 2
     assert "world_size" not in cfg.derived_sizes()
     assert cfg.train.parallel == "ddp"
+
+
+def test_rewards_workers_is_kept_in_distributed_and_reads_back(tmp_path):
+    cfg = load_config("quickstart", ["distributed.backend=ray", "rewards.workers=3"])
+    assert cfg.distributed.reward_workers == 3 and "workers" not in cfg.rewards
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("rollout.workers=2", "rollout.workers=2"),
+        ("rewards.workers=2", "rewards.workers=2"),
+        ("rollout.async_steps=1", "rollout.async_steps=1"),
+    ],
+)
+def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):
+    with pytest.raises(
+        ConfigError, match=f"{key} runs on Ray workers: add distributed.backend=ray"
+    ):
+        load_config("quickstart", [override])
+
+
+def test_tis_cap_needs_asynchronous_rollouts():
+    with pytest.raises(ConfigError, match="algo.tis_cap weights asynchronous rollouts"):
+        load_config("quickstart", ["distributed.backend=ray", "algo.tis_cap=2"])
+    cfg = load_config(
+        "quickstart", ["distributed.backend=ray", "rollout.async_steps=1", "algo.tis_cap=2"]
+    )
+    assert cfg.algo.tis_cap == 2.0

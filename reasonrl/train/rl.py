@@ -45,7 +45,6 @@ from reasonrl.distributed import (
     shard,
     unwrap,
 )
-from reasonrl.distributed.workers import RayRollouts
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
@@ -62,6 +61,7 @@ from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats
 from reasonrl.train.update import check_ranks, update, updates_per_step
+from reasonrl.workers import RayRollouts
 
 LOGGED_KL = "k3"  # kl/mean: never negative and unbiased, comparable across algorithms
 ONE_PROCESS = Ranks()
@@ -207,7 +207,7 @@ def collect(
     groups whose valid rewards are all equal carry no signal: they are dropped and more prompts
     drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
     has, dealt evenly to the ranks (``train/dynamic.py``). ``remote``: Ray's rollout and reward
-    workers do both (``distributed/workers.py``); the batch records how many updates old the
+    workers do both (``workers.py``); the batch records how many updates old the
     weights that generated it are (``staleness``)."""
     ro, algo = cfg.rollout, cfg.algo
     group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step

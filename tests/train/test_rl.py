@@ -106,3 +106,51 @@ def test_a_recipe_names_its_own_estimator_by_import_path():
     torch.testing.assert_close(adv.advantages, torch.tensor([[2.0, 0.0], [-1.0, -1.0]]))
     with pytest.raises(ConfigError, match=r"^algo\.advantage: cannot import advantage"):
         check_config(load_config(None, [f"algo.advantage={__name__}:missing"]))
+
+
+def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by_tis():
+    from reasonrl.train.rl import logprobs
+    from reasonrl.train.update import policy_loss
+
+    base = [
+        "model.dtype=float64",
+        "rl.prompts_per_step=2",
+        "rl.completions_per_prompt=2",
+        "rl.micro_batch_completions=4",
+        "rollout.max_new_tokens=6",
+        "distributed.backend=ray",
+        "rollout.async_steps=1",
+    ]
+    cfg = load_config("quickstart", base)
+    tis = load_config("quickstart", [*base, "algo.tis_cap=1.05"])
+    tokenizer = load_tokenizer(str(bundled_model_dir()))
+    model = load_model(cfg.model, torch.device("cpu"))
+    prompts = [render_prompt(Sample(q, "0"), tokenizer) for q in ("1 + 2 =", "7 - 3 + 1 =")]
+    rollout = HFEngine(model, tokenizer).generate(
+        [p for p in prompts for _ in range(2)], max_new_tokens=6, seeds=[1, 2, 3, 4]
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():  # the update the batch is one behind
+        for p in model.parameters():
+            p.add_(0.03 * torch.randn_like(p))
+
+    fresh = logprobs(cfg, model, None, None, rollout)  # synchronous: on-policy, nothing recomputed
+    assert fresh.old is None and fresh.is_weight is None
+    stale = logprobs(cfg, model, None, None, rollout, staleness=1)
+    assert stale.old is rollout.logprobs and stale.is_weight is None
+    weighted = logprobs(tis, model, None, None, rollout, staleness=1)
+    mask = rollout.completion_mask.bool()
+    assert not torch.allclose(weighted.old[mask], rollout.logprobs[mask].double(), atol=1e-3)
+    ratio = torch.exp(weighted.old - rollout.logprobs.double())
+    assert torch.equal(weighted.is_weight, ratio.clamp(max=1.05))
+    assert (ratio[mask] > 1.05).any() and (weighted.is_weight <= 1.05).all()
+
+    # the weight multiplies each token's surrogate: a weight of 2 everywhere doubles the loss
+    adv = torch.where(mask, 1.0, 0.0).double()
+    args = (rollout, mask.double(), adv)
+    one, _ = policy_loss(model, *args, weighted, tis, int(mask.sum()), 4)
+    doubled = LogProbs(weighted.sampling, weighted.old, None, None, torch.full_like(ratio, 2.0))
+    ones = LogProbs(weighted.sampling, weighted.old, None, None, torch.ones_like(ratio))
+    two, _ = policy_loss(model, *args, doubled, tis, int(mask.sum()), 4)
+    unit, _ = policy_loss(model, *args, ones, tis, int(mask.sum()), 4)
+    assert two.item() == pytest.approx(2 * unit.item()) and one.item() != unit.item()

@@ -15,13 +15,13 @@ import torch
 from rich.console import Console
 
 from reasonrl.config import load_config
-from reasonrl.distributed.workers import RayRollouts
 from reasonrl.logging import RunLogger, read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.train.context import RunContext
 from reasonrl.train.rl import train_rl
+from reasonrl.workers import RayRollouts
 
 COMMON = [
     "model.dtype=float64",

@@ -15,11 +15,11 @@ import torch
 from rich.console import Console
 
 from reasonrl.config import RunConfig, load_config
-from reasonrl.distributed.workers import RayRollouts, WorkerFailed, start_ray
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rewards import score_batch
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
+from reasonrl.workers import RayRollouts, WorkerFailed, start_ray
 
 GROUP = 4
 SEEDS = {0: [3, 17, 21], 1: [8, 40, 2]}  # a step's prompts; 3 groups over 2 workers: 2 + 1
