@@ -55,7 +55,6 @@ def test_rank_outside_world_is_refused(launcher_env: pytest.MonkeyPatch) -> None
         init_distributed("cpu")
 
 
-
 def test_a_second_call_reuses_the_group_of_the_same_backend(
     launcher_env: pytest.MonkeyPatch,
 ) -> None:
@@ -72,6 +71,7 @@ def test_a_second_call_reuses_the_group_of_the_same_backend(
             init_distributed("cuda")
     finally:
         torch.distributed.destroy_process_group()
+
 
 @pytest.mark.parametrize(
     ("n", "world", "even", "blocks"),
