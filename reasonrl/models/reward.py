@@ -166,6 +166,11 @@ class RewardModel(torch.nn.Module):
             use_cache=True,
         ).last_hidden_state
         scores = self._pooled(hidden, response_mask)
+        # + 0 × the prompt's output: FSDP2 gathers a layer's weights for the backward of each
+        # call through a hook on the call's output, and without this the prompt's last layer
+        # gets its gradient only through the KV cache, after the responses' backward has
+        # resharded it (a zero term changes no value; ``likelihood`` uses the output anyway)
+        scores = scores + 0 * prompt.last_hidden_state[:, -1, 0].float().repeat_interleave(k)
         if self.likelihood:  # the prompt's last position predicts each response's first token
             first = prompt.last_hidden_state[:, -1:].repeat_interleave(k, 0)
             predicting = torch.cat([first, hidden[:, :-1]], 1)
@@ -294,7 +299,8 @@ def add_lora(rm: RewardModel, lora: LoRAConfig, checkpoint: Path | None = None) 
 
 
 def merge_lora(rm: RewardModel) -> RewardModel:
-    """Fold the adapters of :func:`add_lora` into the decoder's weights (in place)."""
-    if is_lora(rm.model.decoder):
+    """Fold the adapters of :func:`add_lora` into the decoder's weights (in place); a model
+    without adapters (a classification head has none) as it is."""
+    if rm.head == "value" and is_lora(rm.model.decoder):
         rm.model.decoder = rm.model.decoder.merge_and_unload()
     return rm

@@ -75,8 +75,9 @@ DPO = [
     "log.checkpoint_every=0",
 ]
 
-# SFT, then a reward model (the value head and the likelihood term, so FSDP2 shards the tied
-# LM head too) from its model; one micro-batch per pair, so DDP accumulates before it reduces.
+# SFT, then a reward model from its model: a classification head scoring each pair behind its
+# shared prompt, whose last layer's output FSDP2 would otherwise see unused (RewardModel's
+# zero term); one micro-batch per pair, so DDP accumulates before it reduces.
 PIPELINE = {
     "name": "pipe",
     "task": {"name": "chain_sum", "train_size": 64, "eval_size": 5},
@@ -93,8 +94,8 @@ PIPELINE = {
             "name": "judge",
             "stage": "rm",
             "rm": {
-                "head": "value",
-                "likelihood": 10.0,
+                "head": "classification",
+                "likelihood": 0.0,
                 "data": {"source": "generated", "train_size": 16, "eval_size": 5},
                 "steps": 2,
                 "pairs_per_step": 4,
@@ -141,7 +142,7 @@ def reasonrl_run(ranks: int, args: list[str], out: Path) -> subprocess.Completed
 def assert_same_model(got: Path, want: Path, tol: float = 1e-10) -> None:
     a, b = load_file(got / "model.safetensors"), load_file(want / "model.safetensors")
     assert set(b) <= set(a)  # FSDP2's gathered state also names the tied lm_head
-    if (want / HEAD_FILE).exists():  # a reward model's scalar head
+    if (want / HEAD_FILE).exists():  # a value-head reward model's scalar head
         a.update({f"head.{k}": v for k, v in torch.load(got / HEAD_FILE).items()})
         b.update({f"head.{k}": v for k, v in torch.load(want / HEAD_FILE).items()})
     for key, value in b.items():
