@@ -9,7 +9,8 @@ rows of at most ``pack_tokens`` tokens, each with positions restarting at 0 and 
 mask, from which transformers builds a block-diagonal causal mask (eager, sdpa, flex) or
 variable-length kernels (flash attention). Only the positions that predict completion tokens
 reach the LM head, and the log-probs come back in the padded ``[B, C]`` layout (0 where
-masked), so every loss reads them the same way.
+masked), so every loss reads them the same way. Each packed row is one forward; on several
+ranks every rank runs as many as the rank with the most rows (``PackedBatch.even``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonrl.algos import token_entropy, token_logprobs
+from reasonrl.distributed import Ranks, all_gather_objects
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -35,13 +37,15 @@ def completion_logprobs(
     with_entropy: bool = False,
     pack_tokens: int = 0,
     entropy_grad: bool = False,
+    ranks: Ranks = Ranks(),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p of each of the last ``completion_len`` tokens given everything before it.
 
     input_ids, attention_mask: [B, L] → (logp [B, C], entropy [B, C] or None). ``pack_tokens``
     > 0: the forward runs on packed rows of at most that many tokens (a longer sequence gets a
-    row of its own); log-probs and entropies are 0 at masked positions. The entropy is detached
-    (a statistic) unless ``entropy_grad`` (an entropy bonus in the loss).
+    row of its own); log-probs and entropies are 0 at masked positions; with several ``ranks``
+    every rank must call it together (they agree on the number of forwards). The entropy is
+    detached (a statistic) unless ``entropy_grad`` (an entropy bonus in the loss).
     """
     if pack_tokens:
         return _packed_logprobs(
@@ -53,6 +57,7 @@ def completion_logprobs(
             with_entropy,
             pack_tokens,
             entropy_grad,
+            ranks,
         )
     out = model(
         input_ids=input_ids,
@@ -103,10 +108,27 @@ class PackedBatch:
     shape: tuple[int, int]  # (B, C)
 
     def unpack(self, values: list[torch.Tensor]) -> torch.Tensor:
-        """The rows' values at their kept positions, concatenated → [B, C], 0 where masked."""
+        """The rows' values at their kept positions, concatenated → [B, C], 0 where masked (the
+        values of ``even``'s filler rows are left out, with a zero gradient)."""
         flat = torch.cat(values) if values else torch.zeros(0, device=self.index.device)
+        flat = flat[: len(self.index)]
         out = flat.new_zeros(self.shape[0] * self.shape[1]).index_put((self.index,), flat)
         return out.view(self.shape)
+
+    def even(self, ranks: Ranks) -> PackedBatch:
+        """These rows, then filler rows up to the most rows any rank packed: the same number of
+        forwards on every rank. Under FSDP2 each forward, and the backward through it, is a
+        collective. A filler row (two tokens) keeps one position, so a backward runs through it
+        (an empty one would be skipped), and ``unpack`` drops its value: exact zeros are added
+        to the gradients. Every rank calls it together."""
+        most = max(all_gather_objects(len(self.rows), ranks))
+        device = self.index.device
+        filler = PackedRow(
+            ids=torch.zeros(2, dtype=torch.long, device=device),
+            positions=torch.arange(2, device=device),
+            keep=torch.zeros(1, dtype=torch.long, device=device),
+        )
+        return PackedBatch(self.rows + [filler] * (most - len(self.rows)), self.index, self.shape)
 
 
 def pack_batch(
@@ -156,8 +178,9 @@ def _packed_logprobs(
     with_entropy: bool,
     pack_tokens: int,
     entropy_grad: bool,
+    ranks: Ranks,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens)
+    packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens).even(ranks)
     logps, entropies = [], []
     for row in packed.rows:
         logits = model(

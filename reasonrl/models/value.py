@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from reasonrl.distributed import Ranks
 from reasonrl.models.forward import pack_batch, position_ids
 from reasonrl.models.loading import save_torch
 
@@ -70,9 +71,13 @@ class ValueModel(torch.nn.Module):
             save_torch(part("lm_head"), Path(path) / LM_HEAD_FILE)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
     ) -> torch.Tensor:
-        """Values of every position. input_ids, attention_mask, position_ids: [B, L] → [B, L]."""
+        """Values of every position. input_ids, attention_mask, position_ids: [B, L] → [B, L];
+        no ``attention_mask``: packed rows (positions restart at each sequence)."""
         hidden = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -81,27 +86,27 @@ class ValueModel(torch.nn.Module):
         ).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
 
-    def completion_values(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        completion_len: int,
-        pack_tokens: int = 0,
-    ) -> torch.Tensor:
-        """V before each completion token of a ``[prompt, left-padded | completion,
-        right-padded]`` batch [B, L] → [B, C]; ``pack_tokens`` > 0: on packed rows without
-        padding (reasonrl.models.forward), 0 where masked."""
-        if not pack_tokens:
-            values = self(input_ids, attention_mask, position_ids(attention_mask))
-            return values[:, -completion_len - 1 : -1]
-        packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens)
-        rows = []
-        for row in packed.rows:
-            hidden = self.decoder(
-                input_ids=row.ids[None], position_ids=row.positions[None], use_cache=False
-            ).last_hidden_state[0, row.keep]
-            rows.append(self.head(hidden).squeeze(-1).float())
-        return packed.unpack(rows)
+
+def completion_values(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    pack_tokens: int = 0,
+    ranks: Ranks = Ranks(),
+) -> torch.Tensor:
+    """V before each completion token of a ``[prompt, left-padded | completion, right-padded]``
+    batch [B, L] → [B, C], from ``model``, a ValueModel or its wrapper (DDP, FSDP2: each forward
+    goes through it, so its hooks see every one). ``pack_tokens`` > 0: on packed rows without
+    padding (reasonrl.models.forward), 0 where masked; with several ``ranks`` every rank calls
+    it together and runs as many forwards."""
+    if not pack_tokens:
+        values = model(input_ids, attention_mask, position_ids(attention_mask))
+        return values[:, -completion_len - 1 : -1]
+    packed = pack_batch(input_ids, attention_mask, completion_len, pack_tokens).even(ranks)
+    # no attention mask: the model builds the block-diagonal one from the restarting positions
+    rows = [model(row.ids[None], None, row.positions[None])[0, row.keep] for row in packed.rows]
+    return packed.unpack(rows)
 
 
 def _saved_lm_head(path: Path, decoder: torch.nn.Module) -> torch.nn.Linear:

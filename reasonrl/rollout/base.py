@@ -59,6 +59,18 @@ class Rollout:
             self.finished[rows],
         )
 
+    def to(self, device: torch.device) -> Rollout:
+        """The same rows with every tensor on ``device``."""
+        return Rollout(
+            self.prompt_ids.to(device),
+            self.prompt_mask.to(device),
+            self.completion_ids.to(device),
+            self.completion_mask.to(device),
+            self.logprobs.to(device),
+            self.texts,
+            self.finished.to(device),
+        )
+
 
 def _pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
     extra = width - t.shape[1]

@@ -29,7 +29,7 @@ from reasonrl.distributed import (
     save_train_state,
     unwrap,
 )
-from reasonrl.models.forward import position_ids
+from reasonrl.models.value import completion_values
 from reasonrl.rollout.base import Rollout
 from reasonrl.train.optim import build_optimizer
 
@@ -70,14 +70,11 @@ class Critic:
             )
 
     def _values(self, ro: Rollout) -> torch.Tensor:
-        c = ro.completion_ids.shape[1]
-        if self.pack_tokens:  # one process only (train/rl.py: check_ranks)
-            return unwrap(self.model).completion_values(
-                ro.input_ids, ro.attention_mask, c, self.pack_tokens
-            )
         # through the wrapper's forward (DDP reduces only the gradients of its own forward)
-        values = self.model(ro.input_ids, ro.attention_mask, position_ids(ro.attention_mask))
-        return values[:, -c - 1 : -1]
+        c = ro.completion_ids.shape[1]
+        return completion_values(
+            self.model, ro.input_ids, ro.attention_mask, c, self.pack_tokens, self.ranks
+        )
 
     @torch.no_grad()
     def values(self, ro: Rollout) -> torch.Tensor:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ class ScoredBatch:
     components: dict[str, list[float]]  # each reward component per completion [B]
     uncomputed: dict[str, list[bool]]  # per component, whose score could not be computed [B]
     rounds: int = 1  # generation rounds used (more than 1 only with dynamic sampling)
+    dropped: int = 0  # kept groups left out so that the ranks split them evenly (train/dynamic)
 
     def groups(self, keep: list[int]) -> ScoredBatch:
         """The groups (prompts) ``keep``, in that order."""
@@ -36,7 +37,12 @@ class ScoredBatch:
             {name: [v[i] for i in rows] for name, v in self.components.items()},
             {name: [v[i] for i in rows] for name, v in self.uncomputed.items()},
             self.rounds,
+            self.dropped,
         )
+
+    def to(self, device: torch.device) -> ScoredBatch:
+        """The same groups with the rollout's tensors on ``device`` (the rewards stay)."""
+        return replace(self, rollout=self.rollout.to(device))
 
     def sample_records(self, n: int, tokenizer: Any) -> list[dict[str, Any]]:
         """The first completion of each of the first ``n`` groups, as ``samples.jsonl`` logs

@@ -7,11 +7,13 @@ With ``model.lora`` only adapters train and the reference is the adapter-disable
 processes (``torchrun``, docs/distributed.md): ``ranks`` says where this one sits; the caller
 wraps the policy (and reference, critic) with ``distributed.wrap_model`` and gives the engine the
 unwrapped policy. Every size in the recipe is the global step's, and the run computes what one
-process computes (to rounding). Leaves out: Ray; DAPO's dynamic sampling on several ranks.
+process computes (to rounding; DAPO's dynamic sampling may leave out a few kept groups so that
+the ranks split them evenly, ``train/dynamic.py``). Leaves out: Ray.
 
 One step, top to bottom (the records are in ``train/records.py``):
   collect     P prompts → P × G completions, each generation round scored (``score``); DAPO
-              drops groups whose rewards are all equal and draws more → ScoredBatch. Each
+              drops groups whose rewards are all equal and draws more (the flags exchanged
+              between ranks, the kept groups dealt evenly: train/dynamic.py) → ScoredBatch. Each
               rank generates a contiguous block of whole groups, each completion with its
               own seed (``data.completion_seeds``), so any split draws the same completions
   logprobs    the sampling policy's, the reference's and the critic's view of them → LogProbs
@@ -28,7 +30,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -54,9 +55,10 @@ from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
 from reasonrl.train.data import step_indices
+from reasonrl.train.dynamic import has_signal, keep_with_signal, kept_batch
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
-from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats, concat_scored
+from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats
 from reasonrl.train.update import check_ranks, update, updates_per_step
 
 LOGGED_KL = "k3"  # kl/mean: never negative and unbiased, comparable across algorithms
@@ -186,17 +188,17 @@ def collect(
     ranks: Ranks = ONE_PROCESS,
 ) -> ScoredBatch:
     """Generate and score the step's groups (this rank's block of them; completion i with the
-    seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO,
-    one process), groups whose valid rewards are all equal carry no signal: they are dropped
-    and more prompts drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on
-    the groups it has."""
+    seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO),
+    groups whose valid rewards are all equal carry no signal: they are dropped and more prompts
+    drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
+    has, dealt evenly to the ranks (``train/dynamic.py``)."""
     ro, algo = cfg.rollout, cfg.algo
     group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step
     kept: list[ScoredBatch] = []
-    have, rounds = 0, 0
-    while rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-        every = prompt_indices(cfg, len(samples), step, rounds)
-        seeds = completion_seeds(cfg.seed, step, every, group, rounds)
+    have = 0
+    for round_ in range(algo.max_sampling_rounds if algo.dynamic_sampling else 1):
+        every = prompt_indices(cfg, len(samples), step, round_)
+        seeds = completion_seeds(cfg.seed, step, every, group, round_)
         mine = shard(len(every), ranks)
         idx = every[mine.start : mine.stop]
         rollout = engine.generate(
@@ -208,28 +210,21 @@ def collect(
             seeds=seeds[mine.start * group : mine.stop * group],
         )
         scored = score(cfg, rollout, [samples[i] for i in idx for _ in range(group)])
-        keep = list(range(len(idx)))
-        if algo.dynamic_sampling:
-            keep = [g for g in keep if _has_signal(scored.rewards[g])][: want - have]
+        if not algo.dynamic_sampling:
+            return scored
+        keep, kept_here = keep_with_signal(scored.rewards, want - have, ranks)
         kept.append(scored.groups(keep))
-        have, rounds = have + len(keep), rounds + 1
+        have += kept_here
         if have >= want:
             break
-    if not have:  # every group was degenerate: train on the last round (zero advantage)
-        return replace(scored, rounds=rounds)
-    return concat_scored(kept, engine.pad_id, rounds)
-
-
-def _has_signal(group_rewards: torch.Tensor) -> bool:
-    valid = group_rewards[~torch.isnan(group_rewards)]
-    return valid.numel() > 1 and bool((valid != valid[0]).any())
+    return kept_batch(cfg, kept, scored, engine.pad_id, ranks)
 
 
 # --------------------------------------------------------------------------- logprobs
 
 
 @torch.no_grad()
-def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig) -> torch.Tensor:
+def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig, ranks: Ranks) -> torch.Tensor:
     """log π(token) of every completion token under ``model``: [B, C], by micro-batches."""
     micro, c = cfg.rl.micro_batch_completions, ro.completion_ids.shape[1]
     parts = []
@@ -243,6 +238,7 @@ def _logprobs_of(model: torch.nn.Module, ro: Rollout, cfg: RunConfig) -> torch.T
                 c,
                 cfg.rollout.temperature,
                 pack_tokens=cfg.model.pack_tokens,
+                ranks=ranks,
             )[0]
         )
     return torch.cat(parts)
@@ -263,12 +259,12 @@ def logprobs(
     algo = cfg.algo
     several = updates_per_step(cfg, len(rollout) * ranks.world_size) > 1
     policy.eval()  # no dropout while scoring the batch
-    old = _logprobs_of(policy, rollout, cfg) if several or algo.kl_in == "reward" else None
+    old = _logprobs_of(policy, rollout, cfg, ranks) if several or algo.kl_in == "reward" else None
     ref = None
     # unwrapped: peft's disable_adapter is the model's (no backward here, DDP has nothing to do)
     with reference_model(unwrap(policy), ref_model) as reference:
         if reference is not None and algo.beta > 0:
-            ref = _logprobs_of(reference, rollout, cfg)
+            ref = _logprobs_of(reference, rollout, cfg, ranks)
     values = critic.values(rollout) if critic is not None else None
     policy.train()
     sampling = old if old is not None else rollout.logprobs
@@ -351,7 +347,7 @@ def metrics(
         **{f"reward/{k}/uncomputed": sum(v) for k, v in uncomputed.items()},
         "reward/uncomputed": int(torch.isnan(flat).sum()),
         "groups/all_equal": float(
-            sum(not _has_signal(g) for g in rewards) / max(1, rewards.shape[0])
+            sum(not has_signal(g) for g in rewards) / max(1, rewards.shape[0])
         ),
         "sampling/rounds": batch.rounds,
         "kl/mean": kl_sum / max(kl_count, 1.0) if kl is not None else math.nan,
@@ -361,6 +357,8 @@ def metrics(
         "entropy/mean": stats.entropy / stats.tokens,
         "clip/fraction": stats.clipped / stats.tokens,
     }
+    if batch.dropped:
+        out["sampling/dropped_groups"] = batch.dropped
     if stats.grad_norm is not None:
         out["optim/grad_norm"] = stats.grad_norm
     if stats.value_loss is not None:

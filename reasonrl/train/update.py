@@ -42,15 +42,25 @@ def updates_per_step(cfg: RunConfig, completions: int) -> int:
     return cfg.algo.ppo_epochs * mini_batch_count(cfg, completions)
 
 
+def splits_evenly(cfg: RunConfig, groups: int, world_size: int) -> bool:
+    """Whether a step of ``groups`` prompts gives every rank the same number of rows of every
+    mini-batch (the same forwards and backwards, and one process's mini-batches): whole groups
+    in equal blocks, each block a multiple of the mini-batch count. Always on one process."""
+    total = groups * cfg.rl.completions_per_prompt
+    if world_size == 1:
+        return True
+    return groups % world_size == 0 and (total // world_size) % mini_batch_count(cfg, total) == 0
+
+
 def check_mini_batches(cfg: RunConfig, ranks: Ranks) -> None:
-    """Every rank must hold the same number of rows of every mini-batch (the same forwards and
-    backwards, and one process's mini-batches): its completions a multiple of the mini-batch
-    count. Raises ``ConfigError`` naming the sizes to change."""
+    """Every rank must hold the same number of rows of every mini-batch (``splits_evenly``):
+    its completions a multiple of the mini-batch count. Raises ``ConfigError`` naming the sizes
+    to change."""
     r, w = cfg.rl, ranks.world_size
     total = r.prompts_per_step * r.completions_per_prompt
     n_mini = mini_batch_count(cfg, total)
     per_rank = total // w
-    if w > 1 and per_rank % n_mini:
+    if not splits_evenly(cfg, r.prompts_per_step, w):
         raise ConfigError(
             f"rl.mini_batch_completions={r.mini_batch_completions} makes {n_mini} mini-batches "
             f"of the step's {total} completions, which cannot be split evenly over {w} ranks "
@@ -104,6 +114,7 @@ def update(
                             cfg,
                             tokens,
                             seqs,
+                            ranks,
                         )
                         loss.backward()
                     for key, value in stats.items():
@@ -152,6 +163,7 @@ def policy_loss(
     cfg: RunConfig,
     mini_tokens: int,
     mini_seqs: int,
+    ranks: Ranks = Ranks(),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy loss of one micro-batch, scaled so that summing it over a mini-batch's
     micro-batches gives the loss of the whole mini-batch (``mini_tokens``/``mini_seqs`` are the
@@ -171,6 +183,7 @@ def policy_loss(
         with_entropy=True,
         pack_tokens=cfg.model.pack_tokens,
         entropy_grad=bool(algo.entropy_coef),
+        ranks=ranks,
     )
     mask, advantages = mask.to(logp.dtype), advantages.to(logp.dtype)
     old = logp.detach() if lp.old is None else lp.old.to(logp.dtype)
@@ -206,21 +219,8 @@ def policy_loss(
 
 def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     """What several ranks cannot run, refused before the first step with ``ConfigError``: a
-    step's prompts or mini-batches that do not split evenly over the ranks, DAPO's dynamic
-    sampling (ranks would keep different numbers of groups) and ``model.pack_tokens`` (a
-    forward per packed row, as many as the rank's lengths make): both would have ranks run
-    different numbers of forwards and backwards."""
+    step's prompts or mini-batches that do not split evenly over the ranks."""
     if ranks.world_size == 1:
         return
-    if cfg.model.pack_tokens:
-        raise ConfigError(
-            f"model.pack_tokens runs on one process only ({ranks.world_size} were started): "
-            "set model.pack_tokens=0"
-        )
-    if cfg.algo.dynamic_sampling:
-        raise ConfigError(
-            f"algo.dynamic_sampling runs on one process only ({ranks.world_size} were started): "
-            "set algo.dynamic_sampling=false, or run on one process"
-        )
     shard(cfg.rl.prompts_per_step, ranks)
     check_mini_batches(cfg, ranks)

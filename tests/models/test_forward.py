@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from reasonrl.config import ModelConfig
-from reasonrl.models import load_model, resolve_model_path
+from reasonrl.distributed import Ranks
+from reasonrl.models import forward, load_model, resolve_model_path
 from reasonrl.models.forward import completion_logprobs, pack_rows
-from reasonrl.models.value import ValueModel
+from reasonrl.models.value import ValueModel, completion_values
 
 
 def test_pack_rows_by_hand():
@@ -71,7 +72,25 @@ def test_packed_critic_values_equal_padded():
     torch.nn.init.normal_(critic.head.weight, std=0.1)
     ids, mask, c = _batch()
     cmask = mask[:, -c:].bool()
-    padded = critic.completion_values(ids, mask, c)
-    packed = critic.completion_values(ids, mask, c, pack_tokens=30)
+    padded = completion_values(critic, ids, mask, c)
+    packed = completion_values(critic, ids, mask, c, pack_tokens=30)
     torch.testing.assert_close(packed[cmask], padded[cmask], rtol=0, atol=1e-5)
     assert (packed[~cmask] == 0).all() and padded[cmask].std() > 0
+
+
+def test_filler_rows_add_forwards_but_change_nothing(model, monkeypatch):
+    # another rank packed two rows more: this one runs two filler forwards, whose values are
+    # dropped and whose gradients are exact zeros
+    ids, mask, c = _batch()
+    results = []
+    for extra in (0, 2):
+        monkeypatch.setattr(forward, "all_gather_objects", lambda n, ranks, e=extra: [n, n + e])
+        packed = forward.pack_batch(ids, mask, c, 30).even(Ranks(0, 2, 0))
+        assert len(packed.rows) == len(forward.pack_batch(ids, mask, c, 30).rows) + extra
+        model.zero_grad()
+        logp, _ = completion_logprobs(model, ids, mask, c, pack_tokens=30, ranks=Ranks(0, 2, 0))
+        logp.sum().backward()
+        results.append((logp, [q.grad.clone() for q in model.parameters()]))
+    (logp, grads), (filled, filled_grads) = results
+    assert torch.equal(filled, logp)
+    assert all(torch.equal(a, b) for a, b in zip(filled_grads, grads, strict=True))
