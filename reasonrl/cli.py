@@ -182,12 +182,11 @@ def run(
     if not pipeline:
         _run(_load(recipe, overrides), out, resume, overwrite)
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _fail("a multi-stage recipe runs on one process: launch each stage's recipe on its own")
     from reasonrl.train.rundir import pipeline_run_dir
 
     run_dir = out or pipeline_run_dir(recipe)
-    _refuse_if_in_use(run_dir)
+    if _main_rank():  # rank 0 takes the lock: the others would see it taken
+        _refuse_if_in_use(run_dir)
     with _training(run_dir):
         run_pipeline(
             recipe, overrides or [], run_dir, resume=resume, overwrite=overwrite, console=console

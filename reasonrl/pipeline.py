@@ -21,6 +21,10 @@ runs in ``RUN_DIR/<i>-<name>``; on ``--resume`` finished stages (those with a
 Overrides address a stage by its name (``general.rl.steps=20``) or every stage (``seed=1``,
 ``rl.steps=2``, which also beats the steps a stage sets itself); the name addressed beats both.
 The run directory is ``--out``, else the recipe's top-level ``out``, else ``runs/<name>``.
+
+Under a launcher (``torchrun --nproc-per-node N -m reasonrl run RECIPE``) every stage runs on
+all the ranks, on one process group made before the first stage; rank 0 alone writes the
+pipeline's own files and decides which stages ``--resume`` skips (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import difflib
 import json
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,22 +274,16 @@ def run_pipeline(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run every stage of a multi-stage recipe in ``run_dir``; returns the combined summary.
-    The pipeline holds ``run_dir``'s lock from start to end (each stage its own directory's)."""
-    console = console or Console()
-    with locked(run_dir):
-        return _run_stages(recipe, overrides, run_dir, resume, overwrite, console)
-
-
-def _run_stages(
-    recipe: str | Path,
-    overrides: list[str],
-    run_dir: Path,
-    resume: bool,
-    overwrite: bool,
-    console: Console,
-) -> dict[str, Any]:
+    The pipeline holds ``run_dir``'s lock from its first stage to the end (each stage its own
+    directory's). Started by a launcher, every process calls it: the process group is made
+    once, before the first stage, and every stage runs on it (``reasonrl.train.run.run``);
+    rank 0 alone takes the lock and writes the pipeline's files (pipeline.yaml, each stage's
+    seeded ``eval_before.json``, summary.json, the comparison report), and decides which
+    stages a ``--resume`` skips, for every rank."""
     from reasonrl.checks import check_config
-    from reasonrl.report import build_comparison_report
+    from reasonrl.distributed import init_distributed
+    from reasonrl.models import pick_device
+    from reasonrl.train.context import on_main
     from reasonrl.train.run import run
 
     t0 = time.time()
@@ -295,32 +294,51 @@ def _run_stages(
             check_config(stage.cfg, produced)
         except ConfigError as e:
             raise ConfigError(f"stage {stage.name!r}: {e}") from e
-    has_run = (run_dir / PIPELINE_FILE).exists()
-    prepare_dir(run_dir, has_run, resume, overwrite, console, what="a pipeline run")
-    resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
-    (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))
+    ranks = init_distributed(pick_device(stages[0].cfg.model.device).type)
+    console = (console or Console()) if ranks.is_main else Console(quiet=True)
+    with ExitStack() as stack:
 
-    rows = []
-    for i, stage in enumerate(stages):
-        summary_path = stage.dir / SUMMARY_FILE
-        if resume and summary_path.exists():
-            console.print(f"[bold]stage {i} {stage.name}[/]: done, skipped")
-        else:
+        def prepare() -> None:
+            stack.enter_context(locked(run_dir))
+            has_run = (run_dir / PIPELINE_FILE).exists()
+            prepare_dir(run_dir, has_run, resume, overwrite, console, what="a pipeline run")
+            resolved = {s.name: s.cfg.model_dump(mode="json") for s in stages}
+            (run_dir / PIPELINE_FILE).write_text(dump_yaml(resolved))
+
+        on_main(ranks, prepare)
+        for i, stage in enumerate(stages):
+            # (skip, resume, overwrite): rank 0 looks at the files, every rank follows
+            skip, cont, again = on_main(ranks, lambda i=i: _plan(stages, i, resume))
+            if skip:
+                console.print(f"[bold]stage {i} {stage.name}[/]: done, skipped")
+                continue
             console.rule(f"stage {i}/{len(stages) - 1}: {stage.name} ({stage.cfg.stage})")
-            started = holds_run(stage.dir)
-            if not started and i > 0:
-                _reuse_eval(stages[i - 1], stage)
-            # Resume only a stage that had begun; a stage that never ran starts clean.
-            run(
-                stage.cfg,
-                stage.dir,
-                resume=resume and _has_checkpoint(stage.dir),
-                overwrite=started and not (resume and _has_checkpoint(stage.dir)),
-                console=console,
-            )
-        rows.append(_stage_row(stage, json.loads(summary_path.read_text())))
+            run(stage.cfg, stage.dir, resume=cont, overwrite=again, console=console)
+        return on_main(ranks, lambda: _finish(stages, run_dir, time.time() - t0, console))
 
-    combined = {"name": run_dir.name, "stages": rows, "wall_s": time.time() - t0}
+
+def _plan(stages: list[Stage], i: int, resume: bool) -> tuple[bool, bool, bool]:
+    """Whether stage ``i`` is skipped (``--resume`` and finished), resumed from its checkpoint,
+    or run again over an earlier start (``overwrite``); a stage that never ran gets its
+    before-evaluation from the stage before (``_reuse_eval``)."""
+    stage = stages[i]
+    if resume and (stage.dir / SUMMARY_FILE).exists():
+        return True, False, False
+    started = holds_run(stage.dir)
+    if not started and i > 0:
+        _reuse_eval(stages[i - 1], stage)
+    # Resume only a stage that had begun; a stage that never ran starts clean.
+    cont = resume and _has_checkpoint(stage.dir)
+    return False, cont, started and not cont
+
+
+def _finish(stages: list[Stage], run_dir: Path, wall_s: float, console: Console) -> dict[str, Any]:
+    """The pipeline's summary.json (a row per stage, from each stage's summary), its table and
+    the comparison report; returns the summary."""
+    from reasonrl.report import build_comparison_report
+
+    rows = [_stage_row(s, json.loads((s.dir / SUMMARY_FILE).read_text())) for s in stages]
+    combined = {"name": run_dir.name, "stages": rows, "wall_s": wall_s}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(combined, indent=2))
     print_pipeline(console, rows)
     report = build_comparison_report([s.dir for s in stages], run_dir)

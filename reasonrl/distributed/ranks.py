@@ -44,8 +44,10 @@ class Ranks:
 def init_distributed(device_kind: str, timeout: datetime.timedelta = TIMEOUT) -> Ranks:
     """This process's ``Ranks``, read from the launcher's environment; with several processes,
     the default process group is made (gloo on ``device_kind`` "cpu", nccl on "cuda", where the
-    process's CUDA device is also set from ``LOCAL_RANK``). Raises ``ConfigError`` when the
-    environment is half set (a launcher variable missing or not an integer)."""
+    process's CUDA device is also set from ``LOCAL_RANK``) — once: a later call (each stage of
+    a multi-stage recipe) reuses it. Raises ``ConfigError`` when the environment is half set
+    (a launcher variable missing or not an integer), or when a later call needs another
+    backend than the group's."""
     world = os.environ.get("WORLD_SIZE")
     if world is None or world.strip() == "1":
         return Ranks()
@@ -66,15 +68,20 @@ def init_distributed(device_kind: str, timeout: datetime.timedelta = TIMEOUT) ->
         ) from None
     if not 0 <= ranks.rank < ranks.world_size:
         raise ConfigError(f"RANK={ranks.rank} is outside WORLD_SIZE={ranks.world_size}")
+    backends = {"cpu": "gloo", "cuda": "nccl"}
+    if device_kind not in backends:
+        raise ConfigError(f"device kind {device_kind!r}: choose 'cpu' or 'cuda'")
+    backend = backends[device_kind]
+    if dist.is_initialized():  # a pipeline's later stage: the group of its first
+        if dist.get_backend() != backend:
+            raise ConfigError(
+                f"this run's process group uses {dist.get_backend()}, but a model on "
+                f"{device_kind} needs {backend}: give every stage the same model.device"
+            )
+        return ranks
     if device_kind == "cuda":
         torch.cuda.set_device(ranks.local_rank)
-        backend = "nccl"
-    elif device_kind == "cpu":
-        backend = "gloo"
-    else:
-        raise ConfigError(f"device kind {device_kind!r}: choose 'cpu' or 'cuda'")
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timeout)
+    dist.init_process_group(backend, timeout=timeout)
     return ranks
 
 

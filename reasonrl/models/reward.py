@@ -99,10 +99,20 @@ class RewardModel(torch.nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         response_lengths: torch.Tensor | None = None,
+        *,
+        responses: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Scores of left-padded sequences. input_ids, attention_mask: [B, L] → [B] float32.
         ``response_lengths`` [B]: how many of each row's last tokens are its response (needed by
-        ``mean`` pooling and the likelihood term; ``last`` alone reads the last column)."""
+        ``mean`` pooling and the likelihood term; ``last`` alone reads the last column).
+
+        With ``responses`` (response_ids, response_mask: [B, K, R], right-padded, no response
+        empty), input_ids and attention_mask are B left-padded prompts (P ≥ 1), each run once and
+        its KV cache shared by its K responses → [B, K] float32, what the first form gives each
+        prompt + response up to float rounding. Both forms are this one ``forward``, so a DDP
+        or FSDP2 wrapper's hooks (gradient all-reduce, parameter all-gather) run for either."""
+        if responses is not None:
+            return self._score_responses(input_ids, attention_mask, *responses)
         hidden = self._decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -128,19 +138,14 @@ class RewardModel(torch.nn.Module):
             scores = scores + self.likelihood * mean_logp
         return scores
 
-    def score_responses(
+    def _score_responses(
         self,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
         response_ids: torch.Tensor,
         response_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Scores of K responses to each prompt, the prompt run once and its KV cache shared.
-
-        prompt_ids, prompt_mask: [B, P] left-padded, P ≥ 1; response_ids, response_mask:
-        [B, K, R] right-padded, no response empty → [B, K] float32, what :meth:`forward` gives
-        each prompt + response (left-padded) up to float rounding.
-        """
+        """The shared-prompt form of :meth:`forward`: [B, P] prompts, [B, K, R] responses."""
         b, k, r = response_ids.shape
         decoder = self._decoder()
         prompt = decoder(
@@ -161,6 +166,11 @@ class RewardModel(torch.nn.Module):
             use_cache=True,
         ).last_hidden_state
         scores = self._pooled(hidden, response_mask)
+        # + 0 × the prompt's output: FSDP2 gathers a layer's weights for the backward of each
+        # call through a hook on the call's output, and without this the prompt's last layer
+        # gets its gradient only through the KV cache, after the responses' backward has
+        # resharded it (a zero term changes no value; ``likelihood`` uses the output anyway)
+        scores = scores + 0 * prompt.last_hidden_state[:, -1, 0].float().repeat_interleave(k)
         if self.likelihood:  # the prompt's last position predicts each response's first token
             first = prompt.last_hidden_state[:, -1:].repeat_interleave(k, 0)
             predicting = torch.cat([first, hidden[:, :-1]], 1)
@@ -170,12 +180,16 @@ class RewardModel(torch.nn.Module):
             scores = scores + self.likelihood * mean_logp
         return scores.view(b, k)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """HF format: the decoder and value_head.pt, or a *ForSequenceClassification model."""
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """HF format: the decoder and value_head.pt, or a *ForSequenceClassification model.
+        ``state_dict``: this model's whole state to write instead of its own (gathered from
+        the ranks' shards by ``reasonrl.distributed.full_model_state``)."""
         config = self._decoder().config
         config.reward_pool = self.pool
         config.reward_likelihood = self.likelihood
-        self.model.save_pretrained(path)
+        if state_dict is not None:  # this module's keys are its model's, under "model."
+            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        self.model.save_pretrained(path, state_dict=state_dict)
 
 
 def saved_head(path: str) -> str | None:
@@ -285,7 +299,8 @@ def add_lora(rm: RewardModel, lora: LoRAConfig, checkpoint: Path | None = None) 
 
 
 def merge_lora(rm: RewardModel) -> RewardModel:
-    """Fold the adapters of :func:`add_lora` into the decoder's weights (in place)."""
-    if is_lora(rm.model.decoder):
+    """Fold the adapters of :func:`add_lora` into the decoder's weights (in place); a model
+    without adapters (a classification head has none) as it is."""
+    if rm.head == "value" and is_lora(rm.model.decoder):
         rm.model.decoder = rm.model.decoder.merge_and_unload()
     return rm

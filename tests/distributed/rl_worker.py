@@ -68,10 +68,14 @@ CASES = {
     # dynamic sampling: some steps drop groups and draw a second round, and the kept groups
     # sit unevenly on the ranks until they are dealt (train/dynamic.py)
     "dapo": ["algo.name=dapo", "rl.mini_batch_completions=8", "algo.overlong_filter=false"],
-    # packed forwards: ranks pack different numbers of rows (PackedBatch.even), the
-    # reference's and the critic's too
-    "pack": ["model.pack_tokens=118", "algo.beta=0.05"],
-    "pack_ppo": ["algo.name=ppo", "model.pack_tokens=118", "algo.ppo_epochs=2"],
+    # packed forwards (policy, old, reference, critic): the ranks pack different numbers of
+    # rows, and the one with fewer runs filler rows (PackedBatch.even)
+    "pack_ppo": [
+        "algo.name=ppo",
+        "model.pack_tokens=118",
+        "algo.beta=0.05",
+        "algo.ppo_epochs=2",
+    ],
 }
 
 

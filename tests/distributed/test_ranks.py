@@ -55,6 +55,24 @@ def test_rank_outside_world_is_refused(launcher_env: pytest.MonkeyPatch) -> None
         init_distributed("cpu")
 
 
+def test_a_second_call_reuses_the_group_of_the_same_backend(
+    launcher_env: pytest.MonkeyPatch,
+) -> None:
+    # each stage of a multi-stage recipe calls it again; a one-process gloo group stands in
+    for var, value in zip(ENV_VARS, ["1", "2", "1", "127.0.0.1", "29500"], strict=True):
+        launcher_env.setenv(var, value)
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        group = torch.distributed.group.WORLD
+        assert init_distributed("cpu") == Ranks(1, 2, 1)
+        assert torch.distributed.group.WORLD is group
+        with pytest.raises(ConfigError, match="uses gloo, but a model on cuda needs nccl"):
+            init_distributed("cuda")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 @pytest.mark.parametrize(
     ("n", "world", "even", "blocks"),
     [

@@ -1,7 +1,10 @@
 """``reasonrl run`` under ``torchrun`` on two CPU ranks (gloo, loopback) against one process:
 SFT and DPO in float64 give the same saved model (DDP and FSDP2), the same metrics and the same
 sharded evaluation; a run whose rank is killed stops at once with a message, and ``--resume``
-continues it on one rank or on two, reproducing the uninterrupted run's metrics.jsonl."""
+continues it on one rank or on two, reproducing the uninterrupted run's metrics.jsonl. A
+multi-stage recipe (SFT, then a reward model) on two FSDP2 ranks equals one process stage by
+stage, and resumed on two DDP ranks skips its finished stage and continues the reward model's
+checkpoint."""
 
 from __future__ import annotations
 
@@ -16,9 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from safetensors.torch import load_file
 
 from reasonrl.logging import read_jsonl
+from reasonrl.models.value import HEAD_FILE
+from reasonrl.pipeline import run_pipeline
 
 ROOT = Path(__file__).parent.parent.parent
 TINY = ["model.dtype=float64", "log.report_to=none", "eval.before=false"]
@@ -68,6 +75,40 @@ DPO = [
     "log.checkpoint_every=0",
 ]
 
+# SFT, then a reward model from its model: a classification head scoring each pair behind its
+# shared prompt, whose last layer's output FSDP2 would otherwise see unused (RewardModel's
+# zero term); one micro-batch per pair, so DDP accumulates before it reduces.
+PIPELINE = {
+    "name": "pipe",
+    "task": {"name": "chain_sum", "train_size": 64, "eval_size": 5},
+    "eval": {"after": False},
+    "log": {"checkpoint_every": 0},
+    "stages": [
+        {
+            "name": "sft",
+            "stage": "sft",
+            "model": {"path": "bundled"},
+            "sft": {"steps": 2, "examples_per_step": 4, "micro_batch_examples": 1},
+        },
+        {
+            "name": "judge",
+            "stage": "rm",
+            "rm": {
+                "head": "classification",
+                "likelihood": 0.0,
+                "data": {"source": "generated", "train_size": 16, "eval_size": 5},
+                "steps": 2,
+                "pairs_per_step": 4,
+                "micro_batch_pairs": 1,
+                "warmup_steps": 0,
+                "learning_rate": 1e-3,
+                "eval_every": 0,
+            },
+            "log": {"checkpoint_every": 1},
+        },
+    ],
+}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -101,6 +142,9 @@ def reasonrl_run(ranks: int, args: list[str], out: Path) -> subprocess.Completed
 def assert_same_model(got: Path, want: Path, tol: float = 1e-10) -> None:
     a, b = load_file(got / "model.safetensors"), load_file(want / "model.safetensors")
     assert set(b) <= set(a)  # FSDP2's gathered state also names the tied lm_head
+    if (want / HEAD_FILE).exists():  # a value-head reward model's scalar head
+        a.update({f"head.{k}": v for k, v in torch.load(got / HEAD_FILE).items()})
+        b.update({f"head.{k}": v for k, v in torch.load(want / HEAD_FILE).items()})
     for key, value in b.items():
         assert (a[key] - value).abs().max().item() < tol, key
 
@@ -216,3 +260,35 @@ def test_a_config_error_on_rank_0_stops_every_rank_with_one_message(tmp_path: Pa
     assert done.returncode != 0
     assert done.stderr.count("error:") == 1 and "nothing to resume" in done.stderr
     assert "exitcode  : 2" in done.stderr  # torchrun's report of the failed ranks
+
+
+def test_a_pipeline_on_two_ranks_is_the_one_process_pipeline_and_resumes_past_a_finished_stage(
+    tmp_path: Path,
+) -> None:
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(yaml.safe_dump(PIPELINE))
+    want, got, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    run_pipeline(recipe, TINY, want)  # in this process: one launch's start-up (seconds) saved
+    reasonrl_run(2, [str(recipe), *TINY, "train.parallel=fsdp"], got)
+    for stage in ("0-sft", "1-judge"):
+        assert_same_metrics(got / stage, want / stage)
+        assert_same_model(got / stage / "model", want / stage / "model")
+    judge = [r for r in read_jsonl(want / "1-judge" / "metrics.jsonl") if "loss/rm" in r]
+    assert len(judge) == 2 and judge[0]["loss/rm"] != judge[1]["loss/rm"]
+    rows = json.loads((got / "summary.json").read_text())["stages"]
+    assert [r["name"] for r in rows] == ["sft", "judge"] and rows[1]["eval"]["n"] == 5
+
+    # the reward model stopped after its step 1: --resume skips SFT and continues from step-1
+    shutil.copytree(got, resumed)
+    judge_dir = resumed / "1-judge"
+    (judge_dir / "summary.json").unlink()
+    shutil.rmtree(judge_dir / "model")
+    shutil.rmtree(judge_dir / "checkpoints" / "step-2")
+    rows = [r for r in read_jsonl(judge_dir / "metrics.jsonl") if r["step"] <= 1]
+    (judge_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft_summary = (resumed / "0-sft" / "summary.json").stat().st_mtime_ns
+    done = reasonrl_run(2, [str(recipe), *TINY, "train.parallel=ddp", "--resume"], resumed)
+    assert "stage 0 sft: done, skipped" in done.stdout
+    assert (resumed / "0-sft" / "summary.json").stat().st_mtime_ns == sft_summary
+    assert_same_metrics(judge_dir, want / "1-judge")
+    assert_same_model(judge_dir / "model", want / "1-judge" / "model")

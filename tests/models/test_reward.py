@@ -109,9 +109,9 @@ def test_shared_prompt_scores_and_gradients_equal_full_sequences(head, pool, lik
         torch.nn.init.normal_(rm.model.head.weight, std=0.1)
     prompts, responses = _batch(tok)
     groups = [(responses[i], responses[(i + 1) % 3]) for i in range(3)]  # K = 2 per prompt
-    fast = rm.score_responses(
+    fast = rm(
         *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
-        *pad_right(groups, tok.pad_token_id),
+        responses=pad_right(groups, tok.pad_token_id),
     )
     # the oracle: every prompt + response as its own left-padded sequence
     rows = [(p, r) for p, group in zip(prompts, groups, strict=True) for r in group]
@@ -144,9 +144,9 @@ def test_mean_pooling_averages_the_response_tokens_and_is_saved(tmp_path):
         per_token = rm.model.head(hidden).squeeze(-1)[0]
     # by hand: the mean of the head over the first row's response positions
     torch.testing.assert_close(scores[0], per_token[-len(responses[0]) :].mean(), rtol=0, atol=1e-5)
-    fast = rm.score_responses(
+    fast = rm(
         *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
-        *pad_right([(r,) for r in responses], tok.pad_token_id),
+        responses=pad_right([(r,) for r in responses], tok.pad_token_id),
     )
     torch.testing.assert_close(fast.flatten(), scores, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="response lengths"):
@@ -244,9 +244,9 @@ def test_likelihood_skips_a_first_token_whose_prompt_was_cut_away():
         expected = logp[torch.arange(len(responses[1]) - 1), ids[0, 1:]].mean()
         lengths = torch.tensor([len(r) for r in responses])
         full = rm(*pad_left(prompts, responses, tok.pad_token_id), lengths)
-        shared = rm.score_responses(
+        shared = rm(
             *pad_left(prompts, [[] for _ in prompts], tok.pad_token_id),
-            *pad_right([[r] for r in responses], tok.pad_token_id),
+            responses=pad_right([[r] for r in responses], tok.pad_token_id),
         )
     torch.testing.assert_close(full[1], expected, rtol=0, atol=1e-5)  # the head starts at 0
     torch.testing.assert_close(shared[:, 0], full, rtol=0, atol=1e-5)
