@@ -426,7 +426,8 @@ class RayRollouts:
         ``workers/reward-i/completions_per_s``), the time the trainer waited for each phase
         (``async/wait_*_s``), the rounds already dispatched (``async/queue``), and the restarts
         so far (``workers/restarts``)."""
-        out = {k: v for k, v in self.stats.items() if k.startswith("async/")}
+        out = {"async/wait_generate_s": 0.0, "async/wait_score_s": 0.0}
+        out.update({k: v for k, v in self.stats.items() if k.startswith("async/")})
         for key, value in self.stats.items():
             if key.endswith("/s") and value > 0:
                 worker, unit = (
@@ -438,6 +439,18 @@ class RayRollouts:
         out["workers/restarts"] = float(self.generators.restarts + self.scorers.restarts)
         self.stats.clear()
         return out
+
+    @staticmethod
+    def progress_fields(metrics: dict[str, float]) -> dict[str, float]:
+        """What the progress bar shows of a step's ``metrics``: the rollout workers' tokens/s
+        (summed), the trainer's wait for them and the reward workers, the rounds sent ahead."""
+        return {
+            "gen tok/s": sum(
+                v for k, v in metrics.items() if k.startswith("workers/rollout-") and "/tok" in k
+            ),
+            "wait s": metrics["async/wait_generate_s"] + metrics["async/wait_score_s"],
+            "queue": metrics["async/queue"],
+        }
 
     def close(self) -> None:
         import ray

@@ -168,7 +168,10 @@ def train_rl(
                 if ranks.is_main:
                     records = [rec for part in gathered for rec in part]
                     logger.log_samples(done, records[: cfg.log.samples_per_log])
-            bar.update(done, reward=logged["reward/mean"], kl=logged["kl/mean"])
+            shown = {"reward": logged["reward/mean"], "kl": logged["kl/mean"]}
+            if remote is not None:
+                shown.update(remote.progress_fields(logged))
+            bar.update(done, **shown)
             ckpt.end_of_step(ctx.on_step)
     return ckpt.done
 
