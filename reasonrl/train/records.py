@@ -25,7 +25,7 @@ class ScoredBatch:
     uncomputed: dict[str, list[bool]]  # per component, whose score could not be computed [B]
     rounds: int = 1  # generation rounds used (more than 1 only with dynamic sampling)
     staleness: int = 0  # updates between the weights that generated it and the trainer's
-    dropped: int = 0  # kept groups left out so that the ranks split them evenly (train/dynamic)
+    dropped: int = 0  # kept groups left out so that the ranks split them evenly (train/collect.py)
 
     def groups(self, keep: list[int]) -> ScoredBatch:
         """The groups (prompts) ``keep``, in that order."""

@@ -10,12 +10,11 @@ reference, critic) with ``distributed.wrap_model`` and gives the engine the unwr
 Every size is the global step's, and the run computes what one process does (to rounding).
 
 One step, top to bottom (the records are in ``train/records.py``):
-  collect     P prompts → P × G completions, each generation round scored (``score``); DAPO
-              drops groups whose rewards are all equal and draws more (the flags exchanged
-              between ranks, the kept groups dealt evenly: train/dynamic.py) → ScoredBatch. Each
-              rank generates a contiguous block of whole groups, each completion with its
-              own seed (``data.completion_seeds``), so any split draws the same completions
-  logprobs    the sampling policy's, the reference's and the critic's view of them → LogProbs
+  collect     P prompts → P × G completions, each generation round scored; DAPO drops groups
+              whose rewards are all equal and draws more → ScoredBatch (``train/collect.py``:
+              each rank or Ray worker draws a block of whole groups, each completion seeded)
+  logprobs    the sampling policy's (the engine's, for stale asynchronous batches), the
+              reference's and the critic's view of them → LogProbs
   advantages  the KL penalty folded into the rewards when it is one, then the estimator
               ``algo.advantage`` (``algos.ADVANTAGES`` or a user's by import path) → Advantages
   update      ``ppo_epochs`` passes over mini-batches, one optimizer update each
@@ -30,7 +29,6 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,21 +40,18 @@ from reasonrl.distributed import (
     all_gather_objects,
     all_reduce_sum,
     full_weights,
-    shard,
     unwrap,
 )
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
-from reasonrl.rewards import ScoredBatch as Scores
-from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
+from reasonrl.train.collect import collect, has_signal
 from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
 from reasonrl.train.data import round_plan
-from reasonrl.train.dynamic import has_signal, keep_with_signal, kept_batch
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats
@@ -174,74 +169,6 @@ def train_rl(
             bar.update(done, **shown)
             ckpt.end_of_step(ctx.on_step)
     return ckpt.done
-
-
-# --------------------------------------------------------------------------- collect, score
-
-
-def score(
-    cfg: RunConfig, rollout: Rollout, samples: list[Sample], scored: Scores | None = None
-) -> ScoredBatch:
-    """Every reward term of ``cfg.rewards`` on each completion (``samples[i]`` its problem);
-    ``scored``: those a reward worker computed."""
-    if scored is None:
-        scored = score_batch(rollout.texts, samples, cfg.rewards, rollout.lengths.tolist())
-    rows = range(len(samples))
-    return ScoredBatch(
-        rollout,
-        samples,
-        torch.tensor(scored.total, dtype=torch.float32).view(-1, cfg.rl.completions_per_prompt),
-        scored.components,
-        {name: [scored.uncomputed(name, [i]) == 1 for i in rows] for name in scored.components},
-    )
-
-
-def collect(
-    cfg: RunConfig,
-    engine: RolloutEngine,
-    prompts: Sequence[str],
-    samples: Sequence[Sample],
-    step: int,
-    ranks: Ranks = ONE_PROCESS,
-    remote: RayRollouts | None = None,
-) -> ScoredBatch:
-    """Generate and score the step's groups (this rank's block of them; completion i with the
-    seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO),
-    groups whose valid rewards are all equal carry no signal: they are dropped and more prompts
-    drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
-    has, dealt evenly to the ranks (``train/dynamic.py``). ``remote``: Ray's rollout and reward
-    workers do both (``workers.py``); the batch records how many updates old the
-    weights that generated it are (``staleness``)."""
-    ro, algo = cfg.rollout, cfg.algo
-    group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step
-    kept: list[ScoredBatch] = []
-    have = 0
-    for round_ in range(algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-        every, seeds = round_plan(cfg, len(samples), step, round_)
-        mine = shard(len(every), ranks)
-        idx = every[mine.start : mine.stop]
-        rows = [samples[i] for i in idx for _ in range(group)]
-        if remote is not None:  # Ray workers (one trainer process): the round, generated
-            rollout, scores, version = remote.gather(step, round_)  # from weights `version`
-            scored = replace(score(cfg, rollout, rows, scores), staleness=step - version)
-        else:
-            rollout = engine.generate(
-                [prompts[i] for i in idx for _ in range(group)],
-                max_new_tokens=ro.max_new_tokens,
-                temperature=ro.temperature,
-                top_p=ro.top_p,
-                top_k=ro.top_k,
-                seeds=seeds[mine.start * group : mine.stop * group],
-            )
-            scored = score(cfg, rollout, rows)
-        if not algo.dynamic_sampling:
-            return scored
-        keep, kept_here = keep_with_signal(scored.rewards, want - have, ranks)
-        kept.append(scored.groups(keep))
-        have += kept_here
-        if have >= want:
-            break
-    return kept_batch(cfg, kept, scored, engine.pad_id, ranks)
 
 
 # --------------------------------------------------------------------------- logprobs

@@ -66,7 +66,7 @@ CASES = {
     ],
     "ppo": ["algo.name=ppo", "rl.mini_batch_completions=8", "algo.ppo_epochs=2"],
     # dynamic sampling: some steps drop groups and draw a second round, and the kept groups
-    # sit unevenly on the ranks until they are dealt (train/dynamic.py)
+    # sit unevenly on the ranks until they are dealt (train/collect.py)
     "dapo": ["algo.name=dapo", "rl.mini_batch_completions=8", "algo.overlong_filter=false"],
     # packed forwards (policy, old, reference, critic): the ranks pack different numbers of
     # rows, and the one with fewer runs filler rows (PackedBatch.even)

@@ -11,7 +11,7 @@ from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
-from reasonrl.train.rl import collect
+from reasonrl.train.collect import collect
 from reasonrl.train.run import run
 
 PROMPTS = [

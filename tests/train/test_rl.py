@@ -12,8 +12,9 @@ from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.loading import bundled_model_dir
 from reasonrl.rollout import HFEngine, Rollout
 from reasonrl.tasks import Sample, render_prompt
+from reasonrl.train.collect import collect
 from reasonrl.train.records import LogProbs, ScoredBatch
-from reasonrl.train.rl import advantages, collect
+from reasonrl.train.rl import advantages
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():

@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling over ranks (train/dynamic.py), with two ranks simulated in one
+"""DAPO's dynamic sampling over ranks (train/collect.py), with two ranks simulated in one
 process: the groups kept and their order are one process's; when the kept groups do not split
 evenly, the last ones are left out and counted (two ranks == one process is
 tests/distributed/test_rl_ranks.py)."""
@@ -10,7 +10,7 @@ from reasonrl.config import load_config
 from reasonrl.distributed import Ranks
 from reasonrl.rollout.base import Rollout
 from reasonrl.tasks.base import Sample
-from reasonrl.train import dynamic
+from reasonrl.train import collect
 from reasonrl.train.records import ScoredBatch
 
 G = 2
@@ -44,15 +44,15 @@ def _two_ranks(monkeypatch, rounds: list[list[ScoredBatch]]) -> list[ScoredBatch
     kept: list[list[ScoredBatch]] = [[], []]
     have = 0
     for blocks in rounds:
-        flags = [[dynamic.has_signal(g) for g in b.rewards] for b in blocks]
-        monkeypatch.setattr(dynamic, "all_gather_objects", lambda obj, ranks, f=flags: f)
+        flags = [[collect.has_signal(g) for g in b.rewards] for b in blocks]
+        monkeypatch.setattr(collect, "all_gather_objects", lambda obj, ranks, f=flags: f)
         for rank, block in enumerate(blocks):
-            keep, n = dynamic.keep_with_signal(block.rewards, 4 - have, Ranks(rank, 2, 0))
+            keep, n = collect.keep_with_signal(block.rewards, 4 - have, Ranks(rank, 2, 0))
             kept[rank].append(block.groups(keep))
         have += n
-    monkeypatch.setattr(dynamic, "all_gather_objects", lambda obj, ranks: kept)
+    monkeypatch.setattr(collect, "all_gather_objects", lambda obj, ranks: kept)
     return [
-        dynamic.kept_batch(CFG, kept[rank], rounds[-1][rank], 0, Ranks(rank, 2, 0))
+        collect.kept_batch(CFG, kept[rank], rounds[-1][rank], 0, Ranks(rank, 2, 0))
         for rank in range(2)
     ]
 
