@@ -69,7 +69,15 @@ def start_ray(address: str | None, cpus: float) -> None:
             total = max(os.cpu_count() or 1, math.ceil(cpus))
             ray.init(address="local", num_cpus=total, include_dashboard=False, **options)
         else:
-            ray.init(address=address, **options)
+            try:
+                ray.init(address=address, **options)
+            except ConnectionError as e:
+                raise ConfigError(
+                    f"cannot join the Ray cluster at distributed.address={address} ({e}): is "
+                    "`ray start --head` running there? A cluster made by `ray start` checks a "
+                    "token: export RAY_AUTH_MODE=token before `reasonrl run` (and "
+                    "RAY_AUTH_TOKEN_PATH where the token is not in ~/.ray/auth_token)"
+                ) from None
     if address is None and ray.util.get_node_ip_address() != "127.0.0.1":
         raise RuntimeError(
             f"Ray was started on {ray.util.get_node_ip_address()} before reasonrl could keep it "

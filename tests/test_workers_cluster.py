@@ -5,12 +5,15 @@ than the workers hold is refused at the start with the sizes to change, not left
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from reasonrl.logging import read_jsonl
@@ -27,42 +30,66 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     # Ray's processes keep to 127.0.0.1 only where they believe no cluster can form: the head
-    # here and the run's driver both, as on a one-machine cluster of a laptop
+    # here and the run's driver both, as on a one-machine cluster of a laptop. `ray start`
+    # checks a token (in ~/.ray/auth_token), which a driver sends only when told to.
     out = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    out.update(RAY_AUTH_MODE="token")
     return out
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[str]:
-    port = free_port()
-    start = [*RAY, "start", "--head", f"--port={port}", "--num-cpus=3"]
+    """A one-machine cluster of its own (its own temp dir), stopped by killing its processes
+    alone: `ray stop` would stop every Ray on the machine."""
+    port, temp = free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: socket paths
+    start = [*RAY, "start", "--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}"]
     start += ["--include-dashboard=false", "--disable-usage-stats"]
     subprocess.run(start, env=env(), check=True, capture_output=True, timeout=120)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([*RAY, "stop", "--force"], env=env(), capture_output=True, timeout=120)
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(temp in part or f":{port}" in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-def reasonrl_run(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+def reasonrl_run(
+    out: Path, *overrides: str, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "reasonrl", "run", "quickstart", "--out", str(out)]
     cmd += ["rl.steps=2", "rl.prompts_per_step=4", "rl.completions_per_prompt=4"]
     cmd += ["rl.micro_batch_completions=16", "rollout.max_new_tokens=8", "eval.limit=4"]
     cmd += ["eval.k=1", "log.report_to=none", "distributed.backend=ray", *overrides]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, env={**env(), **(environ or {})}, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_run_joins_the_cluster_and_finishes_on_its_workers(head: str, tmp_path: Path) -> None:
     done = reasonrl_run(tmp_path, f"distributed.address={head}", "rollout.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in r]  # no evals
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["workers/rollout-1/tokens_per_s"] > 0 for r in rows)
+
+
+def test_joining_without_the_clusters_token_is_an_error_saying_how(
+    head: str, tmp_path: Path
+) -> None:
+    done = reasonrl_run(
+        tmp_path, f"distributed.address={head}", environ={"RAY_AUTH_MODE": "disabled"}
+    )
+    assert done.returncode == 2
+    said = " ".join(done.stderr.split())  # the console wraps long lines
+    assert f"cannot join the Ray cluster at distributed.address={head}" in said
+    assert "export RAY_AUTH_MODE=token" in said and "Traceback" not in said
 
 
 def test_too_few_cpus_in_the_cluster_is_refused_with_the_sizes(head: str, tmp_path: Path) -> None:
     done = reasonrl_run(tmp_path, f"distributed.address={head}", "rollout.workers=4")
     assert done.returncode == 2
-    assert "the workers hold 5 CPUs" in done.stderr and "the Ray cluster has 3" in done.stderr
-    assert "Traceback" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert "the workers hold 5 CPUs" in said and "the Ray cluster has 3" in said
+    assert "Traceback" not in said
