@@ -448,6 +448,8 @@ class DistributedConfig(_Strict):
     reward_workers: int = Field(1, gt=0)  # written `rewards.workers` in a recipe
     max_restarts: int = Field(3, ge=0)  # restarts of a failed worker within one call
     worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
+    call_timeout_s: float = Field(3600.0, gt=0)  # the longest the trainer waits for one
+    # worker's call before it counts the worker as hung: killed, restarted, the call redone
 
 
 class RunConfig(_Strict):

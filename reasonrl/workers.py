@@ -184,6 +184,7 @@ class Workers:
 
         self.kind, self.args, self.report = kind, args, report
         self.max_restarts = cfg.distributed.max_restarts
+        self.timeout = cfg.distributed.call_timeout_s
         self.remote = ray.remote(num_cpus=cfg.distributed.worker_cpus)(cls)
         self.actors: list[Any] = []
         self.pids: list[Any] = []  # each actor's pid, asked at once: a dead one cannot answer
@@ -199,26 +200,37 @@ class Workers:
         return Call(index, method, args, actor, getattr(actor, method).remote(*args))
 
     def get(self, call: Call) -> Any:
-        """The call's result; a failed worker is restarted and the call redone (``redone``)."""
+        """The call's result; a failed worker is restarted and the call redone (``redone``).
+        A worker that has not answered ``call_timeout_s`` after this is asked (or after it
+        started, for a replacement) counts as failed: a hung process (a deadlock, a verifier
+        that never returns) would otherwise stop the run for good."""
         import ray
 
         failures = 0
         while True:
             try:
-                return ray.get(call.ref)
+                # a replacement's start (imports, weights) is not the call's time
+                ray.get(self.pids[call.index], timeout=self.timeout)
+                return ray.get(call.ref, timeout=self.timeout)
             except ray.exceptions.RayError as e:
+                error: Exception = e
+                if isinstance(e, ray.exceptions.GetTimeoutError):
+                    error = TimeoutError(
+                        f"no answer within distributed.call_timeout_s={self.timeout:g} s (raise "
+                        "it if a call can take that long)"
+                    )
                 if call.actor is self.actors[call.index]:  # not restarted for another call
                     failures += 1
                     log = self._log_tail(call.index)
                     ray.kill(call.actor, no_restart=True)
                     self._start(call.index)
                     self.restarts += 1
-                    self.report(self._describe(call, e, log, failures))
+                    self.report(self._describe(call, error, log, failures))
                     if failures > self.max_restarts:
                         raise WorkerFailed(
                             f"{self.kind} worker {call.index} failed {failures} time"
                             f"{'s' if failures > 1 else ''} in a row "
-                            f"(distributed.max_restarts={self.max_restarts}); last error: {e}"
+                            f"(distributed.max_restarts={self.max_restarts}); last error: {error}"
                         ) from e
                 call.actor = self.actors[call.index]
                 call.ref = getattr(call.actor, call.method).remote(*call.args)

@@ -199,3 +199,24 @@ def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> N
     finally:
         pool.generators.max_restarts = 3
     assert "rollout worker 1 failed in generate (gave up)" in reports(log)
+
+
+def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    import ray
+
+    pool, log = workers
+    pool.dispatch(0, 0)
+    hung = psutil.Process(ray.get(pool.generators.pids[0]))
+    hung.suspend()  # SIGSTOP: alive to Ray, but it never answers
+    pool.generators.timeout = 20.0
+    try:
+        rollout, scored, _ = pool.gather(0, 0)
+    finally:
+        pool.generators.timeout = cfg.distributed.call_timeout_s
+    assert rollout.texts == in_process(cfg, setting, 0)[0].texts
+    assert not hung.is_running() or hung.status() == psutil.STATUS_ZOMBIE  # killed, not left
+    text = reports(log)
+    assert "rollout worker 0 failed in generate (restarted it, redoing its share)" in text
+    assert "no answer within distributed.call_timeout_s=20 s" in text
