@@ -448,6 +448,9 @@ class DistributedConfig(_Strict):
     reward_workers: int = Field(1, gt=0)  # written `rewards.workers` in a recipe
     max_restarts: int = Field(3, ge=0)  # restarts of a failed worker within one call
     worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
+    # how the rollout workers get each update's weights: Ray's object store, or a broadcast in
+    # a torch.distributed group of the trainer and the workers (docs/ray.md)
+    weight_sync: Literal["object_store", "collective"] = "object_store"
 
 
 class RunConfig(_Strict):
@@ -494,6 +497,7 @@ class RunConfig(_Strict):
             ("rollout.workers", ro.workers, ro.workers > 1),
             ("rewards.workers", d.reward_workers, d.reward_workers > 1),
             ("rollout.async_steps", ro.async_steps, ro.async_steps > 0),
+            ("distributed.weight_sync", d.weight_sync, d.weight_sync == "collective"),
         ]
         for key, value, used in ray_only:
             if used:
