@@ -92,8 +92,7 @@ def bench(name: str, model: torch.nn.Module, method: str, repeats: int) -> dict:
                 for w in range(2)
             ]
             outside = [
-                time.perf_counter() - t0 - seconds
-                for _, seconds in ray.get([c.ref for c in calls])
+                time.perf_counter() - t0 - seconds for _, seconds in ray.get([c.ref for c in calls])
             ]
             if version > 1:
                 pushes.append(push)
