@@ -14,7 +14,8 @@ store and gloo use each node's address as Ray knows it (``ray.util.get_node_ip_a
 
 A restarted worker is not in the group: it gets the versions its redone calls need from the
 object store, once (``RayRollouts``), and the group is formed anew at the next push. Not handled:
-a worker that dies during the broadcast itself; the broadcast then fails after ``TIMEOUT``.
+a worker that dies during the broadcast itself; the broadcast then fails (at the latest after
+``TIMEOUT``) and the step stops.
 """
 
 from __future__ import annotations
