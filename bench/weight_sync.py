@@ -4,7 +4,7 @@ broadcast (``distributed.weight_sync``), both in the same run.
     PYTHONPATH=. python bench/weight_sync.py        # → bench/results/weight_sync_cpu.json
     PYTHONPATH=. python bench/weight_sync.py --repeats 3 --models bundled
 
-Models: the bundled one (1.7 M parameters, float32 here) and a random Qwen2 of about 110 M
+Models: the bundled one (1.6 M parameters, float32 here) and a random Qwen2 of about 110 M
 parameters (hidden 768, 12 layers, vocabulary 32,000, tied, float32: 0.44 GB). Per model and
 method, after a first push (the group formed, the actors warm), ``--repeats`` times:
 - ``push_s``: the trainer's ``RayRollouts.push_weights`` (``ray.put``; or the broadcast until
