@@ -450,6 +450,9 @@ class DistributedConfig(_Strict):
     worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
     call_timeout_s: float = Field(3600.0, gt=0)  # the longest the trainer waits for one
     # worker's call before it counts the worker as hung: killed, restarted, the call redone
+    # how the rollout workers get each update's weights: Ray's object store, or a broadcast in
+    # a torch.distributed group of the trainer and the workers (docs/ray.md)
+    weight_sync: Literal["object_store", "collective"] = "object_store"
 
 
 class RunConfig(_Strict):
@@ -496,6 +499,7 @@ class RunConfig(_Strict):
             ("rollout.workers", ro.workers, ro.workers > 1),
             ("rewards.workers", d.reward_workers, d.reward_workers > 1),
             ("rollout.async_steps", ro.async_steps, ro.async_steps > 0),
+            ("distributed.weight_sync", d.weight_sync, d.weight_sync == "collective"),
         ]
         for key, value, used in ray_only:
             if used:

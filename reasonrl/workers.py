@@ -39,6 +39,7 @@ from reasonrl.rewards import RewardResult, ScoredBatch, score_batch
 from reasonrl.rollout import ENGINES
 from reasonrl.rollout.base import Rollout, concat_rollouts
 from reasonrl.tasks.base import Sample
+from reasonrl.weight_sync import GROUP, Broadcaster, WeightReceiver
 
 # (prompt indices, completion seeds) of a step's generation round: the trainer's choice
 Plan = Callable[[int, int], tuple[list[int], list[int]]]
@@ -95,10 +96,14 @@ def start_ray(address: str | None, cpus: float) -> None:
 # --------------------------------------------------------------------------- the actors
 
 
-class RolloutWorker:
-    """A copy of the policy and a rollout engine (``rollout.engine``) in a Ray actor."""
+class RolloutWorker(WeightReceiver):
+    """A copy of the policy and a rollout engine (``rollout.engine``) in a Ray actor; with
+    ``distributed.weight_sync=collective`` also a member of the trainer's weights group."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, cfg: RunConfig, version: int
+    ) -> None:
+        super().__init__()
         torch.set_num_threads(max(1, int(cfg.distributed.worker_cpus)))
         self.model = model.eval().requires_grad_(False)
         self.engine = ENGINES[cfg.rollout.engine](model, tokenizer, cfg.rollout.batch_completions)
@@ -109,7 +114,7 @@ class RolloutWorker:
             "top_p": ro.top_p,
             "top_k": ro.top_k,
         }
-        self.version = 0  # the weights it was built with
+        self.version = version  # the weights it was built with
 
     def pid(self) -> int:
         return os.getpid()
@@ -118,11 +123,15 @@ class RolloutWorker:
         self, weights: list[Any], version: int, prompts: list[str], seeds: list[int]
     ) -> tuple[Rollout, float]:
         """The completions of ``prompts`` (one per seed) from weights ``version``, loading them
-        from ``weights`` (``[object ref]``, unresolved: fetched only here, when needed)."""
+        from ``weights`` (``[object ref]``, unresolved: fetched only here, when needed), or with
+        ``weights=[]`` from those broadcast or staged (``WeightReceiver``)."""
         if version != self.version:
-            import ray
+            if weights:
+                import ray
 
-            self.model.load_state_dict(ray.get(weights[0]))
+                self.model.load_state_dict(ray.get(weights[0]))
+            else:
+                self.load(version)
             self.version = version
         t0 = time.perf_counter()
         rollout = self.engine.generate(prompts, seeds=seeds, **self.sampling)
@@ -149,6 +158,9 @@ class RewardWorker:
 
 
 # --------------------------------------------------------------------------- restarts
+
+
+START_TIMEOUT_S = 600.0  # the least time a replacement worker is given to start
 
 
 class WorkerFailed(RuntimeError):
@@ -179,13 +191,18 @@ class Workers:
         n: int,
         cfg: RunConfig,
         report: Callable[[str], None],
+        options: dict[str, Any] | None = None,
+        restarted: Callable[[int], None] | None = None,
     ) -> None:
+        """``options``: Ray's actor options besides the CPUs; ``restarted(index)``: called when
+        worker ``index`` was replaced, before its failed call is sent again."""
         import ray
 
         self.kind, self.args, self.report = kind, args, report
+        self.restarted = restarted
         self.max_restarts = cfg.distributed.max_restarts
         self.timeout = cfg.distributed.call_timeout_s
-        self.remote = ray.remote(num_cpus=cfg.distributed.worker_cpus)(cls)
+        self.remote = ray.remote(num_cpus=cfg.distributed.worker_cpus, **(options or {}))(cls)
         self.actors: list[Any] = []
         self.pids: list[Any] = []  # each actor's pid, asked at once: a dead one cannot answer
         for _ in range(n):
@@ -209,8 +226,9 @@ class Workers:
         failures = 0
         while True:
             try:
-                # a replacement's start (imports, weights) is not the call's time
-                ray.get(self.pids[call.index], timeout=self.timeout)
+                # a replacement's start (imports, weights: a minute on a busy node) is not
+                # the call's time
+                ray.get(self.pids[call.index], timeout=max(self.timeout, START_TIMEOUT_S))
                 return ray.get(call.ref, timeout=self.timeout)
             except ray.exceptions.RayError as e:
                 error: Exception = e
@@ -225,6 +243,8 @@ class Workers:
                     ray.kill(call.actor, no_restart=True)
                     self._start(call.index)
                     self.restarts += 1
+                    if self.restarted is not None:
+                        self.restarted(call.index)
                     self.report(self._describe(call, error, log, failures))
                     if failures > self.max_restarts:
                         raise WorkerFailed(
@@ -280,6 +300,13 @@ class Workers:
 
 
 # --------------------------------------------------------------------------- the step's view
+
+
+def _put(policy: torch.nn.Module) -> Any:
+    """The policy's weights in the object store: a reference."""
+    import ray
+
+    return ray.put({k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()})
 
 
 @dataclass
@@ -344,11 +371,26 @@ class RayRollouts:
         model = ray.put(policy)
         self.log_path, self.console = run_dir / "workers.log", console
         report = self.report
+        self.sync: Broadcaster | None = None  # distributed.weight_sync=collective's group
+        options: dict[str, Any] = {}
+        if d.weight_sync == "collective":
+            # a cluster's nodes reach the trainer at Ray's address for it, never at 127.0.0.1
+            host = "127.0.0.1" if d.address is None else ray.util.get_node_ip_address()
+            self.sync = Broadcaster(host, "nccl" if self.device.type == "cuda" else "gloo")
+            options["concurrency_groups"] = {GROUP: 1}  # receives while it generates
         self.generators = Workers(
-            "rollout", RolloutWorker, (model, tokenizer, cfg), cfg.rollout.workers, cfg, report
+            "rollout",
+            RolloutWorker,
+            (model, tokenizer, cfg, version),
+            cfg.rollout.workers,
+            cfg,
+            report,
+            options,
+            self._restarted,
         )
         self.scorers = Workers("reward", RewardWorker, (cfg,), d.reward_workers, cfg, report)
         self.version = version  # the policy's updates so far: the workers' own weights
+        self.policy = policy  # the last pushed: version `version`
         self.weights: dict[int, Any] = {}  # version → object ref of the later ones
         self.rounds: dict[tuple[int, int], _Round] = {}
         self.stats: dict[str, float] = defaultdict(float)
@@ -361,13 +403,29 @@ class RayRollouts:
 
     def push_weights(self, policy: torch.nn.Module, version: int) -> None:
         """The policy's weights, now version ``version``, for the rounds dispatched next."""
-        import ray
-
-        state = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
-        self.weights[version] = ray.put(state)
-        self.version = version
         kept = {r.version for r in self.rounds.values()} | {version}
+        # With collective sync the object store keeps a version only for a restarted worker
+        # that redoes a round sent ahead (async_steps): the trainer's own weights have moved on
+        if self.sync is None or self.cfg.rollout.async_steps > 0:
+            self.weights[version] = _put(policy)
+        if self.sync is not None:
+            self.sync.push(self.generators.actors, policy.state_dict(), version, kept)
+        self.version, self.policy = version, policy
         self.weights = {v: ref for v, ref in self.weights.items() if v in kept}
+
+    def _restarted(self, index: int) -> None:
+        """Rollout worker ``index`` was replaced. With collective sync it is in no group: it
+        gets the versions of the calls it redoes from the object store, once, and the group is
+        formed anew at the next push. (Forming it now would stop the other workers' receiving
+        threads for a rendezvous, and could still not send a version the trainer no longer
+        holds.)"""
+        if self.sync is None:
+            return
+        versions = dict(self.weights)
+        if self.version not in versions:  # synchronous: the policy is still this version
+            versions[self.version] = _put(self.policy)
+        self.generators.actors[index].stage.options(concurrency_group=GROUP).remote(versions)
+        self.sync.group = None
 
     def dispatch_ahead(self, step: int) -> None:
         """Step ``step``'s first round and, with ``rollout.async_steps`` k, those of the next k
@@ -383,7 +441,9 @@ class RayRollouts:
             return
         idx, seeds = self.plan(step, round_)
         g, n = self.cfg.rl.completions_per_prompt, len(self.generators)
-        weights = [self.weights[self.version]] if self.version in self.weights else []
+        # collective sync: the workers hold the version already, broadcast or staged
+        sent = self.sync is None and self.version in self.weights
+        weights = [self.weights[self.version]] if sent else []
         shares = []
         for w in range(n):
             block = shard(len(idx), Ranks(w, n, w), even=False)
@@ -477,6 +537,7 @@ class RayRollouts:
 
         for actor in [*self.generators.actors, *self.scorers.actors]:
             ray.kill(actor, no_restart=True)
+        self.sync = None  # its store and group
 
     def __enter__(self) -> RayRollouts:
         return self

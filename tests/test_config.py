@@ -296,6 +296,7 @@ def test_rewards_workers_is_kept_in_distributed_and_reads_back(tmp_path):
         ("rollout.workers=2", "rollout.workers=2"),
         ("rewards.workers=2", "rewards.workers=2"),
         ("rollout.async_steps=1", "rollout.async_steps=1"),
+        ("distributed.weight_sync=collective", "distributed.weight_sync=collective"),
     ],
 )
 def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):

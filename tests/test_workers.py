@@ -1,6 +1,8 @@
 """Rollout and reward workers on a local Ray (127.0.0.1 only): they generate and score what the
-trainer's process would, keep the weights each round was sent with, and survive a killed worker
-with the same result; a reward share that cannot be computed is NaN, never 0."""
+trainer's process would, keep the weights each round was sent with, also on a worker restarted
+after newer weights were pushed, and survive a killed worker with the same result; a reward
+share that cannot be computed is NaN, never 0. Each test runs with the weights sent through the
+object store and through a gloo broadcast (``distributed.weight_sync``)."""
 
 from __future__ import annotations
 
@@ -30,8 +32,13 @@ def plan(step: int, round_: int) -> tuple[list[int], list[int]]:
     return idx, [1000 * step + 10 * round_ + j for j in range(len(idx) * GROUP)]
 
 
-@pytest.fixture(scope="module")
-def cfg() -> RunConfig:
+# collective sync keeps a pushed version in the object store, for a restarted worker, only when
+# rounds are sent ahead: these tests dispatch ahead by hand
+SYNC = {"object_store": [], "collective": ["rollout.async_steps=1"]}
+
+
+@pytest.fixture(scope="module", params=list(SYNC))
+def cfg(request: pytest.FixtureRequest) -> RunConfig:
     return load_config(
         "quickstart",
         [
@@ -43,6 +50,8 @@ def cfg() -> RunConfig:
             "distributed.backend=ray",
             "rollout.workers=2",
             "rewards.workers=1",
+            f"distributed.weight_sync={request.param}",
+            *SYNC[request.param],
         ],
     )
 
@@ -165,6 +174,27 @@ def test_each_round_keeps_the_weights_it_was_dispatched_with(
     assert new.texts != in_process(cfg, setting, 1, model)[0].texts
     pool.push_weights(model, 2)  # back to the first weights for the tests after this one
     assert set(pool.weights) == {2}  # no round waits on the older versions
+
+
+def test_a_worker_restarted_after_a_push_redoes_a_round_with_its_older_weights(
+    cfg: RunConfig, setting: tuple, workers: tuple
+) -> None:
+    pool, log = workers
+    model = setting[0]
+    moved = load_model(cfg.model, torch.device("cpu"))
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pool.dispatch(0, 0)  # sent ahead from version 2
+    pool.push_weights(moved, 3)
+    pool.dispatch(1, 0)
+    pool.generators.kill(0)  # both rounds' shares are lost with it
+    (old, _, v0), (new, _, v1) = pool.gather(0, 0), pool.gather(1, 0)
+    assert (v0, v1) == (2, 3)
+    assert old.texts == in_process(cfg, setting, 0, model)[0].texts
+    assert new.texts == in_process(cfg, setting, 1, moved)[0].texts
+    assert "rollout worker 0 failed in generate" in reports(log)
+    pool.push_weights(model, 4)  # back to the first weights
 
 
 def test_a_reward_share_that_keeps_failing_is_nan_not_zero(

@@ -1,8 +1,10 @@
 """GRPO on Ray workers against the trainer's own process: ``train_rl`` for 4 steps of the bundled
 model in float64 with ``rollout.workers=2 rewards.workers=1`` writes the metrics of the
 in-process run (1e-6), also when a rollout worker is killed in the middle of step 3 and a reward
-worker in the middle of step 4; with ``rollout.async_steps=1`` every batch after the first is
-one update old, and the first is the synchronous run's."""
+worker in the middle of step 4, with either way of sending the workers the weights
+(``distributed.weight_sync``: the object store, a gloo broadcast); with
+``rollout.async_steps=1`` every batch after the first is one update old, and the first is the
+synchronous run's."""
 
 from __future__ import annotations
 
@@ -81,8 +83,11 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return run(tmp_path_factory.mktemp("in-process"), [])
 
 
-def test_synchronous_ray_writes_the_in_process_metrics(in_process: list[dict], tmp_path: Path):
-    got = run(tmp_path, RAY)
+@pytest.mark.parametrize("sync", ["object_store", "collective"])
+def test_synchronous_ray_writes_the_in_process_metrics(
+    in_process: list[dict], tmp_path: Path, sync: str
+) -> None:
+    got = run(tmp_path, [*RAY, f"distributed.weight_sync={sync}"])
     assert len(got) == 4
     assert_same_metrics(got, in_process)
     assert all(row["async/staleness"] == 0 for row in got)
@@ -91,8 +96,9 @@ def test_synchronous_ray_writes_the_in_process_metrics(in_process: list[dict], t
     assert not (tmp_path / "workers.log").exists()  # nothing failed
 
 
+@pytest.mark.parametrize("sync", ["object_store", "collective"])
 def test_workers_killed_mid_step_leave_the_metrics_unchanged(
-    in_process: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    in_process: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str
 ) -> None:
     faults = {2: ("generators", 0), 3: ("scorers", 0)}  # step 3: a rollout worker; step 4: reward
     dispatch = RayRollouts.dispatch
@@ -105,7 +111,7 @@ def test_workers_killed_mid_step_leave_the_metrics_unchanged(
             getattr(self, kind).kill(index)
 
     monkeypatch.setattr(RayRollouts, "dispatch", dispatch_then_kill)
-    got = run(tmp_path, RAY)
+    got = run(tmp_path, [*RAY, f"distributed.weight_sync={sync}"])
     assert_same_metrics(got, in_process)
     assert [row["workers/restarts"] for row in got] == [0, 0, 1, 2]
     log = (tmp_path / "workers.log").read_text()

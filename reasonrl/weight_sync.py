@@ -1,0 +1,201 @@
+"""The policy's weights from the trainer to the rollout workers through a torch.distributed group
+(``distributed.weight_sync: collective``) instead of Ray's object store.
+
+The trainer (rank 0) and the rollout workers (ranks 1..N) form a group of their own, never the
+default one (the trainer may hold its own ranks' group): a ``TCPStore`` served by the trainer,
+and a gloo group (nccl when the trainer's weights are on CUDA; only gloo is tested). After each
+update the trainer broadcasts the new weights as version *v*; each worker receives them on a
+second actor thread (Ray concurrency group ``weights``) into a staging copy while its main thread
+goes on generating, and keeps every version that a queued call still names. A generation call
+loads the version it names, so runs stay exact as with the object store (docs/ray.md).
+
+On one machine everything listens on 127.0.0.1; on a cluster (``distributed.address`` set) the
+store and gloo use each node's address as Ray knows it (``ray.util.get_node_ip_address``).
+
+A restarted worker is not in the group: it gets the versions its redone calls need from the
+object store, once (``RayRollouts``), and the group is formed anew at the next push. Not handled:
+a worker that dies during the broadcast itself; the broadcast then fails (at the latest after
+``TIMEOUT``) and the step stops.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = timedelta(minutes=5)  # a group's rendezvous and each broadcast; a worker may be starting
+# One broadcast per bucket, not per tensor: each collective costs a round trip (gloo) or a
+# launch and a sync (nccl) whatever its size, and a model has hundreds of tensors. The cap
+# bounds the trainer's extra flat copy for a large model.
+BUCKET_BYTES = 256 << 20
+GROUP = "weights"  # the workers' Ray concurrency group that joins and receives
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Tensors of one dtype broadcast as one flat buffer, in this order."""
+
+    dtype: torch.dtype
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(s.numel() for s in self.shapes)
+
+
+def buckets(state: dict[str, torch.Tensor]) -> list[Bucket]:
+    """``state``'s tensors grouped by dtype into buckets of at most ``BUCKET_BYTES``, each tensor
+    once: tied ones (``lm_head.weight`` is the embedding's) share storage and are sent once."""
+    by_dtype: dict[torch.dtype, list[tuple[str, torch.Size]]] = {}
+    seen = set()
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype)
+        if key not in seen:
+            seen.add(key)
+            by_dtype.setdefault(t.dtype, []).append((name, t.shape))
+    out = []
+    for dtype, items in by_dtype.items():
+        start, size = 0, 0
+        for i, (_, shape) in enumerate(items):
+            nbytes = shape.numel() * dtype.itemsize
+            if i > start and size + nbytes > BUCKET_BYTES:
+                out.append(_bucket(dtype, items[start:i]))
+                start, size = i, 0
+            size += nbytes
+        out.append(_bucket(dtype, items[start:]))
+    return out
+
+
+def _bucket(dtype: torch.dtype, items: list[tuple[str, torch.Size]]) -> Bucket:
+    return Bucket(dtype, tuple(n for n, _ in items), tuple(s for _, s in items))
+
+
+def load_flat(model: torch.nn.Module, layout: Sequence[Bucket], flats: Sequence[torch.Tensor]):
+    """Copy the flat buffers into ``model``'s own tensors (a tied one gets its storage's)."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for bucket, flat in zip(layout, flats, strict=True):
+            for name, part in zip(
+                bucket.names, flat.split([s.numel() for s in bucket.shapes]), strict=True
+            ):
+                own[name].copy_(part.view(own[name].shape))
+
+
+def open_group(store: dist.Store, prefix: str, rank: int, size: int, backend: str, host: str):
+    """A process group of its own over ``store``'s keys under ``prefix``; gloo connects on
+    ``host``."""
+    store = dist.PrefixStore(prefix, store)
+    if backend == "nccl":
+        nccl_opts = dist.ProcessGroupNCCL.Options()
+        nccl_opts._timeout = TIMEOUT
+        return dist.ProcessGroupNCCL(store, rank, size, nccl_opts)
+    opts = dist.ProcessGroupGloo._Options()
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+    opts._timeout = TIMEOUT
+    return dist.ProcessGroupGloo(store, rank, size, opts)
+
+
+class Broadcaster:
+    """The trainer's end (rank 0): the store, served on ``host``, and the current group."""
+
+    def __init__(self, host: str, backend: str) -> None:
+        listener = socket.create_server((host, 0))  # bound here: TCPStore alone binds all
+        self.host, self.port, self.backend = host, listener.getsockname()[1], backend
+        self.store = dist.TCPStore(
+            host,
+            self.port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=TIMEOUT,
+            master_listen_fd=listener.detach(),  # the store owns and closes it
+        )
+        self.group: Any = None  # None: to be formed at the next push
+        self.formed = 0  # groups formed so far; each uses its own key prefix
+
+    def push(
+        self, members: Sequence[Any], state: dict[str, torch.Tensor], version: int, keep: set[int]
+    ) -> None:
+        """Broadcast ``state`` as ``version`` to ``members`` (rollout worker actors), which keep
+        the staged versions in ``keep``; forms the group first if it has none."""
+        import ray
+
+        if self.group is None:
+            self._form(members)
+        layout = buckets(state)
+        received = [
+            m.receive.options(concurrency_group=GROUP).remote(version, layout, keep)
+            for m in members
+        ]
+        for bucket in layout:
+            flat = torch.cat([state[n].detach().reshape(-1) for n in bucket.names])
+            self.group.broadcast(flat, 0).wait()
+        ray.get(received)
+
+    def _form(self, members: Sequence[Any]) -> None:
+        import ray
+
+        self.formed += 1
+        prefix, size = f"group-{self.formed}/", len(members) + 1
+        joined = [
+            m.join.options(concurrency_group=GROUP).remote(
+                self.host, self.port, prefix, rank, size, self.backend
+            )
+            for rank, m in enumerate(members, start=1)
+        ]
+        self.group = open_group(self.store, prefix, 0, size, self.backend, self.host)
+        ray.get(joined)
+
+
+class WeightReceiver:
+    """A rollout worker's end, mixed into the actor: ``join`` and ``receive`` run on its
+    ``weights`` thread, ``load`` on the thread that generates. ``stage`` takes object refs
+    instead (a restarted worker's versions)."""
+
+    def __init__(self) -> None:
+        self.weights_group: Any = None
+        self.staged: dict[int, Any] = {}  # version → (layout, flat buffers) or an object ref
+        self.staged_changed = threading.Condition()
+
+    def join(self, host: str, port: int, prefix: str, rank: int, size: int, backend: str) -> None:
+        import ray
+
+        store = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT)
+        mine = host if host == "127.0.0.1" else ray.util.get_node_ip_address()
+        self.weights_group = open_group(store, prefix, rank, size, backend, mine)
+
+    def receive(self, version: int, layout: list[Bucket], keep: set[int]) -> None:
+        device = next(self.model.parameters()).device
+        flats = [torch.empty(b.numel, dtype=b.dtype, device=device) for b in layout]
+        for flat in flats:
+            self.weights_group.broadcast(flat, 0).wait()
+        self.stage({version: (layout, flats)}, keep)
+
+    def stage(self, versions: dict[int, Any], keep: set[int] | None = None) -> None:
+        with self.staged_changed:
+            self.staged.update(versions)
+            if keep is not None:  # the versions no queued call names any more
+                self.staged = {v: w for v, w in self.staged.items() if v in keep}
+            self.staged_changed.notify_all()
+
+    def load(self, version: int) -> None:
+        """Load weights ``version`` into the model, waiting for its broadcast if need be."""
+        with self.staged_changed:
+            if not self.staged_changed.wait_for(
+                lambda: version in self.staged, TIMEOUT.total_seconds()
+            ):
+                raise RuntimeError(f"weights version {version} never reached this worker")
+            weights = self.staged[version]
+        if isinstance(weights, tuple):
+            load_flat(self.model, *weights)
+        else:
+            import ray
+
+            self.model.load_state_dict(ray.get(weights))
