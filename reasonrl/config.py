@@ -448,6 +448,8 @@ class DistributedConfig(_Strict):
     reward_workers: int = Field(1, gt=0)  # written `rewards.workers` in a recipe
     max_restarts: int = Field(3, ge=0)  # restarts of a failed worker within one call
     worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
+    placement_timeout_s: float = Field(120.0, gt=0)  # how long a trainer rank waits for its
+    # workers' placement group (their CPUs reserved) before the run stops with a message
 
 
 class RunConfig(_Strict):
