@@ -1,6 +1,10 @@
 """Rollout and reward workers on a local Ray (127.0.0.1 only): they generate and score what the
 trainer's process would, keep the weights each round was sent with, and survive a killed worker
-with the same result; a reward share that cannot be computed is NaN, never 0."""
+with the same result; a reward share that cannot be computed is NaN, never 0.
+
+The pool's placement group holds every CPU of this Ray (3 workers, 3 CPUs): a replacement
+actor can only start in its predecessor's bundle, so the restart tests also show that it does,
+and a further reservation is refused after its timeout instead of waiting."""
 
 from __future__ import annotations
 
@@ -14,12 +18,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from reasonrl.config import RunConfig, load_config
+from reasonrl.config import ConfigError, RunConfig, load_config
+from reasonrl.distributed import Ranks
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rewards import score_batch
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
-from reasonrl.workers import RayRollouts, WorkerFailed, start_ray
+from reasonrl.workers import RayRollouts, WorkerFailed, reserve, start_ray
 
 GROUP = 4
 SEEDS = {0: [3, 17, 21], 1: [8, 40, 2]}  # a step's prompts; 3 groups over 2 workers: 2 + 1
@@ -199,3 +204,14 @@ def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> N
     finally:
         pool.generators.max_restarts = 3
     assert "rollout worker 1 failed in generate (gave up)" in reports(log)
+
+
+def test_workers_that_find_no_room_stop_the_start_with_a_message(workers: tuple) -> None:
+    import ray
+
+    pool, _ = workers
+    assert ray.available_resources().get("CPU", 0.0) == 0  # the pool's group holds them all
+    with pytest.raises(ConfigError, match=r"rank 0's 1 workers .* within distributed.placement"):
+        reserve(1, 1.0, 2.0, Ranks())
+    states = {g["state"] for g in ray.util.placement_group_table().values()}
+    assert "PENDING" not in states  # the refused group was removed, not left waiting
