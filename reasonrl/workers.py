@@ -76,12 +76,18 @@ def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks()) -> None:
     if not ray.is_initialized():
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
         if address is None:
+            hosts = all_gather_objects(socket.gethostname(), ranks)  # every rank says the same
+            if len(set(hosts)) > 1:
+                raise ConfigError(
+                    "distributed.address is unset, so rank 0 would start Ray on its machine, "
+                    f"on 127.0.0.1 only, but the ranks run on {', '.join(sorted(set(hosts)))}: "
+                    "start a cluster (`ray start`) and give its address as distributed.address"
+                )
             started = None
             if ranks.is_main:
                 total = max(os.cpu_count() or 1, math.ceil(cpus))
                 ray.init(address="local", num_cpus=total, include_dashboard=False, **options)
-                gcs = ray.get_runtime_context().gcs_address
-                started = (gcs, os.environ.get("RAY_AUTH_MODE"), socket.gethostname())
+                started = (ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE"))
             started = broadcast_object(started, ranks)  # one Ray for every rank
             if not ranks.is_main:
                 _join_rank_0(*started, options)
@@ -109,16 +115,10 @@ def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks()) -> None:
         )
 
 
-def _join_rank_0(gcs: str, auth_mode: str | None, host: str, options: dict[str, Any]) -> None:
-    """Join the Ray that rank 0 started on its machine's 127.0.0.1 (at ``gcs``)."""
+def _join_rank_0(gcs: str, auth_mode: str | None, options: dict[str, Any]) -> None:
+    """Join the Ray that rank 0 started on this machine's 127.0.0.1 (at ``gcs``)."""
     import ray
 
-    if socket.gethostname() != host:
-        raise ConfigError(
-            f"distributed.address is unset, so rank 0 started Ray on {host}, on 127.0.0.1 "
-            f"only, which this rank on {socket.gethostname()} cannot reach: start a cluster "
-            "(`ray start`) and give its address as distributed.address"
-        )
     if auth_mode is not None:  # a Ray that ray.init starts checks a token (~/.ray/auth_token)
         os.environ["RAY_AUTH_MODE"] = auth_mode  # which this process sends only when told,
         ray._raylet.Config.initialize("")  # and reads the variable only on this refresh
@@ -129,23 +129,28 @@ def reserve(bundles: int, cpus: float, timeout: float, ranks: Ranks) -> Any:
     """A placement group of ``bundles`` bundles of ``cpus`` CPUs, one per worker of this rank,
     packed on as few nodes as can hold them. Raises ``ConfigError`` when the cluster cannot
     give them within ``timeout`` seconds (too few free CPUs: other jobs, or other ranks'
-    workers, hold them), rather than leaving the workers waiting forever."""
+    workers, hold them), rather than leaving the workers waiting forever: on every rank (every
+    rank calls this), with the first refused rank's message, which rank 0 prints."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     group = placement_group([{"CPU": cpus}] * bundles, strategy="PACK")
+    refused = None
     try:
         ray.get(group.ready(), timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        remove_placement_group(group)
         free = ray.available_resources().get("CPU", 0.0)
-        raise ConfigError(
+        refused = (
             f"rank {ranks.rank}'s {bundles} workers ({cpus:g} CPUs each, "
             f"distributed.worker_cpus) found no room in the Ray cluster within "
             f"distributed.placement_timeout_s={timeout:g} s ({free:g} CPUs free now): fewer "
             "rollout.workers or rewards.workers, a smaller distributed.worker_cpus, or a "
             "cluster with more free CPUs"
-        ) from None
+        )
+    said = [message for message in all_gather_objects(refused, ranks) if message]
+    if said:
+        remove_placement_group(group)
+        raise ConfigError(said[0])
     return group
 
 
@@ -226,9 +231,9 @@ class Call:
 
 class Workers:
     """``n`` actors of one kind; one that fails is replaced by a new actor built from the same
-    arguments, and the failed call sent to it again. ``placement``: (a placement group, the
-    bundle of actor 0): actor i, and each replacement of it, holds bundle ``first + i``.
-    ``first``: actor 0's number among the run's workers of this kind (the names in reports)."""
+    arguments, and the failed call sent to it again. ``placement``: (a placement group, b):
+    actor i, and each replacement of it, holds the group's bundle b + i. ``first``: actor 0's
+    number among the run's workers of this kind (the names in reports and metrics)."""
 
     def __init__(
         self,
