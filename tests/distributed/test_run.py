@@ -5,7 +5,8 @@ continues it on one rank or on two, reproducing the uninterrupted run's metrics.
 multi-stage recipe (SFT, then a reward model) on two FSDP2 ranks equals one process stage by
 stage, and resumed on two DDP ranks skips its finished stage and continues the reward model's
 checkpoint. GRPO on two DDP ranks that each drive their own Ray workers
-(``distributed.backend=ray``) writes the one-process run's metrics, and runs asynchronously."""
+(``distributed.backend=ray``) writes the one-process run's metrics, runs asynchronously, and runs
+DAPO's sampling rounds as two ranks without Ray do."""
 
 from __future__ import annotations
 
@@ -343,3 +344,14 @@ def test_two_ranks_with_asynchronous_ray_rollouts_train_on_one_update_old_batche
     assert rows[0]["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
     assert rows[0]["loss/policy"] == pytest.approx(want["loss/policy"], abs=1e-6)
     assert all(math.isfinite(r["loss/policy"]) for r in rows)
+
+
+def test_dapo_on_two_ranks_driving_ray_workers_is_dapo_on_two_ranks(tmp_path: Path) -> None:
+    # each rank asks its own workers for the later sampling rounds, and the rounds' flags are
+    # exchanged over the ranks as without Ray (two ranks may drop a group one process keeps)
+    dapo = [*RAY_RL, "rl.steps=1", "algo.name=dapo", "rl.mini_batch_completions=8"]
+    dapo += ["algo.overlong_filter=false"]
+    reasonrl_run(2, dapo, tmp_path / "ranks")
+    reasonrl_run(2, [*dapo, *RAY], tmp_path / "ray")
+    assert_same_metrics(tmp_path / "ray", tmp_path / "ranks", 1e-6, ("perf/", "async/", "workers/"))
+    assert read_jsonl(tmp_path / "ray" / "metrics.jsonl")[0]["sampling/rounds"] > 1
