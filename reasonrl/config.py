@@ -453,6 +453,8 @@ class DistributedConfig(_Strict):
     # how the rollout workers get each update's weights: Ray's object store, or a broadcast in
     # a torch.distributed group of the trainer and the workers (docs/ray.md)
     weight_sync: Literal["object_store", "collective"] = "object_store"
+    placement_timeout_s: float = Field(120.0, gt=0)  # how long a trainer rank waits for its
+    # workers' placement group (their CPUs reserved) before the run stops with a message
 
 
 class RunConfig(_Strict):

@@ -16,6 +16,13 @@ that still fails is uncomputed (NaN), never 0.
 
 Ray binds the machine's external interface unless told otherwise: a Ray started here
 (``distributed.address`` unset) is kept on 127.0.0.1 (``start_ray``).
+
+Several trainer ranks (torchrun): every rank drives its own share of the run's workers
+(``rollout.workers`` and ``rewards.workers`` count the run's, split evenly) for its own block of
+the step's groups, so a rank computes what it computes without Ray. They share one Ray: rank 0
+starts it and the others join it at the address it broadcasts. Each rank's workers are reserved
+together in a placement group (``reserve``), so a cluster without room for them stops the run at
+the start instead of leaving an actor waiting for a CPU forever.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -34,7 +42,7 @@ import torch
 from rich.console import Console
 
 from reasonrl.config import ConfigError, RunConfig
-from reasonrl.distributed.ranks import Ranks, shard
+from reasonrl.distributed.ranks import Ranks, all_gather_objects, broadcast_object, shard
 from reasonrl.rewards import RewardResult, ScoredBatch, score_batch
 from reasonrl.rollout import ENGINES
 from reasonrl.rollout.base import Rollout, concat_rollouts
@@ -45,9 +53,11 @@ from reasonrl.weight_sync import GROUP, Broadcaster, WeightReceiver
 Plan = Callable[[int, int], tuple[list[int], list[int]]]
 
 
-def start_ray(address: str | None, cpus: float) -> None:
+def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks()) -> None:
     """Join the Ray cluster at ``address``, or start one on this machine (``None``) that listens
     and connects on 127.0.0.1 only, with at least ``cpus`` CPUs so that every worker gets one.
+    With several ``ranks`` (every rank calls this), rank 0 starts that one and the others join
+    it, at the address it broadcasts; ``cpus`` is then every rank's workers' together.
     Raises ``ConfigError`` when Ray is missing or a cluster has fewer CPUs than the workers
     hold (an actor would wait for one forever)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -67,8 +77,21 @@ def start_ray(address: str | None, cpus: float) -> None:
     if not ray.is_initialized():
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
         if address is None:
-            total = max(os.cpu_count() or 1, math.ceil(cpus))
-            ray.init(address="local", num_cpus=total, include_dashboard=False, **options)
+            hosts = all_gather_objects(socket.gethostname(), ranks)  # every rank says the same
+            if len(set(hosts)) > 1:
+                raise ConfigError(
+                    "distributed.address is unset, so rank 0 would start Ray on its machine, "
+                    f"on 127.0.0.1 only, but the ranks run on {', '.join(sorted(set(hosts)))}: "
+                    "start a cluster (`ray start`) and give its address as distributed.address"
+                )
+            started = None
+            if ranks.is_main:
+                total = max(os.cpu_count() or 1, math.ceil(cpus))
+                ray.init(address="local", num_cpus=total, include_dashboard=False, **options)
+                started = (ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE"))
+            started = broadcast_object(started, ranks)  # one Ray for every rank
+            if not ranks.is_main:
+                _join_rank_0(*started, options)
         else:
             try:
                 ray.init(address=address, **options)
@@ -91,6 +114,45 @@ def start_ray(address: str | None, cpus: float) -> None:
             f"distributed.worker_cpus each) but the Ray cluster has {have:g}: fewer workers, "
             "a smaller distributed.worker_cpus, or more nodes"
         )
+
+
+def _join_rank_0(gcs: str, auth_mode: str | None, options: dict[str, Any]) -> None:
+    """Join the Ray that rank 0 started on this machine's 127.0.0.1 (at ``gcs``)."""
+    import ray
+
+    if auth_mode is not None:  # a Ray that ray.init starts checks a token (~/.ray/auth_token)
+        os.environ["RAY_AUTH_MODE"] = auth_mode  # which this process sends only when told,
+        ray._raylet.Config.initialize("")  # and reads the variable only on this refresh
+    ray.init(address=gcs, **options)
+
+
+def reserve(bundles: int, cpus: float, timeout: float, ranks: Ranks) -> Any:
+    """A placement group of ``bundles`` bundles of ``cpus`` CPUs, one per worker of this rank,
+    packed on as few nodes as can hold them. Raises ``ConfigError`` when the cluster cannot
+    give them within ``timeout`` seconds (too few free CPUs: other jobs, or other ranks'
+    workers, hold them), rather than leaving the workers waiting forever: on every rank (every
+    rank calls this), with the first refused rank's message, which rank 0 prints."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": cpus}] * bundles, strategy="PACK")
+    refused = None
+    try:
+        ray.get(group.ready(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        free = ray.available_resources().get("CPU", 0.0)
+        refused = (
+            f"rank {ranks.rank}'s {bundles} workers ({cpus:g} CPUs each, "
+            f"distributed.worker_cpus) found no room in the Ray cluster within "
+            f"distributed.placement_timeout_s={timeout:g} s ({free:g} CPUs free now): fewer "
+            "rollout.workers or rewards.workers, a smaller distributed.worker_cpus, or a "
+            "cluster with more free CPUs"
+        )
+    said = [message for message in all_gather_objects(refused, ranks) if message]
+    if said:
+        remove_placement_group(group)
+        raise ConfigError(said[0])
+    return group
 
 
 # --------------------------------------------------------------------------- the actors
@@ -181,7 +243,9 @@ class Call:
 
 class Workers:
     """``n`` actors of one kind; one that fails is replaced by a new actor built from the same
-    arguments, and the failed call sent to it again."""
+    arguments, and the failed call sent to it again. ``placement``: (a placement group, b):
+    actor i, and each replacement of it, holds the group's bundle b + i. ``first``: actor 0's
+    number among the run's workers of this kind (the names in reports and metrics)."""
 
     def __init__(
         self,
@@ -193,13 +257,18 @@ class Workers:
         report: Callable[[str], None],
         options: dict[str, Any] | None = None,
         restarted: Callable[[int], None] | None = None,
+        placement: tuple[Any, int] | None = None,
+        first: int = 0,
     ) -> None:
         """``options``: Ray's actor options besides the CPUs; ``restarted(index)``: called when
-        worker ``index`` was replaced, before its failed call is sent again."""
+        worker ``index`` was replaced, before its failed call is sent again; ``placement``:
+        (placement group, its bundle of worker 0), worker i in bundle + i; ``first``: worker
+        0's number in the run (its rank's workers after the lower ranks')."""
         import ray
 
         self.kind, self.args, self.report = kind, args, report
         self.restarted = restarted
+        self.placement, self.first = placement, first
         self.max_restarts = cfg.distributed.max_restarts
         self.timeout = cfg.distributed.call_timeout_s
         self.remote = ray.remote(num_cpus=cfg.distributed.worker_cpus, **(options or {}))(cls)
@@ -248,7 +317,7 @@ class Workers:
                     self.report(self._describe(call, error, log, failures))
                     if failures > self.max_restarts:
                         raise WorkerFailed(
-                            f"{self.kind} worker {call.index} failed {failures} time"
+                            f"{self.kind} worker {self.first + call.index} failed {failures} time"
                             f"{'s' if failures > 1 else ''} in a row "
                             f"(distributed.max_restarts={self.max_restarts}); last error: {error}"
                         ) from e
@@ -271,7 +340,14 @@ class Workers:
         ray.kill(self.actors[index], no_restart=True)
 
     def _start(self, index: int) -> None:
-        actor = self.remote.remote(*self.args)
+        remote = self.remote
+        if self.placement is not None:  # the bundle its predecessor held: released by ray.kill
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            group, bundle = self.placement
+            strategy = PlacementGroupSchedulingStrategy(group, bundle + index)
+            remote = remote.options(scheduling_strategy=strategy)
+        actor = remote.remote(*self.args)
         if index == len(self.actors):
             self.actors.append(actor)
             self.pids.append(actor.pid.remote())
@@ -280,7 +356,8 @@ class Workers:
 
     def _describe(self, call: Call, error: Exception, log: str, failures: int) -> str:
         action = "gave up" if failures > self.max_restarts else "restarted it, redoing its share"
-        text = f"{self.kind} worker {call.index} failed in {call.method} ({action}): {error}"
+        worker = f"{self.kind} worker {self.first + call.index}"
+        text = f"{worker} failed in {call.method} ({action}): {error}"
         return text + (f"\n--- the end of its log ---\n{log}" if log else "")
 
     def _log_tail(self, index: int, lines: int = 30) -> str:
@@ -346,7 +423,11 @@ class RayRollouts:
     (its prompts and seeds from ``plan``) to the rollout workers, each a contiguous block of
     whole groups, and each block on to a reward worker as soon as it is generated; ``gather``
     waits for them. ``push_weights`` after each update; rounds dispatched before it keep the
-    weights they were sent with."""
+    weights they were sent with.
+
+    With several ``ranks``, each rank makes its own: ``plan`` gives that rank's block of the
+    round, and its workers are its share of the run's (``rollout.workers`` and
+    ``rewards.workers`` divided by the number of ranks), numbered after the lower ranks'."""
 
     def __init__(
         self,
@@ -360,11 +441,19 @@ class RayRollouts:
         console: Console,
         version: int = 0,
         device: torch.device | None = None,
+        ranks: Ranks = Ranks(),
     ) -> None:
         d = cfg.distributed
-        start_ray(d.address, (cfg.rollout.workers + d.reward_workers) * d.worker_cpus)
+        start_ray(d.address, (cfg.rollout.workers + d.reward_workers) * d.worker_cpus, ranks)
         import ray
 
+        # this rank's share of the run's workers (update.check_ranks: they divide evenly)
+        n_gen, n_score = (
+            cfg.rollout.workers // ranks.world_size,
+            d.reward_workers // ranks.world_size,
+        )
+        self.group = reserve(n_gen + n_score, d.worker_cpus, d.placement_timeout_s, ranks)
+        self.ranks = ranks
         self.cfg, self.prompts, self.samples, self.plan = cfg, prompts, samples, plan
         self.device = device or torch.device("cpu")  # the trainer's: where gather's rollouts go
         self.pad_id = tokenizer.pad_token_id
@@ -382,13 +471,26 @@ class RayRollouts:
             "rollout",
             RolloutWorker,
             (model, tokenizer, cfg, version),
-            cfg.rollout.workers,
+            n_gen,
             cfg,
             report,
             options,
             self._restarted,
+            (self.group, 0),
+            ranks.rank * n_gen,
         )
-        self.scorers = Workers("reward", RewardWorker, (cfg,), d.reward_workers, cfg, report)
+        self.scorers = Workers(
+            "reward",
+            RewardWorker,
+            (cfg,),
+            n_score,
+            cfg,
+            report,
+            None,
+            None,
+            (self.group, n_gen),
+            ranks.rank * n_score,
+        )
         self.version = version  # the policy's updates so far: the workers' own weights
         self.policy = policy  # the last pushed: version `version`
         self.weights: dict[int, Any] = {}  # version → object ref of the later ones
@@ -396,10 +498,14 @@ class RayRollouts:
         self.stats: dict[str, float] = defaultdict(float)
 
     def report(self, message: str) -> None:
-        """A worker's failure: on the console and in the run's workers.log."""
+        """A worker's failure: on the console and in the run's workers.log. Every rank appends
+        its own workers' failures there, after its number (a failure is one rank's, at a moment
+        the others are not waiting for: there is no collective to gather it to rank 0), each
+        entry in one append, so entries of different ranks do not interleave."""
         self.console.print(message, style="yellow", markup=False, highlight=False)
+        rank = f"rank {self.ranks.rank}: " if self.ranks.world_size > 1 else ""
         with self.log_path.open("a", encoding="utf-8") as log:
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {rank}{message}\n")
 
     def push_weights(self, policy: torch.nn.Module, version: int) -> None:
         """The policy's weights, now version ``version``, for the rounds dispatched next."""
@@ -475,7 +581,7 @@ class RayRollouts:
             t0 = time.perf_counter()
             rollout, seconds = self.generators.get(share.generate)
             self.stats["async/wait_generate_s"] += time.perf_counter() - t0
-            worker = f"workers/rollout-{share.generate.index}"
+            worker = f"workers/rollout-{self.generators.first + share.generate.index}"
             self.stats[f"{worker}/tokens"] += float(rollout.lengths.sum())
             self.stats[f"{worker}/s"] += seconds
             if share.generate.redone:  # the reward call waited on the failed generation
@@ -496,7 +602,7 @@ class RayRollouts:
         except WorkerFailed as e:
             self.report(f"{n} completions left uncomputed (NaN): {e}")
             return _uncomputed(list(self.cfg.rewards), n, str(e))
-        worker = f"workers/reward-{share.score.index}"
+        worker = f"workers/reward-{self.scorers.first + share.score.index}"
         self.stats[f"{worker}/completions"] += n
         self.stats[f"{worker}/s"] += seconds
         return scored
@@ -505,7 +611,8 @@ class RayRollouts:
         """Since the last call: each worker's throughput (``workers/rollout-i/tokens_per_s``,
         ``workers/reward-i/completions_per_s``), the time the trainer waited for each phase
         (``async/wait_*_s``), the rounds already dispatched (``async/queue``), and the restarts
-        so far (``workers/restarts``)."""
+        so far (``workers/restarts``). With several ranks (every rank calls this): every rank's
+        workers, the longest wait and queue of any rank, the restarts of all."""
         out = {"async/wait_generate_s": 0.0, "async/wait_score_s": 0.0}
         out.update({k: v for k, v in self.stats.items() if k.startswith("async/")})
         for key, value in self.stats.items():
@@ -518,7 +625,10 @@ class RayRollouts:
         out["async/queue"] = float(len(self.rounds))
         out["workers/restarts"] = float(self.generators.restarts + self.scorers.restarts)
         self.stats.clear()
-        return out
+        parts = all_gather_objects(out, self.ranks)
+        keys = dict.fromkeys(k for part in parts for k in part)  # rank 0's order first
+        values = {k: [part[k] for part in parts if k in part] for k in keys}
+        return {k: sum(v) if k == "workers/restarts" else max(v) for k, v in values.items()}
 
     @staticmethod
     def progress_fields(metrics: dict[str, float]) -> dict[str, float]:
@@ -538,6 +648,7 @@ class RayRollouts:
         for actor in [*self.generators.actors, *self.scorers.actors]:
             ray.kill(actor, no_restart=True)
         self.sync = None  # its store and group
+        ray.util.remove_placement_group(self.group)
 
     def __enter__(self) -> RayRollouts:
         return self

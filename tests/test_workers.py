@@ -2,7 +2,11 @@
 trainer's process would, keep the weights each round was sent with, also on a worker restarted
 after newer weights were pushed, and survive a killed worker with the same result; a reward
 share that cannot be computed is NaN, never 0. Each test runs with the weights sent through the
-object store and through a gloo broadcast (``distributed.weight_sync``)."""
+object store and through a gloo broadcast (``distributed.weight_sync``).
+
+The pool's placement group holds every CPU of this Ray (3 workers, 3 CPUs): a replacement
+actor can only start in its predecessor's bundle, so the restart tests also show that it does,
+and a further reservation is refused after its timeout instead of waiting."""
 
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from reasonrl.config import RunConfig, load_config
+from reasonrl.config import ConfigError, RunConfig, load_config
+from reasonrl.distributed import Ranks
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rewards import score_batch
 from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
-from reasonrl.workers import RayRollouts, WorkerFailed, start_ray
+from reasonrl.workers import RayRollouts, WorkerFailed, reserve, start_ray
 
 GROUP = 4
 SEEDS = {0: [3, 17, 21], 1: [8, 40, 2]}  # a step's prompts; 3 groups over 2 workers: 2 + 1
@@ -250,3 +255,14 @@ def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
     text = reports(log)
     assert "rollout worker 0 failed in generate (restarted it, redoing its share)" in text
     assert "no answer within distributed.call_timeout_s=20 s" in text
+
+
+def test_workers_that_find_no_room_stop_the_start_with_a_message(workers: tuple) -> None:
+    import ray
+
+    pool, _ = workers
+    assert ray.available_resources().get("CPU", 0.0) == 0  # the pool's group holds them all
+    with pytest.raises(ConfigError, match=r"rank 0's 1 workers .* within distributed.placement"):
+        reserve(1, 1.0, 2.0, Ranks())
+    states = {g["state"] for g in ray.util.placement_group_table().values()}
+    assert "PENDING" not in states  # the refused group was removed, not left waiting

@@ -3,7 +3,7 @@ scored, as the ``ScoredBatch`` the other phases read.
 
 Each rank generates a contiguous block of whole groups, each completion with its own seed
 (``data.round_plan``), so any split draws the same completions; Ray's workers generate and score
-the round instead when the run has them (``reasonrl.workers``).
+the rank's block instead when the run has them (``reasonrl.workers``; each rank its own).
 
 DAPO's dynamic sampling on any number of ranks: one process keeps, round by round, the first
 groups whose valid rewards differ (in the round's prompt order) until it has
@@ -74,11 +74,9 @@ def collect(
     kept: list[ScoredBatch] = []
     have = 0
     for round_ in range(algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-        every, seeds = round_plan(cfg, len(samples), step, round_)
-        mine = shard(len(every), ranks)
-        idx = every[mine.start : mine.stop]
+        idx, seeds = rank_round(cfg, len(samples), step, round_, ranks)
         rows = [samples[i] for i in idx for _ in range(group)]
-        if remote is not None:  # Ray workers (one trainer process): the round, generated
+        if remote is not None:  # this rank's Ray workers: its block, generated
             rollout, scores, version = remote.gather(step, round_)  # from weights `version`
             scored = replace(score(cfg, rollout, rows, scores), staleness=step - version)
         else:
@@ -88,7 +86,7 @@ def collect(
                 temperature=ro.temperature,
                 top_p=ro.top_p,
                 top_k=ro.top_k,
-                seeds=seeds[mine.start * group : mine.stop * group],
+                seeds=seeds,
             )
             scored = score(cfg, rollout, rows)
         if not algo.dynamic_sampling:
@@ -99,6 +97,16 @@ def collect(
         if have >= want:
             break
     return kept_batch(cfg, kept, scored, engine.pad_id, ranks)
+
+
+def rank_round(
+    cfg: RunConfig, n_samples: int, step: int, round_: int, ranks: Ranks = ONE_PROCESS
+) -> tuple[list[int], list[int]]:
+    """This rank's block of generation round ``round_`` of ``step`` (``data.round_plan``): its
+    prompts' indices, and the seeds of their completions (``rl.completions_per_prompt`` each)."""
+    every, seeds = round_plan(cfg, n_samples, step, round_)
+    mine, group = shard(len(every), ranks), cfg.rl.completions_per_prompt
+    return every[mine.start : mine.stop], seeds[mine.start * group : mine.stop * group]
 
 
 # ----------------------------------------------------- DAPO's dynamic sampling over ranks

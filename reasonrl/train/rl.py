@@ -48,10 +48,9 @@ from reasonrl.models.lora import reference_model
 from reasonrl.rollout.base import Rollout, RolloutEngine
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
-from reasonrl.train.collect import collect, has_signal
+from reasonrl.train.collect import collect, has_signal, rank_round
 from reasonrl.train.context import RunContext
 from reasonrl.train.critic import Critic
-from reasonrl.train.data import round_plan
 from reasonrl.train.memory import peak_memory_mib
 from reasonrl.train.optim import build_optimizer, warmup_cosine
 from reasonrl.train.records import Advantages, LogProbs, ScoredBatch, UpdateStats
@@ -103,9 +102,9 @@ def train_rl(
         ppo_critic.load(ctx.resume_from)
     policy.train()
     remote = None
-    if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors
-        plan = lambda step, round_: round_plan(cfg, len(samples), step, round_)  # noqa: E731
-        where = (ctx.run_dir, ctx.console, ckpt.done, ctx.device)
+    if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors, each rank's own
+        plan = lambda step, round_: rank_round(cfg, len(samples), step, round_, ranks)  # noqa: E731
+        where = (ctx.run_dir, ctx.console, ckpt.done, ctx.device, ranks)
         remote = RayRollouts(cfg, unwrap(policy), tokenizer, prompts, samples, plan, *where)
 
     with (

@@ -222,13 +222,26 @@ def policy_loss(
 def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     """What several ranks cannot run, refused before the first step with ``ConfigError``: a
     step's prompts or mini-batches that do not split evenly over the ranks, and Ray workers
-    (driven from one trainer process)."""
+    that do not (``rollout.workers`` and ``rewards.workers`` count the run's; each rank drives
+    its equal share of them), or under FSDP2 (not built: the workers take whole weights)."""
     if ranks.world_size == 1:
         return
     if cfg.distributed.backend == "ray":
-        raise ConfigError(
-            "distributed.backend=ray drives its workers from one trainer process: start the run "
-            "without torchrun or accelerate launch"
-        )
+        d, w = cfg.distributed, ranks.world_size
+        if cfg.train.parallel == "fsdp":
+            raise ConfigError(
+                "distributed.backend=ray on several ranks runs with train.parallel=ddp: its "
+                "workers are sent whole weights, which FSDP2's ranks hold only in shards "
+                "(not built)"
+            )
+        for key, n in (
+            ("rollout.workers", cfg.rollout.workers),
+            ("rewards.workers", d.reward_workers),
+        ):
+            if n % w:
+                raise ConfigError(
+                    f"{key}={n} counts the run's workers, and each of the {w} trainer ranks "
+                    f"drives an equal share of them: use a multiple of {w}"
+                )
     shard(cfg.rl.prompts_per_step, ranks)
     check_mini_batches(cfg, ranks)

@@ -154,6 +154,21 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
             ],
             "rl.mini_batch_completions",
         ),
+        # Ray's workers count the run's: each rank drives an equal share
+        (["distributed.backend=ray", "rollout.workers=3"], "rollout.workers=3 counts the run's"),
+        (
+            ["distributed.backend=ray", "rollout.workers=2", "rewards.workers=3"],
+            "rewards.workers=3 counts the run's",
+        ),
+        (
+            [
+                "distributed.backend=ray",
+                "rollout.workers=2",
+                "rewards.workers=2",
+                "train.parallel=fsdp",
+            ],
+            "runs with train.parallel=ddp",
+        ),
     ],
 )
 def test_what_two_ranks_cannot_split_is_refused_before_the_first_step(
@@ -164,3 +179,11 @@ def test_what_two_ranks_cannot_split_is_refused_before_the_first_step(
     check_ranks(cfg, Ranks())  # one process runs it
     with pytest.raises(ConfigError, match=names):
         check_ranks(cfg, Ranks(0, 2, 0))
+
+
+def test_ray_workers_that_split_over_the_ranks_are_accepted() -> None:
+    ray = ["distributed.backend=ray", "rollout.workers=4", "rewards.workers=2"]
+    cfg = load_config("quickstart", ["rl.completions_per_prompt=4", *ray])
+    check_ranks(cfg, Ranks(1, 2, 1))
+    with pytest.raises(ConfigError, match="rollout.workers=4 counts the run's"):
+        check_ranks(cfg, Ranks(0, 3, 0))

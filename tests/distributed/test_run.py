@@ -4,11 +4,14 @@ sharded evaluation; a run whose rank is killed stops at once with a message, and
 continues it on one rank or on two, reproducing the uninterrupted run's metrics.jsonl. A
 multi-stage recipe (SFT, then a reward model) on two FSDP2 ranks equals one process stage by
 stage, and resumed on two DDP ranks skips its finished stage and continues the reward model's
-checkpoint."""
+checkpoint. GRPO on two DDP ranks that each drive their own Ray workers
+(``distributed.backend=ray``) writes the one-process run's metrics, runs asynchronously, and runs
+DAPO's sampling rounds as two ranks without Ray do."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -59,6 +62,9 @@ RL = [
     "log.checkpoint_every=1",
     "log.keep_checkpoints=10",
 ]
+# two steps: the second one's completions come from the workers' pushed weights
+RAY_RL = [*RL, "rl.steps=2", "rollout.max_new_tokens=16", "log.checkpoint_every=0"]
+RAY = ["distributed.backend=ray", "rollout.workers=2", "rewards.workers=2"]
 DPO = [
     "tiny-dpo",
     *TINY,
@@ -149,12 +155,14 @@ def assert_same_model(got: Path, want: Path, tol: float = 1e-10) -> None:
         assert (a[key] - value).abs().max().item() < tol, key
 
 
-def assert_same_metrics(got: Path, want: Path, tol: float = 1e-10) -> None:
+def assert_same_metrics(
+    got: Path, want: Path, tol: float = 1e-10, skip: tuple[str, ...] = ("perf/",)
+) -> None:
     a, b = read_jsonl(got / "metrics.jsonl"), read_jsonl(want / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b, strict=True):
-        keys = {k for k in y if not k.startswith("perf/")}
-        assert keys == {k for k in x if not k.startswith("perf/")}
+        keys = {k for k in y if not k.startswith(skip)}
+        assert keys == {k for k in x if not k.startswith(skip)}
         for k in keys:
             assert x[k] == pytest.approx(y[k], abs=tol), (x["step"], k)
 
@@ -292,3 +300,58 @@ def test_a_pipeline_on_two_ranks_is_the_one_process_pipeline_and_resumes_past_a_
     assert (resumed / "0-sft" / "summary.json").stat().st_mtime_ns == sft_summary
     assert_same_metrics(judge_dir, want / "1-judge")
     assert_same_model(judge_dir / "model", want / "1-judge" / "model")
+
+
+@pytest.fixture(scope="module")
+def rl_one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GRPO in one process, rollouts and rewards in it (no Ray)."""
+    out = tmp_path_factory.mktemp("rl-one") / "run"
+    reasonrl_run(1, RAY_RL, out)
+    return out
+
+
+def test_two_ranks_driving_their_own_ray_workers_write_the_one_process_metrics(
+    rl_one_process: Path, tmp_path: Path
+) -> None:
+    # each rank starts one rollout and one reward worker (of the run's 2 + 2) in the one Ray
+    # that rank 0 started, for its own block of the groups
+    out = tmp_path / "ray"
+    reasonrl_run(2, [*RAY_RL, *RAY, "train.parallel=ddp"], out)
+    assert_same_metrics(out, rl_one_process, tol=1e-6, skip=("perf/", "async/", "workers/"))
+    assert_same_model(out / "model", rl_one_process / "model", tol=1e-6)
+    want = read_jsonl(rl_one_process / "metrics.jsonl")
+    assert want[0]["reward/mean"] != want[1]["reward/mean"]  # step 2 sampled new weights
+    assert any(r["groups/all_equal"] < 1 for r in want)  # and a step moved them
+    rows = read_jsonl(out / "metrics.jsonl")
+    for row in rows:  # both ranks' workers, numbered over the run
+        assert (
+            row["workers/rollout-0/tokens_per_s"] > 0 and row["workers/rollout-1/tokens_per_s"] > 0
+        )
+        assert row["workers/reward-1/completions_per_s"] > 0
+        assert row["async/staleness"] == 0 and row["workers/restarts"] == 0
+    assert not (out / "workers.log").exists()  # nothing failed
+
+
+def test_two_ranks_with_asynchronous_ray_rollouts_train_on_one_update_old_batches(
+    rl_one_process: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "async"
+    reasonrl_run(2, [*RAY_RL, *RAY, "rollout.async_steps=1"], out)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["async/staleness"] for r in rows] == [0, 1]
+    # step 1 was generated before any update, on both ranks: the synchronous run's step 1
+    want = read_jsonl(rl_one_process / "metrics.jsonl")[0]
+    assert rows[0]["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
+    assert rows[0]["loss/policy"] == pytest.approx(want["loss/policy"], abs=1e-6)
+    assert all(math.isfinite(r["loss/policy"]) for r in rows)
+
+
+def test_dapo_on_two_ranks_driving_ray_workers_is_dapo_on_two_ranks(tmp_path: Path) -> None:
+    # each rank asks its own workers for the later sampling rounds, and the rounds' flags are
+    # exchanged over the ranks as without Ray (two ranks may drop a group one process keeps)
+    dapo = [*RAY_RL, "rl.steps=1", "algo.name=dapo", "rl.mini_batch_completions=8"]
+    dapo += ["algo.overlong_filter=false"]
+    reasonrl_run(2, dapo, tmp_path / "ranks")
+    reasonrl_run(2, [*dapo, *RAY], tmp_path / "ray")
+    assert_same_metrics(tmp_path / "ray", tmp_path / "ranks", 1e-6, ("perf/", "async/", "workers/"))
+    assert read_jsonl(tmp_path / "ray" / "metrics.jsonl")[0]["sampling/rounds"] > 1
