@@ -14,10 +14,16 @@ class Rollout:
     """A batch of B completions, laid out ``[prompt, left-padded | completion, right-padded]``.
 
     prompt_ids, prompt_mask: [B, P]; completion_ids, completion_mask: [B, C], the mask is 1 on
-    generated tokens up to and including the first EOS; logprobs: [B, C] float32, log p of each
-    sampled token under the temperature-scaled distribution it was drawn from (0 where masked);
-    texts: the B decoded completions (special tokens dropped); finished: [B] bool, True where
-    the completion ended with EOS, False where it was cut at ``max_new_tokens``.
+    every token present (what attention sees), up to and including the first EOS;
+    logprobs: [B, C] float32, log p of each sampled token under the temperature-scaled
+    distribution it was drawn from (0 where ``model_mask`` is 0); texts: the B decoded
+    completions (special tokens dropped); finished: [B] bool, True where the completion ended
+    with EOS, False where it was cut (``max_new_tokens``, or an episode's last turn).
+
+    model_mask: [B, C], 1 on the tokens the model sampled, 0 on padding and on environment
+    tokens (a tool's answer appended inside a multi-turn episode): the tokens every loss, KL,
+    entropy, length and token-mean normalisation counts. Left out (single-turn engines), it is
+    ``completion_mask``: every present token was sampled.
     """
 
     prompt_ids: torch.Tensor
@@ -27,6 +33,11 @@ class Rollout:
     logprobs: torch.Tensor
     texts: list[str]
     finished: torch.Tensor
+    model_mask: torch.Tensor = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.model_mask is None:  # frozen: the one assignment, at construction
+            object.__setattr__(self, "model_mask", self.completion_mask)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -40,8 +51,8 @@ class Rollout:
 
     @property
     def lengths(self) -> torch.Tensor:
-        """Completion lengths in tokens. [B]."""
-        return self.completion_mask.sum(-1)
+        """Tokens the model sampled in each completion (environment tokens not counted). [B]."""
+        return self.model_mask.sum(-1)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -57,6 +68,7 @@ class Rollout:
             self.logprobs[rows],
             texts,
             self.finished[rows],
+            self.model_mask[rows],
         )
 
     def to(self, device: torch.device) -> Rollout:
@@ -69,6 +81,7 @@ class Rollout:
             self.logprobs.to(device),
             self.texts,
             self.finished.to(device),
+            self.model_mask.to(device),
         )
 
 
@@ -94,6 +107,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([_pad(r.logprobs, c, 0.0, False) for r in parts]),
         [t for r in parts for t in r.texts],
         torch.cat([r.finished for r in parts]),
+        torch.cat([_pad(r.model_mask, c, 0, False) for r in parts]),
     )
 
 

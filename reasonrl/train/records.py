@@ -48,8 +48,8 @@ class ScoredBatch:
         """The first completion of each of the first ``n`` groups, as ``samples.jsonl`` logs
         it: the prompt as the model saw it (decoded from its tokens, chat template and special
         tokens included), the completion, the gold answer, the total reward and each component
-        under ``rewards``, the token count of each part, and whether the completion was cut at
-        ``max_new_tokens``."""
+        under ``rewards``, the token count of each part (``completion``: the model's tokens,
+        ``environment``: an episode's tool answers), and whether the completion was cut."""
         ro, group = self.rollout, self.rewards.shape[1]
         flat = self.rewards.flatten().tolist()
         records = []
@@ -62,7 +62,11 @@ class ScoredBatch:
                     "gold_answer": self.samples[i].answer,
                     "reward": flat[i],
                     "rewards": {k: v[i] for k, v in self.components.items()},
-                    "tokens": {"prompt": len(prompt_ids), "completion": int(ro.lengths[i])},
+                    "tokens": {
+                        "prompt": len(prompt_ids),
+                        "completion": int(ro.lengths[i]),
+                        "environment": int(ro.completion_mask[i].sum() - ro.lengths[i]),
+                    },
                     "truncated": not bool(ro.finished[i]),
                 }
             )

@@ -246,13 +246,20 @@ def advantages(
     estimator: Estimator,
     ranks: Ranks = ONE_PROCESS,
 ) -> Advantages:
-    """Advantages per loss token. The loss tokens are the completions' tokens, less DAPO's
+    """Advantages per loss token. The loss tokens are the tokens the model sampled
+    (``Rollout.model_mask``: an episode's environment tokens are context only), less DAPO's
     overlong filter (truncated completions, no EOS) and the tokens the estimator gives no
     advantage (NaN). With ``kl_in=reward`` the sampling policy's KL, ×β, is taken from the
     sequence rewards (summed over the row) and from each token's reward. With several ranks the
-    estimator's batch statistics sum over them (``AdvantageInput.sum_ranks``)."""
+    estimator's batch statistics sum over them (``AdvantageInput.sum_ranks``).
+
+    Token-level estimators (GAE, REINFORCE++) see only model tokens: the outcome lands on the
+    last one, and the recursion steps from each model token to the next, so an observation
+    between two turns is part of the transition (the environment's move), not an action. The
+    critic's value at the next model token, which has read the observation, is the bootstrap;
+    its values on environment tokens are neither targets nor used."""
     ro = batch.rollout
-    mask = ro.completion_mask.to(torch.float32)
+    mask = ro.model_mask.to(torch.float32)
     if algo.overlong_filter:
         mask = mask * ro.finished.to(mask.device).unsqueeze(-1)
     kl = lp.kl(algo.kl) if algo.kl_in == "reward" and algo.kl is not None else None
@@ -285,8 +292,9 @@ def metrics(
     batch: ScoredBatch, lp: LogProbs, stats: UpdateStats, ranks: Ranks = ONE_PROCESS
 ) -> dict[str, float]:
     """What one step logs (namespaced keys; token statistics are means over loss tokens), of the
-    whole step: the per-completion values of every rank gathered (small), token sums summed."""
-    cmask = batch.rollout.completion_mask.to(torch.float32)
+    whole step: the per-completion values of every rank gathered (small), token sums summed.
+    Token statistics and lengths count the model's tokens, not an episode's environment ones."""
+    cmask = batch.rollout.model_mask.to(torch.float32)
     kl = lp.kl(LOGGED_KL)
     kl_sums = torch.tensor(
         # float64 sums: the ranks' partial sums then add up to one process's to rounding
