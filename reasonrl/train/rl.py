@@ -42,6 +42,7 @@ from reasonrl.distributed import (
     full_weights,
     unwrap,
 )
+from reasonrl.envs import ToolUse
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
@@ -102,6 +103,7 @@ def train_rl(
     if ctx.resume_from is not None and ppo_critic is not None:
         ppo_critic.load(ctx.resume_from)
     policy.train()
+    tools = ToolUse.from_config(cfg.rollout)  # None: single turns
     remote = None
     if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors
         plan = lambda step, round_: round_plan(cfg, len(samples), step, round_)  # noqa: E731
@@ -118,7 +120,7 @@ def train_rl(
             if remote is not None:  # this step's rollouts, and with async_steps k the next k
                 remote.dispatch_ahead(step)
             with full_weights(policy):  # FSDP2: whole weights, so ranks may generate apart
-                batch = collect(cfg, engine, prompts, samples, step, ranks, remote)
+                batch = collect(cfg, engine, prompts, samples, step, ranks, remote, tools)
             t_gen = time.perf_counter() - t0
             lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout, ranks, batch.staleness)
             adv = advantages(batch, lp, algo, estimator, ranks)
