@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +47,7 @@ from reasonrl.envs import ToolUse
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
-from reasonrl.rollout.base import Rollout, RolloutEngine
+from reasonrl.rollout.base import Episode, Rollout, RolloutEngine
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.collect import collect, has_signal
@@ -304,8 +305,9 @@ def metrics(
         dtype=torch.float64,
     )
     kl_sum, kl_count = all_reduce_sum(kl_sums, ranks).tolist()
+    ro = batch.rollout
     parts = all_gather_objects(
-        (batch.rewards, batch.components, batch.uncomputed, batch.rollout.lengths.tolist()),
+        (batch.rewards, batch.components, batch.uncomputed, ro.lengths.tolist(), ro.episodes),
         ranks,
     )
     rewards = torch.cat([p[0] for p in parts])
@@ -332,6 +334,8 @@ def metrics(
         "entropy/mean": stats.entropy / stats.tokens,
         "clip/fraction": stats.clipped / stats.tokens,
     }
+    if ro.episodes is not None:
+        out.update(episode_metrics([e for p in parts for e in p[4]]))
     if batch.dropped:
         out["sampling/dropped_groups"] = batch.dropped
     if stats.grad_norm is not None:
@@ -339,6 +343,23 @@ def metrics(
     if stats.value_loss is not None:
         out["loss/value"] = stats.value_loss / stats.updates
     return out
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Tool use in a step's episodes: model turns and calls per episode (in all and per tool),
+    and failed calls, in all and per error kind (``envs.ERRORS``; the step's counts)."""
+    n = max(1, len(episodes))
+    calls, errors = Counter(), Counter()
+    for e in episodes:
+        calls.update(e.calls)
+        errors.update(e.errors)
+    return {
+        "episode/turns": sum(e.model_turns for e in episodes) / n,
+        "tools/calls_per_episode": sum(calls.values()) / n,
+        **{f"tools/{name}/calls_per_episode": k / n for name, k in sorted(calls.items())},
+        "tools/errors": float(sum(errors.values())),
+        **{f"tools/errors/{kind}": float(k) for kind, k in sorted(errors.items())},
+    }
 
 
 def _nanmean(values: list[float]) -> float:

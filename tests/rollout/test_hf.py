@@ -1,6 +1,5 @@
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonrl.config import ModelConfig
 from reasonrl.envs import Toolbox, calculator
@@ -83,57 +82,24 @@ def test_chunked_generation_equals_one_batch_greedily(bundled):
     assert chunked.completion_ids.shape[0] == 6
 
 
-# Episodes with tools: a tiny model fit to three scripts (a calculator call, an answer without
-# a call, a call of a tool that does not exist), so the loop runs on real generate calls.
-SCRIPTS = {
-    "What is 12 + 30?": "<tool>calculator 12+30</tool><result>42</result><answer>42</answer>",
-    "What is 2 + 5?": "<answer>7</answer>",
-    "Use the abacus on 3.": "<tool>abacus 3</tool><result>error: unknown tool 'abacus' "
-    "(tools: calculator)</result><answer>3</answer>",
-}
-
-
 @pytest.fixture(scope="module")
-def scripted():
-    tok = load_tokenizer("bundled")
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-    prompts = [render_prompt(Sample(q, "0"), tok) for q in SCRIPTS]
-    texts = [p + a + tok.eos_token for p, a in zip(prompts, SCRIPTS.values(), strict=True)]
-    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
-    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    for i, p in enumerate(prompts):
-        labels[i, : len(tok(p).input_ids)] = -100
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(120):
-        model(**enc, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model, tok, prompts
+def scripted(tool_model, tool_scripts):
+    tok = load_tokenizer(str(tool_model))
+    model = load_model(ModelConfig(path=str(tool_model), device="cpu"))
+    return model, tok, [render_prompt(Sample(q, "0"), tok) for q in tool_scripts]
 
 
 def _boxes(n: int) -> list[Toolbox]:
     return [Toolbox([calculator]) for _ in range(n)]
 
 
-def test_an_episode_appends_each_answer_as_environment_tokens(scripted):
+def test_an_episode_appends_each_answer_as_environment_tokens(scripted, tool_scripts):
     model, tok, prompts = scripted
     engine = HFEngine(model, tok)
     ro = engine.generate(
         prompts, max_new_tokens=90, seeds=[1, 2, 3], toolboxes=_boxes(3), max_turns=3
     )
-    assert ro.texts == list(SCRIPTS.values())
+    assert ro.texts == list(tool_scripts.values())
     assert ro.finished.all()
     calc, plain, unknown = ro.episodes
     assert [role for role, _ in calc.turns] == ["model", "tool", "model"]
