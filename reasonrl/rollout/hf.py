@@ -5,6 +5,11 @@ Works for any causal LM transformers can load, on CPU or GPU. It shares the poli
 ``generate`` samples with transformers' warpers and the global RNG; with per-completion seeds it
 decodes greedily over scores where ``SeededDraw`` has left only the seeded draw of
 ``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
+
+Episodes (``max_turns`` > 1, a toolbox per completion): each turn is one ``generate`` call on
+the rows still going, fed their whole context as tokens; a turn ends at EOS or at a tool call's
+closing tag (``reasonrl.envs.protocol``), and the tool's answer is appended as environment
+tokens. Each turn re-prefills its context (no KV cache kept between turns).
 """
 
 from __future__ import annotations
