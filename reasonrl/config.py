@@ -144,6 +144,20 @@ class RolloutConfig(SamplingConfig):
     workers: int = Field(1, gt=0)  # Ray actors that generate (distributed.backend=ray)
     async_steps: int = Field(0, ge=0)  # k > 0 (Ray): step t + k's rollouts are generated while
     # step t trains, from weights at most k updates old; 0: synchronous
+    max_turns: int = Field(1, gt=0)  # model turns per episode; > 1: the model may call tools
+    # (reasonrl.envs) and their answers are appended between turns, all within max_new_tokens
+    tools: list[str] = Field(default_factory=list)  # calculator, python, or my_pkg.module:fn
+    environment: str | None = None  # my_pkg.module:Class, one per episode: reset(sample) + tools
+    tool_timeout_s: float = Field(10.0, gt=0)  # the python tool's deadline per call
+    tool_output_chars: int = Field(512, gt=0)  # each tool answer is cut to this many characters
+
+    @model_validator(mode="after")
+    def _episodes(self) -> RolloutConfig:
+        if self.max_turns > 1 and not (self.tools or self.environment):
+            raise ValueError("rollout.max_turns > 1 needs rollout.tools or rollout.environment")
+        if self.max_turns > 1 and self.engine != "hf":
+            raise ValueError("multi-turn episodes (rollout.max_turns > 1) need rollout.engine=hf")
+        return self
 
 
 class RLConfig(_Strict):
@@ -496,6 +510,8 @@ class RunConfig(_Strict):
         if self.algo.tis_cap is not None and ro.async_steps == 0:
             raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
         if d.backend == "ray":
+            if ro.max_turns > 1:  # the workers generate from prompts alone, without samples
+                raise ValueError("multi-turn episodes (rollout.max_turns > 1) run without Ray")
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from reasonrl.envs.tools import Toolbox
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One completion's turns, for logs, metrics and rewards that look at the trajectory.
+
+    turns: (role, text) in order: ``model`` for what the model wrote in a turn, ``tool`` for
+    the environment's answer appended after it (``reasonrl.envs.protocol``). calls: tool name
+    → calls made; errors: error kind (``reasonrl.envs.ERRORS``) → calls that failed so."""
+
+    turns: list[tuple[str, str]]
+    calls: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def model_turns(self) -> int:
+        return sum(role == "model" for role, _ in self.turns)
 
 
 @dataclass(frozen=True)
@@ -14,10 +34,17 @@ class Rollout:
     """A batch of B completions, laid out ``[prompt, left-padded | completion, right-padded]``.
 
     prompt_ids, prompt_mask: [B, P]; completion_ids, completion_mask: [B, C], the mask is 1 on
-    generated tokens up to and including the first EOS; logprobs: [B, C] float32, log p of each
-    sampled token under the temperature-scaled distribution it was drawn from (0 where masked);
-    texts: the B decoded completions (special tokens dropped); finished: [B] bool, True where
-    the completion ended with EOS, False where it was cut at ``max_new_tokens``.
+    every token present (what attention sees), up to and including the first EOS;
+    logprobs: [B, C] float32, log p of each sampled token under the temperature-scaled
+    distribution it was drawn from (0 where ``model_mask`` is 0); texts: the B decoded
+    completions (special tokens dropped); finished: [B] bool, True where the completion ended
+    with EOS, False where it was cut (``max_new_tokens``, or an episode's last turn).
+
+    model_mask: [B, C], 1 on the tokens the model sampled, 0 on padding and on environment
+    tokens (a tool's answer appended inside a multi-turn episode): the tokens every loss, KL,
+    entropy, length and token-mean normalisation counts. Left out (single-turn engines), it is
+    ``completion_mask``: every present token was sampled. episodes: the B completions' turns,
+    tool calls and errors, from an engine that ran the tool loop (None: single turns).
     """
 
     prompt_ids: torch.Tensor
@@ -27,6 +54,12 @@ class Rollout:
     logprobs: torch.Tensor
     texts: list[str]
     finished: torch.Tensor
+    model_mask: torch.Tensor = None  # type: ignore[assignment]  # set in __post_init__
+    episodes: list[Episode] | None = None  # multi-turn engines: each completion's turns
+
+    def __post_init__(self) -> None:
+        if self.model_mask is None:  # frozen: the one assignment, at construction
+            object.__setattr__(self, "model_mask", self.completion_mask)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -40,23 +73,24 @@ class Rollout:
 
     @property
     def lengths(self) -> torch.Tensor:
-        """Completion lengths in tokens. [B]."""
-        return self.completion_mask.sum(-1)
+        """Tokens the model sampled in each completion (environment tokens not counted). [B]."""
+        return self.model_mask.sum(-1)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def select(self, rows: slice | list[int]) -> Rollout:
         """A sub-batch: a slice of rows (micro-batching) or a list of row indices."""
-        texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows]
         return Rollout(
             self.prompt_ids[rows],
             self.prompt_mask[rows],
             self.completion_ids[rows],
             self.completion_mask[rows],
             self.logprobs[rows],
-            texts,
+            _rows(self.texts, rows),
             self.finished[rows],
+            self.model_mask[rows],
+            _rows(self.episodes, rows),
         )
 
     def to(self, device: torch.device) -> Rollout:
@@ -69,7 +103,15 @@ class Rollout:
             self.logprobs.to(device),
             self.texts,
             self.finished.to(device),
+            self.model_mask.to(device),
+            self.episodes,
         )
+
+
+def _rows(items: list | None, rows: slice | list[int]) -> list | None:
+    if items is None:
+        return None
+    return items[rows] if isinstance(rows, slice) else [items[i] for i in rows]
 
 
 def _pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
@@ -94,6 +136,8 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([_pad(r.logprobs, c, 0.0, False) for r in parts]),
         [t for r in parts for t in r.texts],
         torch.cat([r.finished for r in parts]),
+        torch.cat([_pad(r.model_mask, c, 0, False) for r in parts]),
+        None if any(r.episodes is None for r in parts) else [e for r in parts for e in r.episodes],
     )
 
 
@@ -123,8 +167,13 @@ class RolloutEngine(Protocol):
         top_k: int = 0,
         greedy: bool = False,
         seeds: Sequence[int] | None = None,
+        toolboxes: Sequence[Toolbox] | None = None,
+        max_turns: int = 1,
     ) -> Rollout:
         """Complete each prompt. ``seeds``: one per prompt; then prompt i's completion depends
         only on seeds[i], the prompt and the weights (not on the batch, its order, chunking or
-        the process: any rank drawing it gets the same tokens). Without, the global RNG."""
+        the process: any rank drawing it gets the same tokens). Without, the global RNG.
+        ``toolboxes`` (one per prompt) with ``max_turns`` > 1: each completion is an episode of
+        up to ``max_turns`` model turns, the tools' answers appended between them, within
+        ``max_new_tokens`` tokens in all (``reasonrl.envs.protocol``)."""
         ...

@@ -41,6 +41,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.hf import completion_mask
 from reasonrl.rollout.sampling import sample_tokens, seed_tensor
@@ -179,9 +180,14 @@ class FastEngine:
         top_k: int = 0,
         greedy: bool = False,
         seeds: Sequence[int] | None = None,
+        toolboxes: Sequence[Toolbox] | None = None,
+        max_turns: int = 1,
     ) -> Rollout:
         """Complete each prompt; with ``seeds`` (one per prompt), prompt i's completion is drawn
-        from seeds[i] alone (see ``reasonrl.rollout.sampling``)."""
+        from seeds[i] alone (see ``reasonrl.rollout.sampling``). Single turns only: episodes
+        (``toolboxes``, ``max_turns`` > 1) are the ``hf`` engine's."""
+        if toolboxes is not None and max_turns > 1:
+            raise ValueError("the fast engine generates single turns: use rollout.engine=hf")
         weights = tuple(p.data_ptr() for p in self.model.parameters())
         if weights != self._weights:  # re-allocated parameters: captured graphs are stale
             self._decoders.clear()

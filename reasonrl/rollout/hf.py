@@ -5,19 +5,27 @@ Works for any causal LM transformers can load, on CPU or GPU. It shares the poli
 ``generate`` samples with transformers' warpers and the global RNG; with per-completion seeds it
 decodes greedily over scores where ``SeededDraw`` has left only the seeded draw of
 ``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
+
+Episodes (``max_turns`` > 1, a toolbox per completion): each turn is one ``generate`` call on
+the rows still going, fed their whole context as tokens; a turn ends at EOS or at a tool call's
+closing tag (``reasonrl.envs.protocol``), and the tool's answer is appended as environment
+tokens. Each turn re-prefills its context (no KV cache kept between turns).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from reasonrl.algos import token_logprobs
-from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
-from reasonrl.rollout.sampling import sample_tokens, seed_tensor
+from reasonrl.envs.protocol import CALL_CLOSE, parse_call, result_text
+from reasonrl.envs.tools import Toolbox
+from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -47,6 +55,31 @@ class SeededDraw(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, ids.unsqueeze(-1), 0.0)
 
 
+class StopAtText(StoppingCriteria):
+    """Ends a row once the text it generated holds ``text`` (a tool call's closing tag): looks
+    at the last ``len(text)`` tokens only, since every token holds at least one of its bytes."""
+
+    def __init__(self, tokenizer: Any, text: str) -> None:
+        self.tokenizer, self.text = tokenizer, text
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, -len(self.text) :])
+        return torch.tensor([self.text in t for t in tails], device=input_ids.device)
+
+
+class Draw(NamedTuple):
+    """How an episode's turns are drawn: the token budget of the whole completion and the
+    sampling settings."""
+
+    budget: int
+    temperature: float
+    top_p: float
+    top_k: int
+    greedy: bool
+
+
 class HFEngine:
     """Rollouts from ``model.generate`` in chunks of at most ``batch_completions`` sequences."""
 
@@ -67,11 +100,29 @@ class HFEngine:
         top_k: int = 0,
         greedy: bool = False,
         seeds: Sequence[int] | None = None,
+        toolboxes: Sequence[Toolbox] | None = None,
+        max_turns: int = 1,
     ) -> Rollout:
         """Complete each prompt; with ``seeds`` (one per prompt), prompt i's completion is drawn
-        from seeds[i] alone (see ``reasonrl.rollout.sampling``)."""
+        from seeds[i] alone (see ``reasonrl.rollout.sampling``). With ``toolboxes`` and
+        ``max_turns`` > 1, each completion is an episode (:meth:`_episodes`)."""
         device = next(self.model.parameters()).device
         row_seeds = None if seeds is None else seed_tensor(seeds, len(prompts), device)
+        if toolboxes is not None and max_turns > 1:
+            n, step = len(prompts), self.batch_completions
+            return concat_rollouts(
+                [
+                    self._episodes(
+                        prompts[i : i + step],
+                        toolboxes[i : i + step],
+                        max_turns,
+                        Draw(max_new_tokens, temperature, top_p, top_k, greedy),
+                        None if seeds is None else list(seeds[i : i + step]),
+                    )
+                    for i in range(0, n, step)
+                ],
+                self.pad_id,
+            )
         parts = [
             self._generate_chunk(
                 prompts[i : i + self.batch_completions],
@@ -85,6 +136,142 @@ class HFEngine:
             for i in range(0, len(prompts), self.batch_completions)
         ]
         return concat_rollouts(parts, self.pad_id)
+
+    def _episodes(
+        self,
+        prompts: list[str],
+        toolboxes: Sequence[Toolbox],
+        max_turns: int,
+        draw: Draw,
+        seeds: list[int] | None,
+    ) -> Rollout:
+        """Episodes: turn by turn, the rows still going generate until EOS, a tool call's
+        closing tag or the budget; each call's answer (``protocol.result_text``) is tokenized on
+        its own and appended as environment tokens (model_mask 0, log-prob 0), and the row
+        goes on with its whole context fed back as tokens, never re-tokenized from text. Turn t
+        of completion i draws with seed ``derive_seed("turn", seeds[i], t)`` (turn 0 with
+        seeds[i] itself), counting positions from the turn's start. An episode ends at EOS
+        (finished), at the budget (an answer that would leave no room for a model token is not
+        appended) or with a call in its last turn (not run; neither finishes)."""
+        tok, n = self.tokenizer, len(prompts)
+        prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        ids: list[list[int]] = [[] for _ in range(n)]
+        model: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+        calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
+        finished = [False] * n
+        going = list(range(n))
+        for turn in range(max_turns):
+            if not going:
+                break
+            turn_seeds = None
+            if seeds is not None:
+                turn_seeds = [
+                    seeds[i] if turn == 0 else derive_seed("turn", seeds[i], turn) for i in going
+                ]
+            room = [draw.budget - len(ids[i]) for i in going]
+            new, new_logp = self._turn(
+                [prompt_ids[i] + ids[i] for i in going], room, draw, turn_seeds
+            )
+            after = []
+            for i, tokens, lp in zip(going, new, new_logp, strict=True):
+                ids[i] += tokens
+                model[i] += [1] * len(tokens)
+                logps[i] += lp
+                text = tok.decode(tokens, skip_special_tokens=True)
+                turns[i].append(("model", text))
+                if tokens and tokens[-1] in self.eos_ids:
+                    finished[i] = True
+                    continue
+                if CALL_CLOSE not in text or turn == max_turns - 1:
+                    continue  # cut by the budget, or a call with no turn left to read it
+                observation = toolboxes[i].call(parse_call(text))
+                calls[i][observation.tool or "unknown"] += 1  # not the name a model made up
+                if observation.error:
+                    errors[i][observation.error] += 1
+                answer = result_text(observation)
+                answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+                if len(ids[i]) + len(answer_ids) >= draw.budget:
+                    continue
+                turns[i].append(("tool", answer))
+                ids[i] += answer_ids
+                model[i] += [0] * len(answer_ids)
+                logps[i] += [0.0] * len(answer_ids)
+                after.append(i)
+            going = after
+        device = next(self.model.parameters()).device
+        enc = tok(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
+        width = max(1, max(len(row) for row in ids))
+
+        def right_padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(
+                [row + [value] * (width - len(row)) for row in rows], dtype=dtype, device=device
+            )
+
+        completion_ids = right_padded(ids, self.pad_id, torch.long)
+        present = right_padded([[1] * len(row) for row in ids], 0, torch.long)
+        return Rollout(
+            enc["input_ids"].to(device),
+            enc["attention_mask"].to(device),
+            completion_ids,
+            present,
+            right_padded(logps, 0.0, torch.float32),
+            tok.batch_decode(ids, skip_special_tokens=True),
+            torch.tensor(finished, device=device),
+            right_padded(model, 0, torch.long),
+            [Episode(t, dict(c), dict(e)) for t, c, e in zip(turns, calls, errors, strict=True)],
+        )
+
+    def _turn(
+        self, contexts: list[list[int]], room: list[int], draw: Draw, seeds: list[int] | None
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """One turn of each row: ``generate`` on the left-padded contexts until EOS, the call's
+        closing tag or the row's ``room``; each row's tokens up to and including that end, and
+        their log-probs."""
+        device = next(self.model.parameters()).device
+        width = max(len(c) for c in contexts)
+        input_ids = torch.tensor(
+            [[self.pad_id] * (width - len(c)) + c for c in contexts], device=device
+        )
+        attention = torch.tensor(
+            [[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device
+        )
+        row_seeds = None if seeds is None else seed_tensor(seeds, len(contexts), device)
+        out_ids, logp = self._generate(
+            {"input_ids": input_ids, "attention_mask": attention},
+            max(room),
+            draw.temperature,
+            draw.top_p,
+            draw.top_k,
+            draw.greedy,
+            row_seeds,
+            [StopAtText(self.tokenizer, CALL_CLOSE)],
+        )
+        tokens, logps = [], []
+        for row, lp, limit in zip(out_ids.tolist(), logp.tolist(), room, strict=True):
+            end = min(limit, len(row))
+            eos = next((k for k, t in enumerate(row[:end]) if t in self.eos_ids), None)
+            end = end if eos is None else eos + 1
+            if CALL_CLOSE in self.tokenizer.decode(row[:end]):
+                lo, hi = 1, end  # the shortest prefix holding the whole tag
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (
+                        (lo, mid)
+                        if CALL_CLOSE in self.tokenizer.decode(row[:mid])
+                        else (mid + 1, hi)
+                    )
+                end = lo
+            tokens.append(row[:end])
+            logps.append(lp[:end])
+        return tokens, logps
 
     def _generate_chunk(
         self,
@@ -104,6 +291,28 @@ class HFEngine:
             padding_side="left",
             add_special_tokens=False,
         ).to(device)
+        ids, logp = self._generate(enc, max_new_tokens, temperature, top_p, top_k, greedy, seeds)
+        mask = completion_mask(ids, self.eos_ids)
+        logp = logp * mask
+        texts = self.tokenizer.batch_decode(
+            ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
+        )
+        finished = torch.isin(ids, torch.tensor(self.eos_ids, device=ids.device)).any(-1)
+        return Rollout(enc["input_ids"], enc["attention_mask"], ids, mask, logp, texts, finished)
+
+    def _generate(
+        self,
+        enc: Any,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+        seeds: torch.Tensor | None,
+        stopping: list[StoppingCriteria] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``generate`` on a left-padded batch: the new tokens [B, T] (pad after a row's end)
+        and each one's log-prob [B, T] (unmasked)."""
         prompt_len = enc["input_ids"].shape[1]
         off: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if greedy:
@@ -123,16 +332,11 @@ class HFEngine:
                 pad_token_id=self.pad_id,
                 return_dict_in_generate=True,
                 output_logits=True,
+                stopping_criteria=stopping,
                 **sampling,
             )
         finally:
             self.model.train(was_training)
         ids = out.sequences[:, prompt_len:]
-        mask = completion_mask(ids, self.eos_ids)
         logits = torch.stack(out.logits, dim=1)  # raw, before temperature and filtering
-        logp = token_logprobs(logits, ids, 1.0 if greedy else temperature) * mask
-        texts = self.tokenizer.batch_decode(
-            ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
-        )
-        finished = torch.isin(ids, torch.tensor(self.eos_ids, device=ids.device)).any(-1)
-        return Rollout(enc["input_ids"], enc["attention_mask"], ids, mask, logp, texts, finished)
+        return ids, token_logprobs(logits, ids, 1.0 if greedy else temperature)

@@ -24,6 +24,7 @@ import torch
 
 from reasonrl.config import RunConfig
 from reasonrl.distributed import Ranks, all_gather_objects, shard
+from reasonrl.envs import ToolUse
 from reasonrl.rewards import ScoredBatch as Scores
 from reasonrl.rewards import score_batch
 from reasonrl.rollout.base import Rollout, RolloutEngine
@@ -61,6 +62,7 @@ def collect(
     step: int,
     ranks: Ranks = ONE_PROCESS,
     remote: RayRollouts | None = None,
+    tools: ToolUse | None = None,
 ) -> ScoredBatch:
     """Generate and score the step's groups (this rank's block of them; completion i with the
     seed ``completion_seeds`` gives it in the whole step). With ``algo.dynamic_sampling`` (DAPO),
@@ -68,7 +70,8 @@ def collect(
     drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
     has, dealt evenly to the ranks (``kept_batch``). ``remote``: Ray's rollout and reward
     workers do both (``workers.py``); the batch records how many updates old the
-    weights that generated it are (``staleness``)."""
+    weights that generated it are (``staleness``). ``tools``: each completion is an episode
+    (``rollout.max_turns``) with its own toolbox."""
     ro, algo = cfg.rollout, cfg.algo
     group, want = cfg.rl.completions_per_prompt, cfg.rl.prompts_per_step
     kept: list[ScoredBatch] = []
@@ -80,6 +83,9 @@ def collect(
             rollout, scores, version = remote.gather(step, round_)  # from weights `version`
             scored = replace(score(cfg, rollout, rows, scores), staleness=step - version)
         else:
+            episodes = {}
+            if tools is not None:  # a fresh environment per completion, reset to its problem
+                episodes = {"toolboxes": tools.toolboxes(rows), "max_turns": ro.max_turns}
             rollout = engine.generate(
                 [prompts[i] for i in idx for _ in range(group)],
                 max_new_tokens=ro.max_new_tokens,
@@ -87,6 +93,7 @@ def collect(
                 top_p=ro.top_p,
                 top_k=ro.top_k,
                 seeds=seeds,
+                **episodes,
             )
             scored = score(cfg, rollout, rows)
         if not algo.dynamic_sampling:

@@ -48,13 +48,23 @@ class ScoredBatch:
         """The first completion of each of the first ``n`` groups, as ``samples.jsonl`` logs
         it: the prompt as the model saw it (decoded from its tokens, chat template and special
         tokens included), the completion, the gold answer, the total reward and each component
-        under ``rewards``, the token count of each part, and whether the completion was cut at
-        ``max_new_tokens``."""
+        under ``rewards``, the token count of each part (``completion``: the model's tokens,
+        ``environment``: an episode's tool answers), and whether the completion was cut; for
+        an episode also its ``turns`` (role and text, in order), ``tool_calls`` and
+        ``tool_errors``."""
         ro, group = self.rollout, self.rewards.shape[1]
         flat = self.rewards.flatten().tolist()
         records = []
         for i in range(0, len(self.samples), group)[:n]:
             prompt_ids = ro.prompt_ids[i][ro.prompt_mask[i].bool()].tolist()
+            episode = {}
+            if ro.episodes is not None:  # turn by turn: model, tool, model, ...
+                e = ro.episodes[i]
+                episode = {
+                    "turns": [{"role": role, "text": text} for role, text in e.turns],
+                    "tool_calls": e.calls,
+                    "tool_errors": e.errors,
+                }
             records.append(
                 {
                     "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=False),
@@ -62,8 +72,13 @@ class ScoredBatch:
                     "gold_answer": self.samples[i].answer,
                     "reward": flat[i],
                     "rewards": {k: v[i] for k, v in self.components.items()},
-                    "tokens": {"prompt": len(prompt_ids), "completion": int(ro.lengths[i])},
+                    "tokens": {
+                        "prompt": len(prompt_ids),
+                        "completion": int(ro.lengths[i]),
+                        "environment": int(ro.completion_mask[i].sum() - ro.lengths[i]),
+                    },
                     "truncated": not bool(ro.finished[i]),
+                    **episode,
                 }
             )
         return records

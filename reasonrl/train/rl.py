@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,10 +43,11 @@ from reasonrl.distributed import (
     full_weights,
     unwrap,
 )
+from reasonrl.envs import ToolUse
 from reasonrl.logging import training_progress
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import reference_model
-from reasonrl.rollout.base import Rollout, RolloutEngine
+from reasonrl.rollout.base import Episode, Rollout, RolloutEngine
 from reasonrl.tasks.base import Sample
 from reasonrl.train.checkpoint import Checkpointer
 from reasonrl.train.collect import collect, has_signal, rank_round
@@ -101,6 +103,7 @@ def train_rl(
     if ctx.resume_from is not None and ppo_critic is not None:
         ppo_critic.load(ctx.resume_from)
     policy.train()
+    tools = ToolUse.from_config(cfg.rollout)  # None: single turns
     remote = None
     if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors, each rank's own
         plan = lambda step, round_: rank_round(cfg, len(samples), step, round_, ranks)  # noqa: E731
@@ -117,7 +120,7 @@ def train_rl(
             if remote is not None:  # this step's rollouts, and with async_steps k the next k
                 remote.dispatch_ahead(step)
             with full_weights(policy):  # FSDP2: whole weights, so ranks may generate apart
-                batch = collect(cfg, engine, prompts, samples, step, ranks, remote)
+                batch = collect(cfg, engine, prompts, samples, step, ranks, remote, tools)
             t_gen = time.perf_counter() - t0
             lp = logprobs(cfg, policy, ref_model, ppo_critic, batch.rollout, ranks, batch.staleness)
             adv = advantages(batch, lp, algo, estimator, ranks)
@@ -245,13 +248,20 @@ def advantages(
     estimator: Estimator,
     ranks: Ranks = ONE_PROCESS,
 ) -> Advantages:
-    """Advantages per loss token. The loss tokens are the completions' tokens, less DAPO's
+    """Advantages per loss token. The loss tokens are the tokens the model sampled
+    (``Rollout.model_mask``: an episode's environment tokens are context only), less DAPO's
     overlong filter (truncated completions, no EOS) and the tokens the estimator gives no
     advantage (NaN). With ``kl_in=reward`` the sampling policy's KL, ×β, is taken from the
     sequence rewards (summed over the row) and from each token's reward. With several ranks the
-    estimator's batch statistics sum over them (``AdvantageInput.sum_ranks``)."""
+    estimator's batch statistics sum over them (``AdvantageInput.sum_ranks``).
+
+    Token-level estimators (GAE, REINFORCE++) see only model tokens: the outcome lands on the
+    last one, and the recursion steps from each model token to the next, so an observation
+    between two turns is part of the transition (the environment's move), not an action. The
+    critic's value at the next model token, which has read the observation, is the bootstrap;
+    its values on environment tokens are neither targets nor used."""
     ro = batch.rollout
-    mask = ro.completion_mask.to(torch.float32)
+    mask = ro.model_mask.to(torch.float32)
     if algo.overlong_filter:
         mask = mask * ro.finished.to(mask.device).unsqueeze(-1)
     kl = lp.kl(algo.kl) if algo.kl_in == "reward" and algo.kl is not None else None
@@ -284,8 +294,9 @@ def metrics(
     batch: ScoredBatch, lp: LogProbs, stats: UpdateStats, ranks: Ranks = ONE_PROCESS
 ) -> dict[str, float]:
     """What one step logs (namespaced keys; token statistics are means over loss tokens), of the
-    whole step: the per-completion values of every rank gathered (small), token sums summed."""
-    cmask = batch.rollout.completion_mask.to(torch.float32)
+    whole step: the per-completion values of every rank gathered (small), token sums summed.
+    Token statistics and lengths count the model's tokens, not an episode's environment ones."""
+    cmask = batch.rollout.model_mask.to(torch.float32)
     kl = lp.kl(LOGGED_KL)
     kl_sums = torch.tensor(
         # float64 sums: the ranks' partial sums then add up to one process's to rounding
@@ -293,8 +304,9 @@ def metrics(
         dtype=torch.float64,
     )
     kl_sum, kl_count = all_reduce_sum(kl_sums, ranks).tolist()
+    ro = batch.rollout
     parts = all_gather_objects(
-        (batch.rewards, batch.components, batch.uncomputed, batch.rollout.lengths.tolist()),
+        (batch.rewards, batch.components, batch.uncomputed, ro.lengths.tolist(), ro.episodes),
         ranks,
     )
     rewards = torch.cat([p[0] for p in parts])
@@ -321,6 +333,8 @@ def metrics(
         "entropy/mean": stats.entropy / stats.tokens,
         "clip/fraction": stats.clipped / stats.tokens,
     }
+    if ro.episodes is not None:
+        out.update(episode_metrics([e for p in parts for e in p[4]]))
     if batch.dropped:
         out["sampling/dropped_groups"] = batch.dropped
     if stats.grad_norm is not None:
@@ -328,6 +342,23 @@ def metrics(
     if stats.value_loss is not None:
         out["loss/value"] = stats.value_loss / stats.updates
     return out
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Tool use in a step's episodes: model turns and calls per episode (in all and per tool),
+    and failed calls, in all and per error kind (``envs.ERRORS``; the step's counts)."""
+    n = max(1, len(episodes))
+    calls, errors = Counter(), Counter()
+    for e in episodes:
+        calls.update(e.calls)
+        errors.update(e.errors)
+    return {
+        "episode/turns": sum(e.model_turns for e in episodes) / n,
+        "tools/calls_per_episode": sum(calls.values()) / n,
+        **{f"tools/{name}/calls_per_episode": k / n for name, k in sorted(calls.items())},
+        "tools/errors": float(sum(errors.values())),
+        **{f"tools/errors/{kind}": float(k) for kind, k in sorted(errors.items())},
+    }
 
 
 def _nanmean(values: list[float]) -> float:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from reasonrl.config import ModelConfig
+from reasonrl.envs import Toolbox, calculator
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import HFEngine
@@ -79,3 +80,80 @@ def test_chunked_generation_equals_one_batch_greedily(bundled):
     )
     assert one.texts == chunked.texts
     assert chunked.completion_ids.shape[0] == 6
+
+
+@pytest.fixture(scope="module")
+def scripted(tool_model, tool_scripts):
+    tok = load_tokenizer(str(tool_model))
+    model = load_model(ModelConfig(path=str(tool_model), device="cpu"))
+    return model, tok, [render_prompt(Sample(q, "0"), tok) for q in tool_scripts]
+
+
+def _boxes(n: int) -> list[Toolbox]:
+    return [Toolbox([calculator]) for _ in range(n)]
+
+
+def test_an_episode_appends_each_answer_as_environment_tokens(scripted, tool_scripts):
+    model, tok, prompts = scripted
+    engine = HFEngine(model, tok)
+    ro = engine.generate(
+        prompts, max_new_tokens=90, seeds=[1, 2, 3], toolboxes=_boxes(3), max_turns=3
+    )
+    assert ro.texts == list(tool_scripts.values())
+    assert ro.finished.all()
+    calc, plain, unknown = ro.episodes
+    assert [role for role, _ in calc.turns] == ["model", "tool", "model"]
+    assert calc.turns[1] == ("tool", "<result>42</result>")
+    assert calc.calls == {"calculator": 1} and calc.errors == {}
+    assert plain.turns == [("model", "<answer>7</answer>")] and plain.calls == {}
+    assert unknown.errors == {"unknown_tool": 1}
+    for row, episode in enumerate(ro.episodes):
+        present = ro.completion_mask[row].bool()
+        ids, model_mask = ro.completion_ids[row][present], ro.model_mask[row][present]
+        # the tokens, segment by segment: the model's turns as sampled, each answer tokenized
+        # on its own (add_special_tokens=False) and appended
+        segments = torch.diff(model_mask, prepend=model_mask[:1] ^ 1).nonzero().flatten()
+        bounds = [*segments.tolist(), len(ids)]
+        for (role, text), start, end in zip(episode.turns, bounds[:-1], bounds[1:], strict=True):
+            assert bool(model_mask[start]) == (role == "model")
+            if role == "tool":
+                assert ids[start:end].tolist() == tok(text, add_special_tokens=False).input_ids
+            else:
+                assert tok.decode(ids[start:end], skip_special_tokens=True) == text
+    # the sampling log-probs are a teacher-forced forward's over the whole episode, on the
+    # model's tokens; 0 on the environment's
+    c = ro.completion_ids.shape[1]
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, c)
+    m = ro.model_mask.bool()
+    torch.testing.assert_close(ro.logprobs[m], logp[m], atol=1e-4, rtol=0)
+    assert (ro.logprobs[~m] == 0).all()
+    assert ro.lengths.tolist() == [int(r.sum()) for r in ro.model_mask]
+
+
+def test_episodes_are_drawn_from_their_seeds_alone(scripted):
+    model, tok, prompts = scripted
+    kwargs = dict(max_new_tokens=90, temperature=1.5, seeds=[7, 8, 9], max_turns=3)
+    one = HFEngine(model, tok).generate(prompts, toolboxes=_boxes(3), **kwargs)
+    apart = HFEngine(model, tok, batch_completions=1).generate(
+        prompts, toolboxes=_boxes(3), **kwargs
+    )
+    assert torch.equal(one.completion_ids, apart.completion_ids)
+    assert torch.equal(one.model_mask, apart.model_mask)
+    # a row that calls nothing is the single-turn completion of its seed
+    single = HFEngine(model, tok).generate(
+        prompts[1:2], max_new_tokens=90, temperature=1.5, seeds=[8]
+    )
+    n = int(single.completion_mask.sum())
+    assert one.completion_ids[1, :n].tolist() == single.completion_ids[0, :n].tolist()
+
+
+def test_an_answer_past_the_budget_ends_the_episode_unfinished(scripted):
+    model, tok, prompts = scripted
+    call = tok("<tool>calculator 12+30</tool>", add_special_tokens=False).input_ids
+    ro = HFEngine(model, tok).generate(
+        prompts[:1], max_new_tokens=len(call) + 3, greedy=True, toolboxes=_boxes(1), max_turns=3
+    )
+    assert ro.texts == ["<tool>calculator 12+30</tool>"] and not ro.finished[0]
+    assert ro.episodes[0].turns == [("model", "<tool>calculator 12+30</tool>")]
+    assert ro.episodes[0].calls == {"calculator": 1}

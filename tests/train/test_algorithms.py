@@ -145,3 +145,57 @@ def test_the_policy_schedule_starts_after_the_critic_warm_up(tmp_path):
     run(cfg, tmp_path / "run")
     metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "optim/lr" in m]
     assert [m["optim/lr"] for m in metrics] == [0.0, 0.0, pytest.approx(1e-3)]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["algo.name=grpo"],
+        ["algo.name=rloo"],
+        ["algo.name=ppo", "algo.ppo_epochs=2", "rl.mini_batch_completions=4"],
+    ],
+    ids=lambda e: e[0].split("=")[1],
+)
+def test_episodes_with_tools_train(tmp_path, tool_model, extra):
+    """A model that calls the calculator trains on its episodes; the step logs its tool use and
+    samples.jsonl shows the episodes turn by turn."""
+    # the model's two habits on this one (tests/conftest.py): a call and 125, or 115 by hand
+    row = json.dumps({"prompt": "Add 57 and 68.", "answer": "125"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(row * 12)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}))
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tool_model}",
+            "task.source=jsonl",
+            f"task.train_path={tmp_path / 'train.jsonl'}",
+            f"task.eval_path={tmp_path / 'eval.jsonl'}",
+            *SMALL,
+            "rl.prompts_per_step=3",
+            "rl.completions_per_prompt=4",
+            "rl.micro_batch_completions=4",
+            "rollout.max_turns=3",
+            "rollout.tools=[calculator]",
+            "rollout.max_new_tokens=90",
+            "rl.learning_rate=1e-4",  # a small model: 1e-3 unlearns the habits in a step
+            "log.samples_per_log=3",
+            *extra,
+        ],
+    )
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir)
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert math.isfinite(m["loss/policy"]) and m["groups/all_equal"] < 1
+        assert m["episode/turns"] >= 1 and m["tools/errors"] >= 0
+    assert all(m["tools/calculator/calls_per_episode"] > 0 for m in metrics)
+    for sample in read_jsonl(run_dir / "samples.jsonl"):
+        roles = [t["role"] for t in sample["turns"]]
+        assert roles[0] == "model" and roles[-1] == "model"
+        assert ("tool" in roles) == (sample["tokens"]["environment"] > 0)
+    trained = load_model(ModelConfig(path=str(run_dir / "model"), device="cpu"))
+    start = load_model(ModelConfig(path=str(tool_model), device="cpu"))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters(), strict=True)
+    )

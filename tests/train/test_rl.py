@@ -1,6 +1,7 @@
 """The RL step's phases on hand-made records, and what a step writes to samples.jsonl."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart(
         assert record["rewards"]["answer"] == batch.components["answer"][row]
         assert record["reward"] == batch.rewards.flatten()[row].item()
         prompt_tokens = len(tokenizer(rendered, add_special_tokens=False).input_ids)
-        assert record["tokens"] == {"prompt": prompt_tokens, "completion": 3}
+        assert record["tokens"] == {"prompt": prompt_tokens, "completion": 3, "environment": 0}
         assert record["truncated"] is True
         assert "answer" not in record  # the answer reward's score no longer reads as the answer
 
@@ -155,3 +156,40 @@ def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by
     two, _ = policy_loss(model, *args, doubled, tis, int(mask.sum()), 4)
     unit, _ = policy_loss(model, *args, ones, tis, int(mask.sum()), 4)
     assert two.item() == pytest.approx(2 * unit.item()) and one.item() != unit.item()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "reinforce_pp", "rloo", "dapo"])
+def test_an_episode_trains_as_its_model_tokens_alone(algo):
+    """Advantages of a batch whose rows hold environment tokens (model_mask 0 inside the
+    completion) equal, on the model tokens, those of the same batch with the environment's
+    columns deleted, and are 0 on the environment's: GAE and returns-to-go step from one model
+    token to the next, whitening and KL count model tokens only."""
+    overrides = [f"algo.name={algo}", "algo.kl=k1", "algo.kl_in=reward", "algo.beta=0.1"]
+    cfg = load_config(None, overrides)
+    gen = torch.Generator().manual_seed(0)
+    present = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]])
+    model = torch.tensor([[1, 0, 0, 1, 1, 1], [1, 1, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0]])
+    rewards = [[1.0, 0.0, 0.5]]
+    values, ref = torch.randn(3, 6, generator=gen), torch.randn(3, 6, generator=gen)
+    sampling = torch.randn(3, 6, generator=gen)
+    batch = _scored(rewards, present.tolist())
+    episode = replace(batch, rollout=replace(batch.rollout, model_mask=model))
+    got = advantages(
+        episode, LogProbs(sampling, None, ref, values), cfg.algo, get_advantage(cfg.algo.advantage)
+    )
+    assert not (got.advantages * (1 - model)).any() and torch.equal(got.mask, model.float())
+    # the same rows with the environment's columns taken out, left-aligned and right-padded
+    keep = [row.nonzero().flatten() for row in model]
+
+    def squeeze(t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(t)
+        for i, cols in enumerate(keep):
+            out[i, : len(cols)] = t[i, cols]
+        return out
+
+    alone = _scored(rewards, squeeze(model).tolist())
+    lp = LogProbs(squeeze(sampling), None, squeeze(ref), squeeze(values))
+    want = advantages(alone, lp, cfg.algo, get_advantage(cfg.algo.advantage))
+    torch.testing.assert_close(squeeze(got.advantages), want.advantages)
+    if want.returns is not None:
+        torch.testing.assert_close(squeeze(got.returns * model), want.returns)

@@ -1,0 +1,74 @@
+"""Tools and environments for multi-turn episodes, in TRL's shapes (``tools=`` functions and
+``environment_factory`` classes), and the plain tag protocol a base model calls them with.
+
+A recipe turns episodes on with ``rollout.max_turns`` > 1 and names what the model may call:
+``rollout.tools`` (built-ins ``calculator`` and ``python``, or ``my_pkg.module:function``) and
+``rollout.environment`` (``my_pkg.module:Class``: one instance per episode, ``reset(sample)``
+then its public methods are tools). The ``hf`` engine runs the loop (``rollout/hf.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reasonrl.config import ConfigError, RolloutConfig, import_path, resolve_callable
+from reasonrl.envs.calculator import calculator
+from reasonrl.envs.tools import ERRORS, Observation, Toolbox, ToolCall, environment_tools
+from reasonrl.tasks.base import Sample
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A run's tools and environment class, resolved once; ``toolboxes`` gives each episode
+    its own."""
+
+    tools: list[Callable[..., Any]]
+    environment: Callable[[], Any] | None
+    output_chars: int
+
+    @classmethod
+    def from_config(cls, ro: RolloutConfig) -> ToolUse | None:
+        """None when the run has single turns (``max_turns`` 1)."""
+        if ro.max_turns == 1:
+            return None
+
+        def python() -> Callable[..., Any]:
+            from reasonrl.envs.python import python_tool  # the sandbox: only when asked for
+
+            return python_tool(ro.tool_timeout_s, ro.tool_output_chars)
+
+        builtins = {"calculator": lambda: calculator, "python": python}
+        tools = []
+        for name in ro.tools:
+            make = resolve_callable(name, builtins, "tool", "my_pkg.tools:fn")
+            tools.append(make() if name in builtins else make)
+        environment = None
+        if ro.environment is not None:
+            environment = import_path(ro.environment, "environment")
+            if not callable(getattr(environment, "reset", None)):
+                raise ConfigError(f"environment {ro.environment!r} has no reset(sample) method")
+        return cls(tools, environment, ro.tool_output_chars)
+
+    def toolboxes(self, samples: Sequence[Sample]) -> list[Toolbox]:
+        """One toolbox per episode, each with a fresh environment reset to its sample."""
+        boxes = []
+        for sample in samples:
+            env = None
+            if self.environment is not None:
+                env = self.environment()
+                env.reset(sample)
+            boxes.append(Toolbox(self.tools, env, self.output_chars))
+        return boxes
+
+
+__all__ = [
+    "ERRORS",
+    "Observation",
+    "ToolCall",
+    "ToolUse",
+    "Toolbox",
+    "calculator",
+    "environment_tools",
+]
