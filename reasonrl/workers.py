@@ -43,6 +43,7 @@ from rich.console import Console
 
 from reasonrl.config import ConfigError, RunConfig
 from reasonrl.distributed.ranks import Ranks, all_gather_objects, broadcast_object, shard
+from reasonrl.models.loading import save_torch
 from reasonrl.rewards import RewardResult, ScoredBatch, score_batch
 from reasonrl.rollout import ENGINES
 from reasonrl.rollout.base import Rollout, concat_rollouts
@@ -222,6 +223,7 @@ class RewardWorker:
 # --------------------------------------------------------------------------- restarts
 
 
+BEHAVIOUR_DIR = "behaviour"  # in a checkpoint: the weights of rounds sent ahead
 START_TIMEOUT_S = 600.0  # the least time a replacement worker is given to start
 
 
@@ -494,6 +496,8 @@ class RayRollouts:
         self.version = version  # the policy's updates so far: the workers' own weights
         self.policy = policy  # the last pushed: version `version`
         self.weights: dict[int, Any] = {}  # version → object ref of the later ones
+        if cfg.rollout.async_steps > 0:  # a checkpoint writes the versions of rounds sent ahead
+            self.weights[version] = _put(policy)
         self.rounds: dict[tuple[int, int], _Round] = {}
         self.stats: dict[str, float] = defaultdict(float)
 
@@ -509,7 +513,10 @@ class RayRollouts:
 
     def push_weights(self, policy: torch.nn.Module, version: int) -> None:
         """The policy's weights, now version ``version``, for the rounds dispatched next."""
-        kept = {r.version for r in self.rounds.values()} | {version}
+        # besides the versions queued rounds name, the k before this one: a checkpoint taken
+        # now writes those of the next k steps' rounds, one of which may be training already
+        k = self.cfg.rollout.async_steps
+        kept = {r.version for r in self.rounds.values()} | set(range(version - k, version + 1))
         # With collective sync the object store keeps a version only for a restarted worker
         # that redoes a round sent ahead (async_steps): the trainer's own weights have moved on
         if self.sync is None or self.cfg.rollout.async_steps > 0:
@@ -541,15 +548,17 @@ class RayRollouts:
         for ahead in range(step, last + 1):
             self.dispatch(ahead, 0)
 
-    def dispatch(self, step: int, round_: int) -> None:
-        """Send round ``round_`` of ``step`` to the workers (once), with the current weights."""
+    def dispatch(self, step: int, round_: int, version: int | None = None) -> None:
+        """Send round ``round_`` of ``step`` to the workers (once), with weights ``version``
+        (default: the current ones)."""
         if (step, round_) in self.rounds:
             return
+        version = self.version if version is None else version
         idx, seeds = self.plan(step, round_)
         g, n = self.cfg.rl.completions_per_prompt, len(self.generators)
         # collective sync: the workers hold the version already, broadcast or staged
-        sent = self.sync is None and self.version in self.weights
-        weights = [self.weights[self.version]] if sent else []
+        sent = self.sync is None and version in self.weights
+        weights = [self.weights[version]] if sent else []
         shares = []
         for w in range(n):
             block = shard(len(idx), Ranks(w, n, w), even=False)
@@ -561,7 +570,7 @@ class RayRollouts:
                 w,
                 "generate",
                 weights,
-                self.version,
+                version,
                 [self.prompts[i] for i in mine],
                 seeds[block.start * g : block.stop * g],
             )
@@ -569,7 +578,54 @@ class RayRollouts:
                 len(shares) % len(self.scorers), "score", generate.ref, samples
             )
             shares.append(_Share(samples, generate, score))
-        self.rounds[(step, round_)] = _Round(shares, self.version)
+        self.rounds[(step, round_)] = _Round(shares, version)
+
+    def save(self, checkpoint: Path) -> None:
+        """With ``rollout.async_steps`` k, write into ``checkpoint`` the older weights that
+        the next k steps' rounds are generated from (versions done − k … done − 1; the
+        checkpoint's own weights are version done), so a resume regenerates them exactly.
+        Rank 0 writes; every rank's copies are the same weights."""
+        k = self.cfg.rollout.async_steps
+        if k == 0 or not self.ranks.is_main:
+            return
+        import ray
+
+        folder = checkpoint / BEHAVIOUR_DIR
+        folder.mkdir(exist_ok=True)
+        for v in range(max(0, self.version - k), self.version):
+            if v in self.weights:
+                save_torch(ray.get(self.weights[v]), folder / f"version-{v}.pt")
+
+    def resume(self, checkpoint: Path, steps: int) -> None:
+        """Send the rounds that the run being resumed had sent ahead from older weights, with
+        those weights from ``checkpoint``: step s's first round is generated from version
+        max(0, s − k). Rounds whose weights the checkpoint lacks (written before this was
+        kept) are generated from the current weights, as ``dispatch_ahead`` would."""
+        import ray
+
+        k, done = self.cfg.rollout.async_steps, self.version
+        folder = checkpoint / BEHAVIOUR_DIR
+        for v in range(max(0, done - k), done):
+            if (folder / f"version-{v}.pt").is_file():
+                state = torch.load(folder / f"version-{v}.pt", weights_only=True)
+                self.weights[v] = ray.put(state)
+        if self.sync is not None:  # the workers read only what was broadcast or staged
+            for actor in self.generators.actors:
+                actor.stage.options(concurrency_group=GROUP).remote(dict(self.weights))
+        missing = 0
+        for step in range(done, min(done + k, steps)):
+            version = max(0, step - k)
+            if version in self.weights:
+                self.dispatch(step, 0, version)
+            else:
+                missing += 1
+        if missing:
+            self.console.print(
+                f"{checkpoint} holds no weights for the {missing} step(s) sent ahead: they are "
+                "generated from the checkpoint's own weights, so those steps differ from the "
+                "uninterrupted run",
+                style="yellow",
+            )
 
     def gather(self, step: int, round_: int) -> tuple[Rollout, ScoredBatch, int]:
         """Round ``round_`` of ``step``: its completions, their rewards, and the weights version

@@ -30,6 +30,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,7 +89,14 @@ def train_rl(
     # the policy's schedule spans the steps that train it: none during PPO's critic warm-up
     critic_only = algo.critic_warmup_steps if ppo_critic is not None else 0
     scheduler = warmup_cosine(optimizer, r.warmup_steps, r.steps - critic_only, r.min_lr_ratio)
-    save_critic = ppo_critic.save if ppo_critic is not None else None
+    remote: RayRollouts | None = None
+
+    def save_more(checkpoint: Path) -> None:  # beside the policy: what resuming exactly needs
+        if ppo_critic is not None:
+            ppo_critic.save(checkpoint)
+        if remote is not None:
+            remote.save(checkpoint)
+
     ckpt, _ = Checkpointer.for_run(
         ctx.run_dir,
         policy,
@@ -97,18 +105,19 @@ def train_rl(
         scheduler,
         cfg.log,
         ctx.resume_from,
-        save_critic,
+        save_more,
         ranks=ranks,
     )
     if ctx.resume_from is not None and ppo_critic is not None:
         ppo_critic.load(ctx.resume_from)
     policy.train()
     tools = ToolUse.from_config(cfg.rollout)  # None: single turns
-    remote = None
     if cfg.distributed.backend == "ray":  # rollouts and rewards in Ray actors, each rank's own
         plan = lambda step, round_: rank_round(cfg, len(samples), step, round_, ranks)  # noqa: E731
         where = (ctx.run_dir, ctx.console, ckpt.done, ctx.device, ranks)
         remote = RayRollouts(cfg, unwrap(policy), tokenizer, prompts, samples, plan, *where)
+        if ctx.resume_from is not None:  # the rounds it had sent ahead, from their weights
+            remote.resume(ctx.resume_from, r.steps)
 
     with (
         ckpt.on_interrupt(),

@@ -9,6 +9,7 @@ synchronous run's."""
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,14 +55,16 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def run(out: Path, overrides: list[str]) -> list[dict]:
+def run(out: Path, overrides: list[str], resume_from: Path | None = None) -> list[dict]:
     cfg = load_config("quickstart", COMMON + overrides)
     tokenizer = load_tokenizer("bundled")
+    if resume_from is not None:  # the checkpoint's weights, as `reasonrl run --resume` loads
+        cfg.model.path = str(resume_from)
     model = load_model(cfg.model, torch.device("cpu"))
     train, _ = load_splits(cfg.task)
     prompts = [render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in train]
     with RunLogger(out, report_to=[]) as logger:
-        ctx = RunContext(cfg, out, logger, console=Console(quiet=True))
+        ctx = RunContext(cfg, out, logger, console=Console(quiet=True), resume_from=resume_from)
         train_rl(ctx, model, None, tokenizer, HFEngine(model, tokenizer), prompts, train)
     return list(read_jsonl(out / "metrics.jsonl"))
 
@@ -126,3 +129,20 @@ def test_async_rollouts_are_one_update_old(in_process: list[dict], tmp_path: Pat
     # later steps sample from older weights than the synchronous run's: other completions
     assert got[1]["reward/mean"] != in_process[1]["reward/mean"]
     assert all(math.isfinite(row["loss/policy"]) for row in got)
+
+
+def test_a_resumed_async_run_regenerates_the_rounds_sent_ahead_exactly(tmp_path: Path) -> None:
+    # step 3's rollouts were sent ahead during step 2, from the weights after step 1: the
+    # checkpoint after step 2 holds them, and the resumed run generates step 3 from them
+    async_run = [*RAY, "rollout.async_steps=1", "log.checkpoint_every=2"]
+    full = run(tmp_path / "full", async_run)
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-2"
+    assert sorted(p.name for p in (checkpoint / "behaviour").iterdir()) == ["version-1.pt"]
+    resumed = run(tmp_path / "resumed", async_run, resume_from=checkpoint)
+    assert [row["step"] for row in resumed] == [3, 4]
+    assert_same_metrics(resumed, full[2:])
+    assert [row["async/staleness"] for row in resumed] == [1, 1]
+    # without those weights step 3 would be generated from the checkpoint's own: other data
+    shutil.rmtree(checkpoint / "behaviour")
+    regenerated = run(tmp_path / "regenerated", async_run, resume_from=checkpoint)
+    assert regenerated[0]["loss/policy"] != pytest.approx(full[2]["loss/policy"], rel=1e-6)
