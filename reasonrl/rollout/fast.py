@@ -293,44 +293,43 @@ class FastEngine:
         """Episodes in one decode loop over one KV cache; the same turns, tokens, seeds and
         budget rule as ``HFEngine._episodes`` (which says them), so the engines agree.
 
-        Rows finish turns at different times, so no row waits for the others: each row is a
-        small state machine advanced once per decode step, and every step feeds every live row
-        exactly one token through the same batched forward — the token the row just drew
-        (a model token), or, after a call, the next token of the tool's answer (forced: the
-        row's draw at that step is discarded). The answer thus enters the cache the row
-        already holds, its tokens only; the prefix is never recomputed. Every fed token is
-        one of the row's ``budget`` tokens, so the cache needs ``prompt + budget`` slots as
-        for a single turn. The host reads the drawn tokens every step (a sync) to spot a
-        call's closing tag and run the tool, so this loop runs eagerly, without graphs. A
-        forced token costs a whole step only when no other row is drawing.
+        Rows finish turns at different times, so none waits for a turn boundary: each row is a
+        small state machine, and every step feeds every live row, in one batched forward, the
+        tokens it has to feed — the token it just drew, followed after a call by the tool's
+        answer, or what is left of an answer. The step is as wide as the longest of those; a
+        row feeding fewer leaves holes (slots masked out, positions not advanced) and draws
+        from its last fed token. So an answer enters the cache the row already holds, its
+        tokens only, never the prefix again. Holes cost cache slots: the cache holds
+        ``prompt + 2 × budget`` slots, and once ``budget`` slots have gone to holes the
+        answers are fed a token per step (each step then advances every live row by one of
+        its ``budget`` tokens, so the cache never runs out). The host reads the drawn tokens
+        every step to spot a call's closing tag and run the tool: episodes decode eagerly.
         """
         tok, n = self.tokenizer, len(prompts)
-        d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, budget, sampling)
-        t0, steps = time.perf_counter(), 0
-        rows = d.tok.shape[0]  # n, or its bucket (finished dummy rows)
+        d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, 2 * budget, sampling)
+        t0, steps, spare = time.perf_counter(), 0, budget
+        rows, dev = d.tok.shape[0], self.device  # rows: n, or its bucket (dummy rows)
         drawn, drawn_logp = d.out_ids[:n, 0].tolist(), d.out_logp[:n, 0].tolist()
         ids: list[list[int]] = [[] for _ in range(n)]
         model: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         turn_ids: list[list[int]] = [[] for _ in range(n)]  # the model tokens of the turn
-        forced: list[list[int]] = [[] for _ in range(n)]  # answer tokens not yet fed
+        queue: list[list[int]] = [[] for _ in range(n)]  # tokens not yet fed to the cache
         turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
         calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
         turn, finished, live = [0] * n, [False] * n, list(range(n))
         row_seeds = list(turn0_seeds or [0] * n) + [0] * (rows - n)
         while live:
-            feed = [self.pad_id] * rows
             going = []
             for i in live:
-                if forced[i]:
-                    feed[i] = forced[i].pop(0)
+                if queue[i]:  # still feeding an answer: this step's draw is not the row's
                     going.append(i)
                     continue
-                feed[i] = drawn[i]
                 ids[i].append(drawn[i])
                 model[i].append(1)
                 logps[i].append(drawn_logp[i])
                 turn_ids[i].append(drawn[i])
+                queue[i] = [drawn[i]]
                 if drawn[i] in self.eos_ids:
                     finished[i] = True
                 elif CALL_CLOSE in tok.decode(turn_ids[i][-len(CALL_CLOSE) :]):
@@ -351,7 +350,7 @@ class FastEngine:
                     ids[i] += answer_ids
                     model[i] += [0] * len(answer_ids)
                     logps[i] += [0.0] * len(answer_ids)
-                    forced[i] = list(answer_ids)
+                    queue[i] += answer_ids
                     self.stats.observation_tokens += len(answer_ids)
                     turn[i] += 1
                     if turn0_seeds is not None:
@@ -365,16 +364,31 @@ class FastEngine:
             live = going
             if not live:
                 break
+            width = min(max(len(queue[i]) for i in live), 1 + spare)
+            spare -= width - 1
+            fed = [0] * rows
+            feed = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            for i in live:
+                chunk, queue[i] = queue[i][:width], queue[i][width:]
+                feed[i, : len(chunk)] = torch.tensor(chunk)
+                fed[i] = len(chunk)
+            count = torch.tensor(fed, device=dev)
+            cols = torch.arange(width, device=dev)
+            real = cols < count.unsqueeze(-1)  # [R, W]: False on holes
+            d.keep[:, d.slot + cols] = real  # slot is a plain counter here (no graph)
+            seen = d.keep.unsqueeze(1) & (d.slots <= d.slot + cols.unsqueeze(-1))  # [R, W, L]
+            dtype = d.cache.layers[0].keys.dtype
+            mask = torch.zeros(seen.shape, dtype=dtype, device=dev)
+            mask = mask.masked_fill(~seen, torch.finfo(dtype).min).unsqueeze(1)
+            logits = self._forward(feed.to(dev), mask, d.pos + cols, d.cache)
+            last = logits[torch.arange(rows, device=dev), (count - 1).clamp(min=0)]
             # The draw after this step is token len(turn_ids[i]) of the row's current turn.
-            position = [len(turn_ids[i]) for i in range(n)] + [0] * (rows - n)
-            d.tok.copy_(torch.tensor(feed, device=self.device).unsqueeze(-1))
-            d.seeds.copy_(seed_tensor(row_seeds, rows, self.device))
-            next_ids, next_logp = sampling(
-                self._attend(d), d.seeds, torch.tensor(position, device=self.device)
-            )
+            position = torch.tensor([len(turn_ids[i]) for i in range(n)] + [0] * (rows - n))
+            d.seeds.copy_(seed_tensor(row_seeds, rows, dev))
+            next_ids, next_logp = sampling(last, d.seeds, position.to(dev))
             drawn, drawn_logp = next_ids[:n].tolist(), next_logp[:n].tolist()
-            d.pos.add_(1)
-            d.slot.add_(1)
+            d.pos.add_(count.unsqueeze(-1))
+            d.slot.add_(width)
             steps += 1
         self.stats.decode_steps += steps
         self.stats.decode_s += time.perf_counter() - t0
@@ -414,7 +428,7 @@ class FastEngine:
         seeds: [B], the unique prompt and the sampling seed of each row."""
         u, p = ids.shape
         prefix = StaticCache(config=self.model.config, max_cache_len=p)
-        logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)
+        logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)[:, -1]
         b, length = len(groups), p + max_new_tokens
         rows = b
         if self.pad_shapes:
@@ -445,17 +459,18 @@ class FastEngine:
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: StaticCache
     ) -> torch.Tensor:
-        """ids, pos: [R, T]; mask: [R, T] (2-D, prefill) or [R, 1, T, L] (additive) →
-        last-position logits [R, V], writing the T tokens' keys and values into ``cache``."""
+        """ids, pos: [R, T]; mask: [R, T] (2-D, prefill) or [R, 1, T, L] (additive) → the
+        logits [R, T, V] (the last position's only [R, 1, V] when T is the prompt's), writing
+        the T tokens' keys and values into ``cache``."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if mask.dim() == 2 else 0,
             **{self._cache_kw: cache},
         )
-        return out.logits[:, -1]
+        return out.logits
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -492,20 +507,15 @@ class FastEngine:
         self._decoders[key] = d
         return d
 
-    def _attend(self, d: _Decoder) -> torch.Tensor:
-        """Feed each row's ``tok`` at ``slot`` and position ``pos`` → the next token's logits
-        [R, V]; attention sees the slots up to ``slot`` that ``keep`` marks."""
+    def _step(self, d: _Decoder, sampling: Sampling) -> None:
+        """One decode step, in place: feed ``tok`` at ``slot``, sample the next token into
+        column ``col``. Only device tensors change, so the step can be captured as a graph."""
         dtype = d.cache.layers[0].keys.dtype
         visible = d.keep & (d.slots <= d.slot)
         mask = torch.zeros(visible.shape, dtype=dtype, device=self.device)
         mask = mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None, None, :]
-        return self._forward(d.tok, mask, d.pos, d.cache)
-
-    def _step(self, d: _Decoder, sampling: Sampling) -> None:
-        """One decode step, in place: feed ``tok`` at ``slot``, sample the next token into
-        column ``col``. Only device tensors change, so the step can be captured as a graph."""
         # col is the index of the completion token drawn, whatever the row's left padding.
-        tok, logp = sampling(self._attend(d), d.seeds, d.col)
+        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache)[:, -1], d.seeds, d.col)
         tok = tok.masked_fill(d.done, self.pad_id)
         logp = logp.masked_fill(d.done, 0.0)
         col = d.col.view(1)

@@ -340,13 +340,12 @@ def test_greedy_episodes_equal_hf_and_never_recompute_a_prefix(scripted, tool_sc
     model, tok, prompts = scripted
     episode = dict(max_new_tokens=90, greedy=True, max_turns=3)
     ref = HFEngine(model, tok).generate(prompts, toolboxes=_boxes(6), **episode)
-    prefills = []
+    forwards = []
 
-    def count_prefill(_module, args, kwargs):
-        if kwargs["input_ids"].shape[1] > 1:
-            prefills.append(kwargs["input_ids"].shape)
+    def record(_module, args, kwargs):
+        forwards.append((kwargs["input_ids"].shape[1], kwargs["attention_mask"].dim()))
 
-    handle = model.register_forward_pre_hook(count_prefill, with_kwargs=True)
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         engine = FastEngine(model, tok, batch_completions=batch, pad_shapes=batch == 2)
         ro = engine.generate(prompts, toolboxes=_boxes(6), **episode)
@@ -355,12 +354,14 @@ def test_greedy_episodes_equal_hf_and_never_recompute_a_prefix(scripted, tool_sc
     _assert_same_episodes(ro, ref)
     assert ro.texts[:3] == list(tool_scripts.values())
     assert [e.calls for e in ro.episodes[3:]] == [{"calculator": 1}] * 3
-    # One prefill forward per chunk, over its prompts' groups only: every answer went into the
-    # cache the row held, token by token through the decode steps.
-    assert len(prefills) == -(-6 // batch)
+    # One prompt prefill (2-D mask) per chunk, over its prompts' groups only; every later
+    # forward feeds at most a drawn token and a whole answer into the cache the rows hold:
+    # never a prefix again.
+    answers = [len(tok(t, add_special_tokens=False).input_ids) for t in _tool_turns(ro)]
+    assert sum(dim == 2 for _, dim in forwards) == -(-6 // batch)
+    assert max(width for width, dim in forwards if dim == 4) == 1 + max(answers)
     assert engine.stats.prefill_rows == (4 if batch == 256 else 5)
-    answers = sum(len(tok(t, add_special_tokens=False).input_ids) for t in _tool_turns(ro))
-    assert engine.stats.observation_tokens == answers > 0
+    assert engine.stats.observation_tokens == sum(answers) > 0
 
 
 def _tool_turns(ro):
@@ -458,11 +459,22 @@ def test_a_hostile_tool_answer_ends_as_an_observation_and_the_episode_goes_on(sc
     episode = dict(max_new_tokens=120, greedy=True, max_turns=3)
     # capped at 40 characters: appended, and the model's next turn follows it
     ref = HFEngine(model, tok).generate(prompts, toolboxes=boxes(40), **episode)
-    ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes(40), **episode)
+    widths = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes(40), **episode)
+    finally:
+        handle.remove()
     _assert_same_episodes(ro, ref)
     roles, answer = [r for r, _ in ro.episodes[0].turns], ro.episodes[0].turns[1][1]
     assert roles[:3] == ["model", "tool", "model"]
     assert answer == "<result>" + "9" * 40 + "... [99960 more characters]</result>"
+    # The abacus error (57 tokens) and this answer (81) left holes past the cache's spare
+    # slots (the budget, 120): the rest of the answer was fed a token per step.
+    assert len(tok(answer, add_special_tokens=False).input_ids) == 81
+    assert 1 < max(widths[1:]) < 1 + 81
     # uncapped: longer than the whole budget, not appended; the episode ends unfinished
     ref = HFEngine(model, tok).generate(prompts, toolboxes=boxes(10**6), **episode)
     ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes(10**6), **episode)
