@@ -9,10 +9,12 @@ a calculator call and its answer, an answer without a call, an unknown tool, a p
 calls or answers by hand) after their chat-template prompts. Both engines then generate the same
 ``--group`` seeded episodes of each prompt (calculator toolboxes, up to 3 turns), interleaved
 in each of ``--repeats`` rounds after a warm-up; the median ``generate`` time is reported with
-the context tokens each engine ran through a forward besides the one-token decode of a drawn
-token: ``hf`` re-prefills every row's whole context (padded) at each turn; ``fast`` prefills
-each group's prompt once and feeds each tool answer into the cache the row holds. Its saving is
-the prefix it does not recompute. Checks that both engines wrote the same episodes. Leaves out:
+the forwards each engine ran and the tokens of those wider than one token a row (prefill
+tokens, padding included as computed): ``hf`` re-prefills every row's whole context at each
+turn; ``fast`` prefills each group's prompt once and feeds each tool answer, with the token
+drawn before it, into the cache the row holds, in steps as wide as the longest answer fed
+(every live row pays that width: holes). Its saving is the prefix it does not recompute.
+Checks that both engines wrote the same episodes. Leaves out:
 real tool-using checkpoints and bigger models (the tiny model's forward is cheap, so Python and
 per-turn overhead weigh more here than on a GPU with a 0.5B model).
 """
@@ -97,23 +99,24 @@ def main() -> None:
     model = fit_tool_model(tok, args.hidden, args.layers, args.device)
     unique = list(dict.fromkeys(q for q, _ in SCRIPTS))
     rows = [render_prompt(Sample(q, "0"), tok) for q in unique for _ in range(args.group)]
-    prefill = [0]
+    work = [0, 0]  # forwards, and the tokens of those wider than one per row (padding in)
 
     def count_prefill(_module: Any, _args: Any, kwargs: dict) -> None:
+        work[0] += 1
         if kwargs["input_ids"].shape[1] > 1:
-            prefill[0] += kwargs["input_ids"].numel()
+            work[1] += kwargs["input_ids"].numel()
 
     model.register_forward_pre_hook(count_prefill, with_kwargs=True)
     engines: dict[str, Any] = {"hf": HFEngine(model, tok), "fast": FastEngine(model, tok)}
     times: dict[str, list[float]] = {name: [] for name in engines}
     tokens: dict[str, list[int]] = {name: [] for name in engines}
+    forwards: dict[str, list[int]] = {name: [] for name in engines}
     same = True
     for r in range(args.repeats + 1):  # round 0 is a warm-up
         seeds = [r * len(rows) + i for i in range(len(rows))]
         outs = {}
         for name, engine in engines.items():
-            prefill[0] = 0
-            fed = engines["fast"].stats.observation_tokens  # answers fast fed into its cache
+            work[:] = [0, 0]
             if args.device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -129,7 +132,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             if r:
                 times[name].append(time.perf_counter() - t0)
-                tokens[name].append(prefill[0] + engines["fast"].stats.observation_tokens - fed)
+                forwards[name].append(work[0])
+                tokens[name].append(work[1])
         same &= outs["hf"].texts == outs["fast"].texts
     ro = outs["fast"]
     cases = [
@@ -137,6 +141,7 @@ def main() -> None:
             "engine": name,
             "generate_s": statistics.median(times[name]),
             "prefill_tokens": statistics.mean(tokens[name]),
+            "forwards": statistics.mean(forwards[name]),
         }
         for name in engines
     ]
