@@ -2,6 +2,7 @@
 teacher-forced forward (log-probs). Its sampling rule is tested in test_sampling.py."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -481,3 +482,53 @@ def test_a_hostile_tool_answer_ends_as_an_observation_and_the_episode_goes_on(sc
     _assert_same_episodes(ro, ref)
     assert ro.texts[0] == "<tool>calculator 12+30</tool>" and not ro.finished[0]
     assert ro.texts[1] == "<answer>7</answer>" and ro.finished[1]  # its neighbour unaffected
+
+
+def test_an_rl_run_trains_on_fast_episodes_as_on_hf_episodes(tmp_path, tool_model, monkeypatch):
+    # test_episodes_with_tools_train (tests/train/test_algorithms.py) with each engine: the
+    # first step's rollouts come from the same weights and seeds, so its episode metrics agree.
+    turns = []
+
+    class Recorded(FastEngine):  # the real engine, recording the episodes it generated
+        def generate(self, prompts, **kw):
+            ro = super().generate(prompts, **kw)
+            turns.append(ro.episodes is not None and kw["max_turns"] == 3)
+            return ro
+
+    monkeypatch.setitem(ENGINES, "fast", Recorded)
+    row = json.dumps({"prompt": "Add 57 and 68.", "answer": "125"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(row * 12)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}))
+    first = {}
+    for engine in ("hf", "fast"):
+        overrides = [
+            f"rollout.engine={engine}",
+            f"model.path={tool_model}",
+            "task.source=jsonl",
+            f"task.train_path={tmp_path / 'train.jsonl'}",
+            f"task.eval_path={tmp_path / 'eval.jsonl'}",
+            "rl.steps=2",
+            "rl.prompts_per_step=3",
+            "rl.completions_per_prompt=4",
+            "rl.micro_batch_completions=4",
+            "rl.learning_rate=1e-4",
+            "rollout.max_turns=3",
+            "rollout.tools=[calculator]",
+            "rollout.max_new_tokens=90",
+            "eval.before=false",
+            "eval.after=false",
+            "log.tensorboard=false",
+            "log.checkpoint_every=0",
+        ]
+        run_dir = tmp_path / engine
+        run(load_config(None, overrides), run_dir)
+        metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
+        assert [m["step"] for m in metrics] == [1, 2]
+        assert all(math.isfinite(m["loss/policy"]) for m in metrics)
+        first[engine] = {k: v for k, v in metrics[0].items() if k.split("/")[0] in SAME}
+    assert turns == [True, True]  # the fast run's two steps were episodes
+    assert first["fast"]["tools/calculator/calls_per_episode"] > 0
+    assert first["fast"] == pytest.approx(first["hf"], abs=1e-4)
+
+
+SAME = ("reward", "tools", "episode")  # metric namespaces a step's rollouts alone decide
