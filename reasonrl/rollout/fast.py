@@ -86,7 +86,7 @@ class EngineStats:
     prefill_tokens: int = 0  # their padded length summed
     prefill_s: float = 0.0
     observation_tokens: int = 0  # episodes: tool answers fed into the KV cache the rows hold
-    decode_steps: int = 0  # decode forwards (one token for every row of the batch)
+    decode_steps: int = 0  # decode forwards (a token per row; in episodes, or an answer)
     decode_s: float = 0.0
     graph_captures: int = 0
     capture_s: float = 0.0
