@@ -87,7 +87,7 @@ for part in "$@"; do
         ;;
     episodes)
         run 120 $py bench/episodes.py --device cuda --group 8
-        run 180 $py bench/episodes.py --device cuda --group 64 --hidden 256 --layers 4
+        run 180 $py bench/episodes.py --device cuda --group 64
         ;;
     *)
         echo "unknown part: $part (tests, packing, main, scale, smoke, episodes)"; exit 2
