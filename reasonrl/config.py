@@ -155,8 +155,6 @@ class RolloutConfig(SamplingConfig):
     def _episodes(self) -> RolloutConfig:
         if self.max_turns > 1 and not (self.tools or self.environment):
             raise ValueError("rollout.max_turns > 1 needs rollout.tools or rollout.environment")
-        if self.max_turns > 1 and self.engine != "hf":
-            raise ValueError("multi-turn episodes (rollout.max_turns > 1) need rollout.engine=hf")
         return self
 
 

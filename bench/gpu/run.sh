@@ -7,6 +7,7 @@
 #   bash bench/gpu/run.sh main           # 0.5B × 128: fast vs TRL, hf engine, packed rows (≤ 8 min)
 #   bash bench/gpu/run.sh scale          # 0.5B × 512, 1.5B and 3B, each vs TRL         (≤ 9 min)
 #   bash bench/gpu/run.sh smoke          # the scripts on tiny shapes, on any machine    (≤ 7 min)
+#   bash bench/gpu/run.sh episodes       # tool-calling episodes, hf vs fast             (≤ 5 min)
 #
 # Each grpo_step run adds its entry to bench/results/grpo_step_<gpu>.json (bench/results travels
 # with the tree, so entries from an earlier call are kept once committed); the log and the result
@@ -14,7 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -eq 0 ]; then
-    echo "usage: bash bench/gpu/run.sh PART... (tests, packing, main, scale, smoke)"; exit 2
+    echo "usage: bash bench/gpu/run.sh PART... (tests, packing, main, scale, smoke, episodes)"
+    exit 2
 fi
 out="${OUT:-/tmp/reasonrl-gpu}"
 mkdir -p "$out"
@@ -83,8 +85,12 @@ for part in "$@"; do
             --pack 64 256 --repeats 2 \
             --out "$out/packing_smoke.json"
         ;;
+    episodes)
+        run 120 $py bench/episodes.py --device cuda --group 8
+        run 180 $py bench/episodes.py --device cuda --group 64
+        ;;
     *)
-        echo "unknown part: $part (tests, packing, main, scale, smoke)"; exit 2
+        echo "unknown part: $part (tests, packing, main, scale, smoke, episodes)"; exit 2
         ;;
     esac
 done 2>&1 | tee -a "$out/gpu_$(IFS=_; echo "$*").log"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,10 +41,11 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from reasonrl.envs.protocol import CALL_CLOSE, parse_call, result_text
 from reasonrl.envs.tools import Toolbox
-from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.hf import completion_mask
-from reasonrl.rollout.sampling import sample_tokens, seed_tensor
+from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
 
 ROW_BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # CUDA: beyond 512, multiples of 256
 LENGTH_BUCKET = 128  # CUDA: cache length rounded up to a multiple of this
@@ -84,7 +85,8 @@ class EngineStats:
     prefill_rows: int = 0  # sequences run through the prefill forward (one per group)
     prefill_tokens: int = 0  # their padded length summed
     prefill_s: float = 0.0
-    decode_steps: int = 0  # decode forwards (one token for every row of the batch)
+    observation_tokens: int = 0  # episodes: tool answers fed into the KV cache the rows hold
+    decode_steps: int = 0  # decode forwards (a token per row; in episodes, or an answer)
     decode_s: float = 0.0
     graph_captures: int = 0
     capture_s: float = 0.0
@@ -184,10 +186,9 @@ class FastEngine:
         max_turns: int = 1,
     ) -> Rollout:
         """Complete each prompt; with ``seeds`` (one per prompt), prompt i's completion is drawn
-        from seeds[i] alone (see ``reasonrl.rollout.sampling``). Single turns only: episodes
-        (``toolboxes``, ``max_turns`` > 1) are the ``hf`` engine's."""
-        if toolboxes is not None and max_turns > 1:
-            raise ValueError("the fast engine generates single turns: use rollout.engine=hf")
+        from seeds[i] alone (see ``reasonrl.rollout.sampling``). With ``toolboxes`` and
+        ``max_turns`` > 1, each completion is an episode (:meth:`_episodes`)."""
+        episodes = toolboxes is not None and max_turns > 1
         weights = tuple(p.data_ptr() for p in self.model.parameters())
         if weights != self._weights:  # re-allocated parameters: captured graphs are stale
             self._decoders.clear()
@@ -200,24 +201,34 @@ class FastEngine:
         )
         was_training = self.model.training
         self.model.eval()
+        step = self.batch_completions
         try:
             parts = [
-                self._generate_chunk(
-                    prompts[i : i + self.batch_completions],
-                    row_seeds[i : i + self.batch_completions],
+                self._episodes(
+                    prompts[i : i + step],
+                    row_seeds[i : i + step],
+                    toolboxes[i : i + step],
+                    None if seeds is None else list(seeds[i : i + step]),
                     max_new_tokens,
+                    max_turns,
                     sampling,
                 )
-                for i in range(0, len(prompts), self.batch_completions)
+                if episodes
+                else self._generate_chunk(
+                    prompts[i : i + step], row_seeds[i : i + step], max_new_tokens, sampling
+                )
+                for i in range(0, len(prompts), step)
             ]
         finally:
             self.model.train(was_training)
         return concat_rollouts(parts, self.pad_id)
 
-    def _generate_chunk(
+    def _prefill_groups(
         self, prompts: list[str], seeds: torch.Tensor, max_new_tokens: int, sampling: Sampling
-    ) -> Rollout:
-        # Consecutive identical prompts form a group; each group is tokenized and prefilled once.
+    ) -> tuple[_Decoder, torch.Tensor, torch.Tensor]:
+        """Consecutive identical prompts form a group; each group is tokenized and prefilled
+        once (:meth:`_prefill`). → the decoder, and each row's left-padded prompt ids and
+        mask [B, P]."""
         unique: list[str] = []
         group_of: list[int] = []
         for p in prompts:
@@ -228,17 +239,22 @@ class FastEngine:
             unique, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         ).to(self.device)
         groups = torch.tensor(group_of, device=self.device)
-        b = len(prompts)
         t0 = time.perf_counter()
         d = self._prefill(
             enc["input_ids"], enc["attention_mask"], groups, seeds, max_new_tokens, sampling
         )
         self._sync()
-        t1 = time.perf_counter()
         self.stats.prefill_rows += len(unique)
         self.stats.prefill_tokens += enc["input_ids"].numel()
-        self.stats.prefill_s += t1 - t0
+        self.stats.prefill_s += time.perf_counter() - t0
+        return d, enc["input_ids"][groups], enc["attention_mask"][groups]
 
+    def _generate_chunk(
+        self, prompts: list[str], seeds: torch.Tensor, max_new_tokens: int, sampling: Sampling
+    ) -> Rollout:
+        b = len(prompts)
+        d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, max_new_tokens, sampling)
+        t1 = time.perf_counter()
         captured = self.stats.capture_s
         written = 1  # the prefill sampled the first token
         while written < max_new_tokens:
@@ -262,8 +278,141 @@ class FastEngine:
             ids * mask + self.pad_id * (1 - mask), skip_special_tokens=True
         )
         finished = torch.isin(ids, self._eos).any(-1)
-        prompt_ids, prompt_mask = enc["input_ids"][groups], enc["attention_mask"][groups]
         return Rollout(prompt_ids, prompt_mask, ids, mask, logp, texts, finished)
+
+    def _episodes(
+        self,
+        prompts: list[str],
+        seeds: torch.Tensor,
+        toolboxes: Sequence[Toolbox],
+        turn0_seeds: list[int] | None,
+        budget: int,
+        max_turns: int,
+        sampling: Sampling,
+    ) -> Rollout:
+        """Episodes in one decode loop over one KV cache; the same turns, tokens, seeds and
+        budget rule as ``HFEngine._episodes`` (which says them), so the engines agree.
+
+        Rows finish turns at different times, so none waits for a turn boundary: each row is a
+        small state machine, and every step feeds every live row, in one batched forward, the
+        tokens it has to feed — the token it just drew, followed after a call by the tool's
+        answer, or what is left of an answer. The step is as wide as the longest of those; a
+        row feeding fewer leaves holes (slots masked out, positions not advanced) and draws
+        from its last fed token. So an answer enters the cache the row already holds, its
+        tokens only, never the prefix again. Holes cost cache slots: the cache holds
+        ``prompt + 2 × budget`` slots, and once ``budget`` slots have gone to holes the
+        answers are fed a token per step (each step then advances every live row by one of
+        its ``budget`` tokens, so the cache never runs out). The host reads the drawn tokens
+        every step to spot a call's closing tag and run the tool: episodes decode eagerly.
+        """
+        tok, n = self.tokenizer, len(prompts)
+        d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, 2 * budget, sampling)
+        t0, steps, spare = time.perf_counter(), 0, budget
+        rows, dev = d.tok.shape[0], self.device  # rows: n, or its bucket (dummy rows)
+        drawn, drawn_logp = d.out_ids[:n, 0].tolist(), d.out_logp[:n, 0].tolist()
+        ids: list[list[int]] = [[] for _ in range(n)]
+        model: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        turn_ids: list[list[int]] = [[] for _ in range(n)]  # the model tokens of the turn
+        queue: list[list[int]] = [[] for _ in range(n)]  # tokens not yet fed to the cache
+        turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+        calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
+        turn, finished, live = [0] * n, [False] * n, list(range(n))
+        row_seeds = list(turn0_seeds or [0] * n) + [0] * (rows - n)
+        while live:
+            going = []
+            for i in live:
+                if queue[i]:  # still feeding an answer: this step's draw is not the row's
+                    going.append(i)
+                    continue
+                ids[i].append(drawn[i])
+                model[i].append(1)
+                logps[i].append(drawn_logp[i])
+                turn_ids[i].append(drawn[i])
+                queue[i] = [drawn[i]]
+                if drawn[i] in self.eos_ids:
+                    finished[i] = True
+                elif CALL_CLOSE in tok.decode(turn_ids[i][-len(CALL_CLOSE) :]):
+                    text = tok.decode(turn_ids[i], skip_special_tokens=True)
+                    turns[i].append(("model", text))
+                    turn_ids[i] = []
+                    if turn[i] == max_turns - 1:
+                        continue  # a call with no turn left to read it: not run
+                    observation = toolboxes[i].call(parse_call(text))
+                    calls[i][observation.tool or "unknown"] += 1
+                    if observation.error:
+                        errors[i][observation.error] += 1
+                    answer = result_text(observation)
+                    answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+                    if len(ids[i]) + len(answer_ids) >= budget:
+                        continue  # no room left for a model token after the answer
+                    turns[i].append(("tool", answer))
+                    ids[i] += answer_ids
+                    model[i] += [0] * len(answer_ids)
+                    logps[i] += [0.0] * len(answer_ids)
+                    queue[i] += answer_ids
+                    self.stats.observation_tokens += len(answer_ids)
+                    turn[i] += 1
+                    if turn0_seeds is not None:
+                        row_seeds[i] = derive_seed("turn", turn0_seeds[i], turn[i])
+                    going.append(i)
+                    continue
+                elif len(ids[i]) < budget:
+                    going.append(i)
+                    continue
+                turns[i].append(("model", tok.decode(turn_ids[i], skip_special_tokens=True)))
+            live = going
+            if not live:
+                break
+            width = min(max(len(queue[i]) for i in live), 1 + spare)
+            spare -= width - 1
+            fed = [0] * rows
+            feed = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            for i in live:
+                chunk, queue[i] = queue[i][:width], queue[i][width:]
+                feed[i, : len(chunk)] = torch.tensor(chunk)
+                fed[i] = len(chunk)
+            count = torch.tensor(fed, device=dev)
+            cols = torch.arange(width, device=dev)
+            real = cols < count.unsqueeze(-1)  # [R, W]: False on holes
+            d.keep[:, d.slot + cols] = real  # slot is a plain counter here (no graph)
+            seen = d.keep.unsqueeze(1) & (d.slots <= d.slot + cols.unsqueeze(-1))  # [R, W, L]
+            dtype = d.cache.layers[0].keys.dtype
+            mask = torch.zeros(seen.shape, dtype=dtype, device=dev)
+            mask = mask.masked_fill(~seen, torch.finfo(dtype).min).unsqueeze(1)
+            logits = self._forward(feed.to(dev), mask, d.pos + cols, d.cache)
+            last = logits[torch.arange(rows, device=dev), (count - 1).clamp(min=0)]
+            # The draw after this step is token len(turn_ids[i]) of the row's current turn.
+            position = torch.tensor([len(turn_ids[i]) for i in range(n)] + [0] * (rows - n))
+            d.seeds.copy_(seed_tensor(row_seeds, rows, dev))
+            next_ids, next_logp = sampling(last, d.seeds, position.to(dev))
+            drawn, drawn_logp = next_ids[:n].tolist(), next_logp[:n].tolist()
+            d.pos.add_(count.unsqueeze(-1))
+            d.slot.add_(width)
+            steps += 1
+        self.stats.decode_steps += steps
+        self.stats.decode_s += time.perf_counter() - t0
+
+        width = max(1, max(len(row) for row in ids))
+
+        def right_padded(table: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(
+                [row + [value] * (width - len(row)) for row in table],
+                dtype=dtype,
+                device=self.device,
+            )
+
+        return Rollout(
+            prompt_ids,
+            prompt_mask,
+            right_padded(ids, self.pad_id, torch.long),
+            right_padded([[1] * len(row) for row in ids], 0, torch.long),
+            right_padded(logps, 0.0, torch.float32),
+            tok.batch_decode(ids, skip_special_tokens=True),
+            torch.tensor(finished, device=self.device),
+            right_padded(model, 0, torch.long),
+            [Episode(t, dict(c), dict(e)) for t, c, e in zip(turns, calls, errors, strict=True)],
+        )
 
     def _prefill(
         self,
@@ -279,7 +428,7 @@ class FastEngine:
         seeds: [B], the unique prompt and the sampling seed of each row."""
         u, p = ids.shape
         prefix = StaticCache(config=self.model.config, max_cache_len=p)
-        logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)
+        logits = self._forward(ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), prefix)[:, -1]
         b, length = len(groups), p + max_new_tokens
         rows = b
         if self.pad_shapes:
@@ -310,17 +459,18 @@ class FastEngine:
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: StaticCache
     ) -> torch.Tensor:
-        """ids, pos: [R, T]; mask: [R, T] (2-D, prefill) or [R, 1, T, L] (additive) →
-        last-position logits [R, V], writing the T tokens' keys and values into ``cache``."""
+        """ids, pos: [R, T]; mask: [R, T] (2-D, prefill) or [R, 1, T, L] (additive) → the
+        logits [R, T, V] (the last position's only [R, 1, V] when T is the prompt's), writing
+        the T tokens' keys and values into ``cache``."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if mask.dim() == 2 else 0,
             **{self._cache_kw: cache},
         )
-        return out.logits[:, -1]
+        return out.logits
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -365,7 +515,7 @@ class FastEngine:
         mask = torch.zeros(visible.shape, dtype=dtype, device=self.device)
         mask = mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None, None, :]
         # col is the index of the completion token drawn, whatever the row's left padding.
-        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache), d.seeds, d.col)
+        tok, logp = sampling(self._forward(d.tok, mask, d.pos, d.cache)[:, -1], d.seeds, d.col)
         tok = tok.masked_fill(d.done, self.pad_id)
         logp = logp.masked_fill(d.done, 0.0)
         col = d.col.view(1)

@@ -2,12 +2,14 @@
 teacher-forced forward (log-probs). Its sampling rule is tested in test_sampling.py."""
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 
 from reasonrl.config import ModelConfig, load_config
+from reasonrl.envs import Toolbox, calculator
 from reasonrl.logging import read_jsonl
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.forward import completion_logprobs
@@ -307,3 +309,226 @@ def test_greedy_ignores_seeds(bundled):
         plain = engine.generate(prompts, max_new_tokens=24, greedy=True)
         seeded = engine.generate(prompts, max_new_tokens=24, greedy=True, seeds=range(10))
         assert torch.equal(seeded.completion_ids, plain.completion_ids)
+
+
+@pytest.fixture(scope="module")
+def scripted(tool_model, tool_scripts):
+    """conftest's tool-calling model, its scripted prompts and three rows of a prompt where it
+    calls the calculator or answers by hand."""
+    tok = load_tokenizer(str(tool_model))
+    model = load_model(ModelConfig(path=str(tool_model), device="cpu"))
+    prompts = [render_prompt(Sample(q, "0"), tok) for q in tool_scripts]
+    choice = "Add 57 and 68."  # conftest's CHOICE: fit to call the calculator or answer by hand
+    return model, tok, prompts + [render_prompt(Sample(choice, "0"), tok)] * 3
+
+
+def _boxes(n: int, *tools) -> list[Toolbox]:
+    return [Toolbox(list(tools) or [calculator]) for _ in range(n)]
+
+
+def _assert_same_episodes(ro, ref, atol=1e-4):
+    assert torch.equal(ro.prompt_ids, ref.prompt_ids)
+    assert torch.equal(ro.completion_ids, ref.completion_ids)
+    assert torch.equal(ro.completion_mask, ref.completion_mask)
+    assert torch.equal(ro.model_mask, ref.model_mask)
+    assert ro.texts == ref.texts and torch.equal(ro.finished, ref.finished)
+    assert ro.episodes == ref.episodes
+    torch.testing.assert_close(ro.logprobs, ref.logprobs, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [256, 2])
+def test_greedy_episodes_equal_hf_and_never_recompute_a_prefix(scripted, tool_scripts, batch):
+    model, tok, prompts = scripted
+    episode = dict(max_new_tokens=90, greedy=True, max_turns=3)
+    ref = HFEngine(model, tok).generate(prompts, toolboxes=_boxes(6), **episode)
+    forwards = []
+
+    def record(_module, args, kwargs):
+        forwards.append((kwargs["input_ids"].shape[1], kwargs["attention_mask"].dim()))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        engine = FastEngine(model, tok, batch_completions=batch, pad_shapes=batch == 2)
+        ro = engine.generate(prompts, toolboxes=_boxes(6), **episode)
+    finally:
+        handle.remove()
+    _assert_same_episodes(ro, ref)
+    assert ro.texts[:3] == list(tool_scripts.values())
+    assert [e.calls for e in ro.episodes[3:]] == [{"calculator": 1}] * 3
+    # One prompt prefill (2-D mask) per chunk, over its prompts' groups only; every later
+    # forward feeds at most a drawn token and a whole answer into the cache the rows hold:
+    # never a prefix again.
+    answers = [len(tok(t, add_special_tokens=False).input_ids) for t in _tool_turns(ro)]
+    assert sum(dim == 2 for _, dim in forwards) == -(-6 // batch)
+    assert max(width for width, dim in forwards if dim == 4) == 1 + max(answers)
+    assert engine.stats.prefill_rows == (4 if batch == 256 else 5)
+    assert engine.stats.observation_tokens == sum(answers) > 0
+
+
+def _tool_turns(ro):
+    return [text for e in ro.episodes for role, text in e.turns if role == "tool"]
+
+
+def test_seeded_episodes_equal_hf_token_for_token_in_float64(scripted):
+    # As single turns (test_seeded_fast_equals_hf_token_for_token_in_float64): each turn t of
+    # row i draws from derive_seed("turn", seeds[i], t), counting from the turn's start.
+    model, tok, prompts = scripted
+    model = copy.deepcopy(model).double()
+    rows = prompts[:1] * 6 + prompts[3:4] * 6
+    episode = dict(max_new_tokens=90, temperature=1.3, max_turns=3, seeds=list(range(12)))
+    ref = HFEngine(model, tok).generate(rows, toolboxes=_boxes(12), **episode)
+    ro = FastEngine(model, tok, pad_shapes=True).generate(rows, toolboxes=_boxes(12), **episode)
+    _assert_same_episodes(ro, ref, atol=1e-6)
+    turns = [e.model_turns for e in ro.episodes]
+    assert 1 in turns and 2 in turns  # some rows called a tool and went on, some did not
+    # the turns after a call are drawn, not fixed: a wrong turn seed would show
+    assert len({e.turns[2][1] for e in ro.episodes if len(e.turns) > 2}) >= 3
+
+
+@pytest.mark.parametrize("temperature", [0.8, 1.3])
+def test_episode_logprobs_match_a_teacher_forced_forward_on_model_tokens(scripted, temperature):
+    model, tok, prompts = scripted
+    ro = FastEngine(model, tok).generate(
+        prompts * 2,
+        max_new_tokens=90,
+        temperature=temperature,
+        seeds=list(range(12)),
+        toolboxes=_boxes(12),
+        max_turns=3,
+    )
+    assert (ro.model_mask != ro.completion_mask).any()  # environment tokens are there
+    c = ro.completion_ids.shape[1]
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, c, temperature)
+    m = ro.model_mask.bool()
+    torch.testing.assert_close(ro.logprobs[m], logp[m], atol=1e-4, rtol=0)
+    assert (ro.logprobs[~m] == 0).all()
+    assert ro.lengths.tolist() == [int(r.sum()) for r in ro.model_mask]
+
+
+@pytest.mark.parametrize("settings", [{"greedy": True}, {"temperature": 1.5, "seeds": [8]}])
+def test_a_row_that_calls_nothing_is_its_single_turn_completion(scripted, settings):
+    model, tok, prompts = scripted
+    engine = FastEngine(model, tok)
+    single = engine.generate(prompts[1:2], max_new_tokens=60, **settings)
+    episode = engine.generate(
+        prompts[1:2], max_new_tokens=60, toolboxes=_boxes(1), max_turns=3, **settings
+    )
+    assert episode.episodes[0].calls == {}
+    assert torch.equal(episode.completion_ids, single.completion_ids)
+    assert torch.equal(episode.model_mask, single.completion_mask)
+    torch.testing.assert_close(episode.logprobs, single.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [3, 18, 20, 30])
+def test_the_budget_counts_model_and_environment_tokens_as_hf_does(scripted, extra):
+    # The call is 24 tokens, its answer 18, the answer turn after it 5 (EOS included). extra
+    # 3, 18: the answer would leave no room for a model token and is not appended; 20: it is,
+    # and the budget cuts the next turn after 2 tokens; 30: the episode finishes inside it.
+    model, tok, prompts = scripted
+    call = tok("<tool>calculator 12+30</tool>", add_special_tokens=False).input_ids
+    answer = tok("<result>42</result>", add_special_tokens=False).input_ids
+    assert (len(call), len(answer)) == (24, 18)
+    episode = dict(max_new_tokens=len(call) + extra, greedy=True, max_turns=3)
+    ref = HFEngine(model, tok).generate(prompts, toolboxes=_boxes(6), **episode)
+    ro = FastEngine(model, tok).generate(prompts, toolboxes=_boxes(6), **episode)
+    _assert_same_episodes(ro, ref)
+    assert (ro.completion_mask.sum(-1) <= len(call) + extra).all()
+    assert ro.episodes[0].calls == {"calculator": 1}
+    if extra <= 18:
+        assert ro.texts[0] == "<tool>calculator 12+30</tool>" and not ro.finished[0]
+    else:
+        assert ro.episodes[0].turns[1] == ("tool", "<result>42</result>")
+        assert int(ro.lengths[0]) == len(call) + min(extra - 18, 5)
+        assert bool(ro.finished[0]) == (extra == 30)
+
+
+def test_a_hostile_tool_answer_ends_as_an_observation_and_the_episode_goes_on(scripted):
+    model, tok, prompts = scripted
+
+    def calculator(expression: str) -> str:
+        """Answers with runaway output.
+
+        Args:
+            expression: ignored.
+        """
+        return "9" * 100_000
+
+    def boxes(chars: int) -> list[Toolbox]:
+        return [Toolbox([calculator], output_chars=chars) for _ in range(6)]
+
+    episode = dict(max_new_tokens=120, greedy=True, max_turns=3)
+    # capped at 40 characters: appended, and the model's next turn follows it
+    ref = HFEngine(model, tok).generate(prompts, toolboxes=boxes(40), **episode)
+    widths = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes(40), **episode)
+    finally:
+        handle.remove()
+    _assert_same_episodes(ro, ref)
+    roles, answer = [r for r, _ in ro.episodes[0].turns], ro.episodes[0].turns[1][1]
+    assert roles[:3] == ["model", "tool", "model"]
+    assert answer == "<result>" + "9" * 40 + "... [99960 more characters]</result>"
+    # The abacus error (57 tokens) and this answer (81) left holes past the cache's spare
+    # slots (the budget, 120): the rest of the answer was fed a token per step.
+    assert len(tok(answer, add_special_tokens=False).input_ids) == 81
+    assert 1 < max(widths[1:]) < 1 + 81
+    # uncapped: longer than the whole budget, not appended; the episode ends unfinished
+    ref = HFEngine(model, tok).generate(prompts, toolboxes=boxes(10**6), **episode)
+    ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes(10**6), **episode)
+    _assert_same_episodes(ro, ref)
+    assert ro.texts[0] == "<tool>calculator 12+30</tool>" and not ro.finished[0]
+    assert ro.texts[1] == "<answer>7</answer>" and ro.finished[1]  # its neighbour unaffected
+
+
+def test_an_rl_run_trains_on_fast_episodes_as_on_hf_episodes(tmp_path, tool_model, monkeypatch):
+    # test_episodes_with_tools_train (tests/train/test_algorithms.py) with each engine: the
+    # first step's rollouts come from the same weights and seeds, so its episode metrics agree.
+    turns = []
+
+    class Recorded(FastEngine):  # the real engine, recording the episodes it generated
+        def generate(self, prompts, **kw):
+            ro = super().generate(prompts, **kw)
+            turns.append(ro.episodes is not None and kw["max_turns"] == 3)
+            return ro
+
+    monkeypatch.setitem(ENGINES, "fast", Recorded)
+    row = json.dumps({"prompt": "Add 57 and 68.", "answer": "125"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(row * 12)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}))
+    first = {}
+    for engine in ("hf", "fast"):
+        overrides = [
+            f"rollout.engine={engine}",
+            f"model.path={tool_model}",
+            "task.source=jsonl",
+            f"task.train_path={tmp_path / 'train.jsonl'}",
+            f"task.eval_path={tmp_path / 'eval.jsonl'}",
+            "rl.steps=2",
+            "rl.prompts_per_step=3",
+            "rl.completions_per_prompt=4",
+            "rl.micro_batch_completions=4",
+            "rl.learning_rate=1e-4",
+            "rollout.max_turns=3",
+            "rollout.tools=[calculator]",
+            "rollout.max_new_tokens=90",
+            "eval.before=false",
+            "eval.after=false",
+            "log.tensorboard=false",
+            "log.checkpoint_every=0",
+        ]
+        run_dir = tmp_path / engine
+        run(load_config(None, overrides), run_dir)
+        metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
+        assert [m["step"] for m in metrics] == [1, 2]
+        assert all(math.isfinite(m["loss/policy"]) for m in metrics)
+        first[engine] = {k: v for k, v in metrics[0].items() if k.split("/")[0] in SAME}
+    assert turns == [True, True]  # the fast run's two steps were episodes
+    assert first["fast"]["tools/calculator/calls_per_episode"] > 0
+    assert first["fast"] == pytest.approx(first["hf"], abs=1e-4)
+
+
+SAME = ("reward", "tools", "episode")  # metric namespaces a step's rollouts alone decide
