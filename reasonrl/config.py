@@ -105,6 +105,10 @@ class TaskConfig(_Strict):
     # Several tasks trained and evaluated together (each a task config of its own; prompt and
     # chat_template stay at this level). Evals report every task's accuracy as well as the whole.
     mix: list[TaskConfig] = Field(default_factory=list)
+    # A label put in every sample's meta["difficulty"] (e.g. easy, hard; it replaces
+    # reasoning-gym's own ranges there): evaluations report accuracy and tool use per label, and
+    # a mix may hold one task at several difficulties.
+    difficulty: str | None = None
 
     @model_validator(mode="after")
     def _paths_for_jsonl(self) -> TaskConfig:
@@ -124,9 +128,9 @@ class TaskConfig(_Strict):
                 raise ValueError(f"task.mix lists the tasks: set {own} inside its entries instead")
             if any(entry.mix for entry in self.mix):
                 raise ValueError("a task.mix entry cannot have a mix of its own")
-            names = [entry.name for entry in self.mix]
+            names = [(entry.name, entry.difficulty) for entry in self.mix]
             if len(set(names)) < len(names):
-                raise ValueError(f"task.mix names each task once: {names}")
+                raise ValueError(f"task.mix names each task once per difficulty: {names}")
         return self
 
 
@@ -272,6 +276,8 @@ class AlgoConfig(_Strict):
 class SFTConfig(_Strict):
     data: Literal["traces", "jsonl"] = "traces"  # traces: step-by-step solutions of the task
     estimate_fraction: float = Field(0.0, ge=0, le=1)  # hasty rounded traces (tasks/traces.py)
+    tool_fraction: float = Field(0.0, ge=0, le=1)  # traces that call the calculator instead
+    # (their <result> is context, not trained on; for rollout.tools: [calculator] after SFT)
     train_path: str | None = None  # JSONL with "prompt" and "completion" (data: jsonl)
     steps: int = Field(1000, ge=0)
     examples_per_step: int = Field(64, gt=0)

@@ -174,8 +174,10 @@ def test_task_mix_errors_name_the_entry_and_the_misplaced_keys():
         validate_config({"task": {"mix": [{"name": "chain_sum"}, {"nmae": "x"}]}}, "test")
     with pytest.raises(ConfigError, match=r"set \['train_size'\] inside its entries"):
         validate_config({"task": {"mix": mix, "train_size": 10}}, "test")
-    with pytest.raises(ConfigError, match="names each task once"):
+    with pytest.raises(ConfigError, match="names each task once per difficulty"):
         validate_config({"task": {"mix": [{"name": "chain_sum"}, {"name": "chain_sum"}]}}, "t")
+    levels = [{"name": "chain_sum", "difficulty": "easy"}, {"name": "chain_sum", "difficulty": "x"}]
+    assert validate_config({"task": {"mix": levels}}, "t").task.mix[1].difficulty == "x"
 
 
 @pytest.mark.parametrize(

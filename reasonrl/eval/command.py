@@ -5,7 +5,9 @@ settings; ``eval.limit=50`` and other dotted overrides apply); ``--reward-model 
 mean score of the greedy completions under a saved reward model; ``--baseline
 runs/x/eval_before.json`` (or an earlier ``--out``) shows it as "before", with the paired change
 of each reward-model score; ``--recipe PIPELINE --stage NAME`` evaluates with one policy stage's
-settings of a multi-stage recipe. One GPU: the same command, ``model.device=auto`` picks CUDA.
+settings of a multi-stage recipe. With ``rollout.max_turns`` > 1 and ``rollout.tools`` the
+problems are episodes with the tools, and tool calls per episode are reported beside accuracy
+(per task and difficulty label). One GPU: the same command, ``model.device=auto`` picks CUDA.
 Every failure the user can fix is a :class:`ConfigError`. Leaves out: several models at once.
 """
 
@@ -56,6 +58,7 @@ def evaluate_model(
     return them."""
     from transformers import set_seed
 
+    from reasonrl.envs import ToolUse
     from reasonrl.eval import eval_size, evaluate
     from reasonrl.eval.evaluate import EXAMPLES, reward_scorers
     from reasonrl.eval.summary import print_summary, score_changes
@@ -83,7 +86,15 @@ def evaluate_model(
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
     set_seed(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
     with console.status(f"evaluating {label} on {limit} problems"):
-        result = evaluate(engine, prompts, held_out, cfg.eval, scorers)
+        result = evaluate(
+            engine,
+            prompts,
+            held_out,
+            cfg.eval,
+            scorers,
+            tools=ToolUse.from_config(cfg.rollout),
+            max_turns=cfg.rollout.max_turns,
+        )
     summary = {"after": result}
     if before is not None:
         summary |= {"before": before}

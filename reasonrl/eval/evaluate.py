@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reasonrl.config import EvalConfig, RunConfig
 from reasonrl.distributed import Ranks, all_gather_objects, shard
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
 from reasonrl.rewards.correct import CorrectVerifier
-from reasonrl.rollout.base import RolloutEngine
+from reasonrl.rollout.base import Rollout, RolloutEngine
 from reasonrl.rollout.sampling import eval_seeds
 from reasonrl.tasks.base import Sample
+
+if TYPE_CHECKING:
+    from reasonrl.envs import ToolUse
 
 
 @functools.cache
@@ -37,18 +40,28 @@ def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "ci_low": low, "ci_high": high, "values": list(values)}
 
 
+def group_label(sample: Sample) -> str:
+    """The group a problem is reported in: its task of a mix (``meta["task"]``), and its
+    difficulty label where it has one (``task.difficulty``): ``chain_sum/hard``."""
+    task, difficulty = sample.meta.get("task", ""), sample.meta.get("difficulty")
+    if not isinstance(difficulty, str):  # reasoning-gym's own ranges under the same key
+        return task
+    return f"{task}/{difficulty}" if task else difficulty
+
+
 def _per_task(
     samples: Sequence[Sample],
     correct: Sequence[bool],
     per_problem: Sequence[int],
     k: int,
     scores: Mapping[str, Sequence[float]],
+    calls: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
-    """Greedy accuracy (Wilson CI), pass@k and mean scores of each task of a mix
-    (``meta["task"]``)."""
+    """Greedy accuracy (Wilson CI), pass@k, mean scores and tool calls per greedy episode of
+    each task of a mix, or difficulty (:func:`group_label`)."""
     rows: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
-        rows.setdefault(sample.meta.get("task", ""), []).append(i)
+        rows.setdefault(group_label(sample), []).append(i)
     if len(rows) < 2:
         return {}
     out = {}
@@ -61,6 +74,8 @@ def _per_task(
             res["pass_at_k"][str(kk)] = mean_ci([pass_at_k(k, per_problem[i], kk) for i in idx])[0]
         if scores:
             res["scores"] = {name: _mean_ci([v[i] for i in idx]) for name, v in scores.items()}
+        if calls:
+            res["tool_calls_per_episode"] = sum(calls[i] for i in idx) / len(idx)
         out[task] = res
     return out
 
@@ -98,23 +113,29 @@ def evaluate(
     *,
     seed: int = 0,
     ranks: Ranks = Ranks(),
+    tools: ToolUse | None = None,
+    max_turns: int = 1,
 ) -> dict[str, Any]:
     """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
     samples per problem (sample j of problem i drawn with seed ``eval_seeds(seed, [i], k)[j]``)
     with a normal 95% CI over problems. ``scorers`` (name → function of texts and samples, e.g.
     a reward model's raw score) also score the greedy completions. Every rank calls it and gets
-    the same result (each generates its share of the problems).
+    the same result (each generates its share of the problems). ``tools`` (``rollout.tools``)
+    with ``max_turns`` > 1: every completion is an episode with its own toolbox, graded on what
+    the model wrote (never a tool's answer), and the result adds ``tool_calls_per_episode`` (of
+    the greedy episodes), overall and per group.
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
-    "examples": [...]}``, and for a task mix ``"tasks": {name: {"accuracy", "n", "ci_low",
-    "ci_high", "pass_at_k", "scores"}}``.
+    "examples": [...]}``, and for a task mix or several difficulties ``"tasks": {name:
+    {"accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores"}}`` (:func:`group_label`).
     """
     n = eval_size(cfg, len(prompts))
     prompts, samples = prompts[:n], samples[:n]
     mine = shard(n, ranks, even=False)
-    texts, correct, scores, per_problem = _gathered(
-        _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine), ranks
+    episodes = (tools, max_turns) if tools is not None and max_turns > 1 else None
+    texts, correct, scores, per_problem, calls = _gathered(
+        _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine, episodes), ranks
     )
     hits = sum(correct)
     low, high = wilson_interval(hits, n)
@@ -137,13 +158,15 @@ def evaluate(
             mean, lo, hi = mean_ci([pass_at_k(cfg.k, c, k) for c in per_problem])
             result["pass_at_k"][str(k)] = mean
             result["pass_at_k_ci"][str(k)] = [lo, hi]
-    tasks = _per_task(samples, correct, per_problem, cfg.k, scores)
+    if episodes is not None:
+        result["tool_calls_per_episode"] = sum(calls) / n
+    tasks = _per_task(samples, correct, per_problem, cfg.k, scores, calls)
     if tasks:
         result["tasks"] = tasks
     return result
 
 
-Shard = tuple[list[str], list[bool], dict[str, list[float]], list[int]]
+Shard = tuple[list[str], list[bool], dict[str, list[float]], list[int], list[int]]
 
 
 def _evaluate_shard(
@@ -154,16 +177,29 @@ def _evaluate_shard(
     scorers: Mapping[str, Scorer],
     seed: int,
     mine: range,
+    episodes: tuple[ToolUse, int] | None = None,
 ) -> Shard:
-    """Problems ``mine``: greedy completions, their correctness, their scores, and the number of
-    correct pass@k samples of each problem (empty when ``cfg.k`` is 0)."""
+    """Problems ``mine``: greedy completions, their correctness, their scores, the number of
+    correct pass@k samples of each problem (empty when ``cfg.k`` is 0), and the tool calls of
+    each greedy episode (empty without ``episodes``: the tools and ``max_turns``)."""
     s = cfg.sampling
     prompts, samples = list(prompts[mine.start : mine.stop]), samples[mine.start : mine.stop]
-    greedy = engine.generate(prompts, max_new_tokens=s.max_new_tokens, greedy=True)
-    correct = _correct(greedy.texts, samples)
-    scores = {name: scorer(greedy.texts, samples) for name, scorer in scorers.items()}
+
+    def tool_loop(rows: Sequence[Sample]) -> dict[str, Any]:
+        if episodes is None:
+            return {}
+        return {"toolboxes": episodes[0].toolboxes(rows), "max_turns": episodes[1]}
+
+    greedy = engine.generate(
+        prompts, max_new_tokens=s.max_new_tokens, greedy=True, **tool_loop(samples)
+    )
+    graded = _model_texts(greedy)
+    correct = _correct(graded, samples)
+    scores = {name: scorer(graded, samples) for name, scorer in scorers.items()}
+    calls = [sum(e.calls.values()) for e in greedy.episodes or []]
     per_problem: list[int] = []
     if cfg.k >= 1:
+        rows = [x for x in samples for _ in range(cfg.k)]
         sampled = engine.generate(
             [p for p in prompts for _ in range(cfg.k)],
             max_new_tokens=s.max_new_tokens,
@@ -171,10 +207,18 @@ def _evaluate_shard(
             top_p=s.top_p,
             top_k=s.top_k,
             seeds=eval_seeds(seed, mine, cfg.k),
+            **tool_loop(rows),
         )
-        ok = _correct(sampled.texts, [x for x in samples for _ in range(cfg.k)])
+        ok = _correct(_model_texts(sampled), rows)
         per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(prompts))]
-    return list(greedy.texts), correct, scores, per_problem
+    return list(greedy.texts), correct, scores, per_problem, calls
+
+
+def _model_texts(rollout: Rollout) -> list[str]:
+    """The texts graded: what the model wrote (an episode's tool answers left out)."""
+    if rollout.episodes is None:
+        return list(rollout.texts)
+    return [e.model_text for e in rollout.episodes]
 
 
 def _gathered(part: Shard, ranks: Ranks) -> Shard:
@@ -188,4 +232,5 @@ def _gathered(part: Shard, ranks: Ranks) -> Shard:
         [c for p in parts for c in p[1]],
         scores,
         [c for p in parts for c in p[3]],
+        [c for p in parts for c in p[4]],
     )

@@ -12,15 +12,18 @@ from rich.table import Table
 from reasonrl.eval.stats import paired_change
 
 
-def _summary_rows(table: Table, results: dict[str, Any], suffix: str = "") -> None:
-    """Rows of the before/after table for ``results`` (phase → eval result)."""
+def _summary_rows(table: Table, results: dict[str, Any], tools: bool, suffix: str = "") -> None:
+    """Rows of the before/after table for ``results`` (phase → eval result); ``tools``: with
+    the column of tool calls per episode."""
     for phase, res in results.items():
         passk = ", ".join(f"@{k} {100 * v:.1f}%" for k, v in res.get("pass_at_k", {}).items())
+        calls = res.get("tool_calls_per_episode")
         table.add_row(
             phase + suffix,
             f"{100 * res['accuracy']:.1f}% [{100 * res['ci_low']:.1f}, {100 * res['ci_high']:.1f}]",
             str(res["n"]),
             passk,
+            *(["" if calls is None else f"{calls:.2f}"] if tools else []),
         )
     if len(results) == 2:
         before, after = results["before"], results["after"]
@@ -29,7 +32,11 @@ def _summary_rows(table: Table, results: dict[str, Any], suffix: str = "") -> No
         passk = ", ".join(
             f"@{k} {100 * (after['pass_at_k'][k] - before['pass_at_k'][k]):+.1f}" for k in ks
         )
-        table.add_row("change" + suffix, f"{delta:+.1f} pts", "", passk)
+        calls = [r.get("tool_calls_per_episode") for r in (before, after)]
+        change = "" if None in calls else f"{calls[1] - calls[0]:+.2f}"
+        table.add_row(
+            "change" + suffix, f"{delta:+.1f} pts", "", passk, *([change] if tools else [])
+        )
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
@@ -39,12 +46,15 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if not phases:  # eval.before and eval.after both off
         return
     table = Table(title="held-out accuracy")
+    tools = any("tool_calls_per_episode" in res for res in phases.values())
     for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
         table.add_column(col)
-    _summary_rows(table, phases)
+    if tools:
+        table.add_column("tool calls/episode")
+    _summary_rows(table, phases, tools)
     for task in sorted({t for res in phases.values() for t in res.get("tasks") or {}}):
         per_task = {p: r["tasks"][task] for p, r in phases.items() if task in r.get("tasks", {})}
-        _summary_rows(table, per_task, f" · {task}")
+        _summary_rows(table, per_task, tools, f" · {task}")
     console.print(table)
     for phase, res in phases.items():
         parts = [(phase, res)] + [(f"{phase} · {t}", r) for t, r in res.get("tasks", {}).items()]

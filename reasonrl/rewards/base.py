@@ -24,9 +24,11 @@ class RewardResult:
 class Verifier(Protocol):
     """``verifier(completion, sample) -> RewardResult``.
 
-    Optional extras that :func:`reasonrl.rewards.score_batch` uses when present: a keyword
-    argument ``n_tokens`` (the completion's length in tokens), and a method
-    ``batch(completions, samples) -> list[RewardResult]`` that scores many at once.
+    Optional extras that :func:`reasonrl.rewards.score_batch` uses when present: keyword
+    arguments ``n_tokens`` (the completion's length in tokens) and ``episode`` (a multi-turn
+    completion's :class:`reasonrl.rollout.Episode`: its turns, tool calls and errors; None for
+    a single turn), and a method ``batch(completions, samples) -> list[RewardResult]`` that
+    scores many at once (used when neither keyword is taken).
     """
 
     def __call__(self, completion: str, sample: Sample) -> RewardResult: ...

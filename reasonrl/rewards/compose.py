@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
@@ -23,6 +24,9 @@ from reasonrl.config import Rewards, RewardSpec
 from reasonrl.rewards.base import RewardResult, Verifier
 from reasonrl.rewards.registry import get_verifier
 from reasonrl.tasks.base import Sample
+
+if TYPE_CHECKING:
+    from reasonrl.rollout.base import Episode
 
 _REWARDS = TypeAdapter(Rewards)
 
@@ -92,11 +96,14 @@ def reward_terms(specs: Mapping[str, float | RewardSpec]) -> list[RewardTerm]:
     return _cached_terms(json.dumps(plain, sort_keys=True, default=str))
 
 
-def _takes_tokens(verifier: Verifier) -> bool:
+def _extras(verifier: Verifier, rows: Mapping[str, Sequence[Any] | None]) -> dict[str, list[Any]]:
+    """Of the per-completion extras ``rows`` (keyword → one value per completion, or None where
+    the batch has none), those the verifier takes as keyword arguments."""
     try:
-        return "n_tokens" in inspect.signature(verifier).parameters
+        params = inspect.signature(verifier).parameters
     except (TypeError, ValueError):
-        return False
+        return {}
+    return {k: list(v) for k, v in rows.items() if v is not None and k in params}
 
 
 def _score(
@@ -104,10 +111,15 @@ def _score(
     completions: Sequence[str],
     samples: Sequence[Sample],
     lengths: Sequence[int] | None,
+    episodes: Sequence[Episode] | None,
 ) -> list[RewardResult]:
-    if lengths is not None and _takes_tokens(verifier):
-        triples = zip(completions, samples, lengths, strict=True)
-        return [verifier(c, s, n_tokens=int(n)) for c, s, n in triples]
+    lengths = None if lengths is None else [int(n) for n in lengths]
+    extras = _extras(verifier, {"n_tokens": lengths, "episode": episodes})
+    if extras:
+        return [
+            verifier(c, s, **{k: v[i] for k, v in extras.items()})
+            for i, (c, s) in enumerate(zip(completions, samples, strict=True))
+        ]
     batch = getattr(verifier, "batch", None)
     if batch is not None:
         return batch(completions, samples)
@@ -119,14 +131,19 @@ def score_batch(
     samples: Sequence[Sample],
     weights: Mapping[str, float | RewardSpec],
     lengths: Sequence[int] | None = None,
+    episodes: Sequence[Episode] | None = None,
 ) -> ScoredBatch:
     """Score N completions (``samples[i]`` is the problem of ``completions[i]``) with every
     term of ``weights`` (a recipe's ``rewards``; verifiers are built once and cached).
-    ``lengths`` [N]: completion lengths in tokens, for the length penalties."""
+    ``lengths`` [N]: completion lengths in tokens, for the length penalties. ``episodes`` [N]
+    (multi-turn completions): every verifier reads what the model wrote
+    (``Episode.model_text``), never a tool's answer, and those taking ``episode`` get it."""
     if len(completions) != len(samples):
         raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
+    if episodes is not None:
+        completions = [e.model_text for e in episodes]
     terms = reward_terms(weights)
-    results = {t.name: _score_applicable(t, completions, samples, lengths) for t in terms}
+    results = {t.name: _score_applicable(t, completions, samples, lengths, episodes) for t in terms}
     components = {
         name: [math.nan if r.score is None else r.score for r in rs] for name, rs in results.items()
     }
@@ -156,16 +173,18 @@ def _score_applicable(
     completions: Sequence[str],
     samples: Sequence[Sample],
     lengths: Sequence[int] | None,
+    episodes: Sequence[Episode] | None,
 ) -> list[RewardResult]:
     """The term's results, the samples of tasks it does not score skipped (never computed)."""
     rows = [i for i, s in enumerate(samples) if term.applies(s)]
     if len(rows) == len(samples):
-        return _score(term.verifier, completions, samples, lengths)
+        return _score(term.verifier, completions, samples, lengths, episodes)
     scored = _score(
         term.verifier,
         [completions[i] for i in rows],
         [samples[i] for i in rows],
         None if lengths is None else [lengths[i] for i in rows],
+        None if episodes is None else [episodes[i] for i in rows],
     )
     results = [_SKIPPED] * len(samples)
     for i, result in zip(rows, scored, strict=True):

@@ -22,6 +22,7 @@ from reasonrl.rewards.gym import ReasoningGymVerifier
 from reasonrl.rewards.math import MathVerifier
 from reasonrl.rewards.numeric import exact_answer, numeric
 from reasonrl.rewards.reward_model import RewardModelVerifier
+from reasonrl.rewards.tools import tool_calls
 
 # Functions take their options as keyword arguments; classes take them in their constructor.
 BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
@@ -37,6 +38,7 @@ BUILTIN_VERIFIERS: dict[str, Callable[..., Any]] = {
     "code": CodeVerifier,
     "correct": CorrectVerifier,
     "reward_model": RewardModelVerifier,
+    "tool_calls": tool_calls,
 }
 
 
@@ -56,7 +58,8 @@ def check_verifier(name: str, **cfg: Any) -> Callable[..., Any]:
         else:
             signature.bind("", None, **cfg)
     except TypeError as e:
-        options = [p for p in signature.parameters if p not in ("completion", "sample", "n_tokens")]
+        extras = ("completion", "sample", "n_tokens", "episode")
+        options = [p for p in signature.parameters if p not in extras]
         raise ConfigError(f"verifier {name!r}: {e} (options: {options})") from e
     return target
 

@@ -28,6 +28,12 @@ class Episode:
     def model_turns(self) -> int:
         return sum(role == "model" for role, _ in self.turns)
 
+    @property
+    def model_text(self) -> str:
+        """What the model wrote, its turns joined without the tools' answers: the text its
+        answer is graded on, so that a tool's output is never taken for the model's answer."""
+        return "".join(text for role, text in self.turns if role == "model")
+
 
 @dataclass(frozen=True)
 class Rollout:

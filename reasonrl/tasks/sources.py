@@ -150,24 +150,25 @@ def dataset_samples(cfg: TaskConfig, split: str) -> list[Sample]:
     return samples
 
 
-def _tagged(samples: list[Sample], task: str) -> list[Sample]:
-    return [Sample(s.prompt, s.answer, {**s.meta, "task": task}) for s in samples]
+def _tagged(samples: list[Sample], **tags: str) -> list[Sample]:
+    return [Sample(s.prompt, s.answer, {**s.meta, **tags}) for s in samples]
 
 
 def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held_out) for a task config; the held-out questions never occur in train.
 
     A ``mix`` joins its tasks' splits, each sample tagged with its task's name in
-    ``meta["task"]``. The training split is shuffled by ``split_seed``; the held-out split is
-    interleaved in proportion to the tasks' sizes (no randomness), so that its first N
-    problems (``eval.limit``, the evaluations during training) hold every task in its share."""
+    ``meta["task"]`` (and ``task.difficulty``, where set, in ``meta["difficulty"]``). The
+    training split is shuffled by ``split_seed``; the held-out split is interleaved in
+    proportion to the tasks' sizes (no randomness), so that its first N problems
+    (``eval.limit``, the evaluations during training) hold every task in its share."""
     if cfg.mix:
         train, keyed = [], []
         for t, entry in enumerate(cfg.mix):
             entry_train, entry_held_out = load_splits(entry)
-            train += _tagged(entry_train, entry.name)
+            train += _tagged(entry_train, task=entry.name)
             n = len(entry_held_out)
-            tagged = _tagged(entry_held_out, entry.name)
+            tagged = _tagged(entry_held_out, task=entry.name)
             keyed += [((i + 0.5) / n, t, s) for i, s in enumerate(tagged)]
         random.Random(cfg.split_seed).shuffle(train)
         held_out = [s for _, _, s in sorted(keyed, key=lambda k: k[:2])]
@@ -203,4 +204,9 @@ def load_splits(cfg: TaskConfig) -> tuple[list[Sample], list[Sample]]:
         train = train[: cfg.train_size]
     if not train:
         raise ConfigError("the training split is empty after removing held-out questions")
-    return train, held_out[: cfg.eval_size]
+    held_out = held_out[: cfg.eval_size]
+    if cfg.difficulty is not None:
+        return _tagged(train, difficulty=cfg.difficulty), _tagged(
+            held_out, difficulty=cfg.difficulty
+        )
+    return train, held_out

@@ -40,10 +40,12 @@ ONE_PROCESS = Ranks()
 def score(
     cfg: RunConfig, rollout: Rollout, samples: list[Sample], scored: Scores | None = None
 ) -> ScoredBatch:
-    """Every reward term of ``cfg.rewards`` on each completion (``samples[i]`` its problem);
-    ``scored``: those a reward worker computed."""
+    """Every reward term of ``cfg.rewards`` on each completion (``samples[i]`` its problem;
+    an episode graded on what the model wrote, its trajectory passed to the verifiers that take
+    one); ``scored``: those a reward worker computed."""
     if scored is None:
-        scored = score_batch(rollout.texts, samples, cfg.rewards, rollout.lengths.tolist())
+        lengths = rollout.lengths.tolist()
+        scored = score_batch(rollout.texts, samples, cfg.rewards, lengths, rollout.episodes)
     rows = range(len(samples))
     return ScoredBatch(
         rollout,

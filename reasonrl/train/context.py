@@ -41,6 +41,7 @@ from transformers import set_seed
 
 from reasonrl.config import ConfigError, EvalConfig, RunConfig, dump_config
 from reasonrl.distributed import Ranks, broadcast_object, full_weights, shard
+from reasonrl.envs import ToolUse
 from reasonrl.eval import eval_size, evaluate
 from reasonrl.eval.evaluate import reward_scorers
 from reasonrl.eval.summary import print_summary
@@ -201,7 +202,10 @@ class RunContext:
         if step % self.cfg.eval.every == 0:
             ev = self.cfg.eval.model_copy(update={"k": 0, "limit": self.cfg.eval.every_limit})
             quick = self._evaluate(ev)
-            self.logger.log(step, {"eval/accuracy": quick["accuracy"]})
+            logged = {"eval/accuracy": quick["accuracy"]}
+            if "tool_calls_per_episode" in quick:
+                logged["eval/tool_calls_per_episode"] = quick["tool_calls_per_episode"]
+            self.logger.log(step, logged)
 
     def _evaluate(self, ev: EvalConfig, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.held_out is not None
@@ -209,7 +213,15 @@ class RunContext:
         # FSDP2: each rank generates its own problems, so with the whole weights (no collectives)
         with full_weights(h.engine.model):
             return evaluate(
-                h.engine, h.prompts, h.samples, ev, scorers, seed=self.cfg.seed, ranks=self.ranks
+                h.engine,
+                h.prompts,
+                h.samples,
+                ev,
+                scorers,
+                seed=self.cfg.seed,
+                ranks=self.ranks,
+                tools=ToolUse.from_config(self.cfg.rollout),
+                max_turns=self.cfg.rollout.max_turns,
             )
 
     def _full_eval(self, tag: str) -> dict[str, Any]:

@@ -68,7 +68,13 @@ def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
     """(sample, target completion) for the SFT stage: generated traces or a JSONL file."""
     if cfg.sft.data == "traces":
         rng = random.Random(cfg.seed)
-        return [(s, solution_text(s, rng.random() < cfg.sft.estimate_fraction)) for s in train]
+        pairs = []
+        for s in train:
+            estimate = rng.random() < cfg.sft.estimate_fraction
+            # drawn only when asked for, so that recipes without tools keep their traces
+            tool = cfg.sft.tool_fraction > 0 and rng.random() < cfg.sft.tool_fraction
+            pairs.append((s, solution_text(s, estimate, tool)))
+        return pairs
     if not cfg.sft.train_path:
         raise ConfigError("sft.data=jsonl needs sft.train_path")
     return read_sft_pairs(cfg.sft.train_path)

@@ -5,11 +5,14 @@ GPU: the same command; ``model.device=auto`` picks CUDA. ``model.lora`` trains a
 (reasonrl.models.lora; the optimizer sees only parameters that require grad). Several processes
 (``torchrun --nproc-per-node N -m reasonrl run ...``): each rank trains on its block of the step's
 examples, the loss is divided by the step's tokens over all ranks, so the summed gradient equals
-one process's. Leaves out: packing.
+one process's. A completion's tool answers (``<result>…</result>``, ``reasonrl.envs.protocol``)
+are context, as in an RL episode: tokenized on their own, and neither trained on nor counted.
+Leaves out: packing.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch
 
 from reasonrl.algos import sft_loss
 from reasonrl.distributed import all_reduce_sum, global_counts, gradient_sync
+from reasonrl.envs.protocol import RESULT_CLOSE, RESULT_OPEN
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.train.context import RunContext, StepOutput
 from reasonrl.train.data import step_indices
@@ -40,27 +44,48 @@ def pack_pairs(
     return ids, attn, attn[:, p:].clone()
 
 
+_RESULT_RE = re.compile(f"({re.escape(RESULT_OPEN)}.*?{re.escape(RESULT_CLOSE)})", re.DOTALL)
+
+
+def encode_completion(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """A completion's token ids, and 1 on the tokens the model writes, 0 on its tool answers'.
+
+    The text is cut at each ``<result>…</result>`` and every piece tokenized on its own, as an
+    episode is built (the model's turn, then the tool's answer appended), so the trained
+    tokens are the ones the model would sample there."""
+    ids: list[int] = []
+    trained: list[int] = []
+    for k, piece in enumerate(_RESULT_RE.split(text)):
+        if piece:  # odd pieces are the answers the split kept
+            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            ids += piece_ids
+            trained += [1 - k % 2] * len(piece_ids)
+    return ids, trained
+
+
 def train_sft(
     ctx: RunContext, model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]]
 ) -> int:
     """Train on (prompt, completion) text pairs; returns the number of steps done.
 
-    Completions get the tokenizer's EOS appended, so the model learns to stop.
+    Completions get the tokenizer's EOS appended, so the model learns to stop; their tool
+    answers are not trained on (:func:`encode_completion`).
     """
     s, seed, ranks = ctx.cfg.sft, ctx.cfg.seed, ctx.ranks
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     enc_prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
-    enc_completions = [
-        ids + [eos]
-        for ids in tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
-    ]
+    enc_completions, trained = [], []
+    for _, completion in pairs:
+        ids, mask = encode_completion(tokenizer, completion)
+        enc_completions.append(ids + [eos])
+        trained.append(mask + [1])
     loop = ctx.loop(model, tokenizer, s, "sft")
 
     def train_step(step: int) -> StepOutput:
         step_idx = step_indices(len(pairs), s.examples_per_step, step, seed)
         idx = ctx.share(step_idx, "sft.examples_per_step")
-        step_tokens, _ = global_counts(sum(len(enc_completions[i]) for i in idx), len(idx), ranks)
+        step_tokens, _ = global_counts(sum(sum(trained[i]) for i in idx), len(idx), ranks)
         total = 0.0
         starts = range(0, len(idx), s.micro_batch_examples)
         for m in starts:
@@ -70,7 +95,9 @@ def train_sft(
                 [enc_completions[i] for i in rows],
                 tokenizer.pad_token_id,
             )
-            ids, attn, cmask = ids.to(device), attn.to(device), cmask.to(device)
+            width = cmask.shape[1]
+            model_mask = torch.tensor([trained[i] + [0] * (width - len(trained[i])) for i in rows])
+            ids, attn, cmask = ids.to(device), attn.to(device), model_mask.to(device)
             with gradient_sync(model, sync=m == starts[-1]):
                 logp, _ = completion_logprobs(
                     model, ids, attn, cmask.shape[1], pack_tokens=ctx.cfg.model.pack_tokens

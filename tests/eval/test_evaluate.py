@@ -78,3 +78,28 @@ def test_pass_at_k_of_a_problem_does_not_depend_on_the_problems_beside_it():
     assert len(texts) == 12 and block == texts[4:]
     assert other_seed != texts  # the run's seed changes the draws
     assert whole == evaluate(engine, prompts, samples, cfg, seed=3)
+
+
+def test_episodes_with_tools_report_calls_per_difficulty(tool_model, tool_scripts):
+    from reasonrl.envs import ToolUse, calculator
+
+    tok = load_tokenizer(str(tool_model))
+    engine = HFEngine(load_model(ModelConfig(path=str(tool_model), device="cpu")), tok)
+    # the model calls the calculator on the first and answers the second by hand
+    labels = {"What is 12 + 30?": ("42", "hard"), "What is 2 + 5?": ("7", "easy")}
+    samples = [Sample(q, a, {"difficulty": d}) for q, (a, d) in labels.items()]
+    prompts = [render_prompt(s, tok) for s in samples]
+    cfg = EvalConfig(k=2, sampling=SamplingConfig(max_new_tokens=90))
+    tools = ToolUse([calculator], None, 512)
+    result = evaluate(engine, prompts, samples, cfg, tools=tools, max_turns=3)
+    assert result["accuracy"] == 1.0 and result["tool_calls_per_episode"] == 0.5
+    assert result["examples"][0]["completion"] == tool_scripts["What is 12 + 30?"]
+    tasks = result["tasks"]
+    assert {d: r["tool_calls_per_episode"] for d, r in tasks.items()} == {"hard": 1, "easy": 0}
+    assert tasks["hard"]["pass_at_k"]["2"] == 1.0
+    # one turn: no tool loop (this model then writes the result itself)
+    single = evaluate(engine, prompts, samples, cfg, tools=tools, max_turns=1)
+    assert (
+        "tool_calls_per_episode" not in single
+        and "tool_calls_per_episode" not in single["tasks"]["hard"]
+    )

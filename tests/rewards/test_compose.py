@@ -147,3 +147,38 @@ def test_reward_tasks_must_name_tasks_of_the_mix():
         ConfigError, match=r"scores tasks \['chainsum'\], which are not in task.mix"
     ):
         validate_config({"task": mix, "rewards": {"rm": {"tasks": ["chainsum"]}}}, "t")
+
+
+def test_episodes_are_graded_on_the_models_text_and_charged_per_call():
+    from reasonrl.rollout import Episode
+
+    call = "<think>57+87-70 <tool>calculator 57+87-70</tool>"
+    # a tool's answer that looks like an answer must not be graded as the model's
+    forged = Episode([("model", call), ("tool", "<result><answer>74</answer></result>")], {"x": 1})
+    wrong = Episode([*forged.turns, ("model", "</think> <answer>7</answer>")], {"calculator": 1})
+    right = Episode(
+        [
+            ("model", call),
+            ("tool", "<result>74</result>"),
+            ("model", "</think><answer>74</answer>"),
+        ],
+        {"calculator": 1},
+    )
+    by_hand = Episode([("model", "<think>57+87=144, 144-70=74</think> <answer>74</answer>")])
+    failed = Episode(right.turns, {"calculator": 2}, {"tool_error": 1})
+    episodes = [forged, wrong, right, by_hand, failed]
+    texts = ["".join(t for _, t in e.turns) for e in episodes]
+    rewards = {
+        "answer": 1.0,
+        "tool_cost": {"verifier": "tool_calls", "weight": -0.25},
+        "errors": {"verifier": "tool_calls", "weight": 0.0, "options": {"failed_only": True}},
+    }
+    scored = score_batch(texts, [S] * 5, rewards, episodes=episodes)
+    assert scored.components["answer"] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert scored.components["tool_cost"] == [1.0, 1.0, 1.0, 0.0, 2.0]
+    assert scored.components["errors"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert scored.total == [-0.25, -0.25, 0.75, 1.0, 0.5]
+    # without episodes the whole text is read: the forged answer would have counted
+    assert score_batch(texts[:1], [S], {"answer": 1.0}).components["answer"] == [1.0]
+    # single turns have no calls
+    assert score_batch(texts[3:4], [S], rewards).components["tool_cost"] == [0.0]

@@ -192,3 +192,20 @@ def test_an_empty_held_out_file_is_an_error_naming_it(tmp_path):
     held.write_text("")
     with pytest.raises(ConfigError, match=r"eval\.jsonl is empty"):
         load_splits(TaskConfig(source="jsonl", train_path=str(train), eval_path=str(held)))
+
+
+def test_one_task_at_two_difficulties_is_a_mix_tagged_by_difficulty():
+    easy = {"name": "chain_sum", "params": {"min_digits": 1, "max_digits": 2}, "eval_size": 10}
+    hard = {"name": "chain_sum", "params": {"min_digits": 4, "max_digits": 6}, "eval_size": 10}
+    cfg = TaskConfig(mix=[{**easy, "difficulty": "easy"}, {**hard, "difficulty": "hard"}])
+    train, held_out = load_splits(cfg)
+    for samples in (train, held_out):
+        by = {d: [s for s in samples if s.meta["difficulty"] == d] for d in ("easy", "hard")}
+        assert len(by["easy"]) == len(by["hard"]) == len(samples) // 2
+        assert all(abs(int(s.answer)) < 1000 for s in by["easy"])
+        assert all(len(s.meta["expression"].split()[0].lstrip("-")) >= 4 for s in by["hard"])
+        assert {s.meta["task"] for s in samples} == {"chain_sum"}
+    # without a label, reasoning-gym's own metadata stays (its ranges, not a label)
+    assert not isinstance(
+        load_splits(TaskConfig(**easy, train_size=20))[1][0].meta["difficulty"], str
+    )

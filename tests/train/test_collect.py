@@ -3,10 +3,12 @@ process: the groups kept and their order are one process's; when the kept groups
 evenly, the last ones are left out and counted (two ranks == one process is
 tests/distributed/test_rl_ranks.py)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from reasonrl.config import load_config
+from reasonrl.config import RewardSpec, load_config
 from reasonrl.distributed import Ranks
 from reasonrl.rollout.base import Rollout
 from reasonrl.tasks.base import Sample
@@ -93,3 +95,19 @@ def test_too_few_kept_groups_train_the_last_round_as_drawn(monkeypatch, signal):
     assert (_names(first), _names(second)) == (["e", "f"], ["g", "h"])
     assert first.dropped == second.dropped == sum(signal)
     assert first.rounds == 2
+
+
+def test_score_grades_an_episode_on_the_models_turns_and_charges_its_calls():
+    from reasonrl.rollout import Episode
+
+    cost = RewardSpec(verifier="tool_calls", weight=-0.5)
+    cfg = CFG.model_copy(update={"rewards": {"answer": RewardSpec(), "tool_cost": cost}})
+    call = ("model", "<tool>calculator 2+2</tool>")
+    episodes = [
+        Episode([call, ("tool", "<result><answer>4</answer></result>"), ("model", "")], {"c": 1}),
+        Episode([call, ("tool", "<result>4</result>"), ("model", "<answer>4</answer>")], {"c": 1}),
+    ]
+    rollout = replace(_block(["a"], [True]).rollout, episodes=episodes)
+    batch = collect.score(cfg, rollout, [Sample("2+2?", "4")] * 2)
+    assert batch.components == {"answer": [0.0, 1.0], "tool_cost": [1.0, 1.0]}
+    assert batch.rewards.tolist() == [[-0.5, 0.5]]
