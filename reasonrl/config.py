@@ -150,6 +150,8 @@ class RolloutConfig(SamplingConfig):
     environment: str | None = None  # my_pkg.module:Class, one per episode: reset(sample) + tools
     tool_timeout_s: float = Field(10.0, gt=0)  # the python tool's deadline per call
     tool_output_chars: int = Field(512, gt=0)  # each tool answer is cut to this many characters
+    tool_sandbox_url: str | None = None  # the python tool's sandbox server (`reasonrl sandbox
+    # serve`; token from REASONRL_SANDBOX_TOKEN); None: jails in the process that runs the episode
 
     @model_validator(mode="after")
     def _episodes(self) -> RolloutConfig:

@@ -37,7 +37,7 @@ class ToolUse:
         def python() -> Callable[..., Any]:
             from reasonrl.envs.python import python_tool  # the sandbox: only when asked for
 
-            return python_tool(ro.tool_timeout_s, ro.tool_output_chars)
+            return python_tool(ro.tool_timeout_s, ro.tool_output_chars, ro.tool_sandbox_url)
 
         builtins = {"calculator": lambda: calculator, "python": python}
         tools = []
