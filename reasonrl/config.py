@@ -512,8 +512,6 @@ class RunConfig(_Strict):
         if self.algo.tis_cap is not None and ro.async_steps == 0:
             raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
         if d.backend == "ray":
-            if ro.max_turns > 1:  # the workers generate from prompts alone, without samples
-                raise ValueError("multi-turn episodes (rollout.max_turns > 1) run without Ray")
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reasonrl.config import ConfigError, RolloutConfig, import_path, resolve_callable
+from reasonrl.config import ConfigError, RolloutConfig, TaskConfig, import_path, resolve_callable
 from reasonrl.envs.calculator import calculator
+from reasonrl.envs.protocol import ChatProtocol, TagProtocol, protocol_for
 from reasonrl.envs.tools import ERRORS, Observation, Toolbox, ToolCall, environment_tools
 from reasonrl.tasks.base import Sample
+from reasonrl.tasks.prompts import prompt_content, render_content
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,40 @@ class ToolUse:
 
     def toolboxes(self, samples: Sequence[Sample]) -> list[Toolbox]:
         """One toolbox per episode, each with a fresh environment reset to its sample."""
-        boxes = []
+        return self.episodes(samples)[1]
+
+    def episodes(
+        self, samples: Sequence[Sample], tokenizer: Any = None, task: TaskConfig | None = None
+    ) -> tuple[list[str], list[Toolbox]]:
+        """Each episode's prompt (rendered as ``task`` says; none without a tokenizer) and its
+        toolbox with a fresh environment reset to its sample. What ``reset`` returns (a string
+        or None) is appended to the prompt's user message, as TRL does. A chat model whose
+        template calls tools (``protocol_for``) gets the tools' schemas in its prompt and
+        calls them in its own format."""
+        protocol = (
+            TagProtocol() if tokenizer is None else protocol_for(tokenizer, task.chat_template)
+        )
+        prompts, boxes = [], []
         for sample in samples:
-            env = None
+            env, opening = None, None
             if self.environment is not None:
                 env = self.environment()
-                env.reset(sample)
-            boxes.append(Toolbox(self.tools, env, self.output_chars))
-        return boxes
+                opening = env.reset(sample)
+            box = Toolbox(self.tools, env, self.output_chars, protocol)
+            if tokenizer is not None:
+                schemas = box.schemas if protocol.native else None
+                content = prompt_content(sample, task.prompt) + (opening or "")
+                prompts.append(
+                    render_content(content, tokenizer, task.prompt, task.chat_template, schemas)
+                )
+                box.messages = [{"role": "user", "content": content}]
+            boxes.append(box)
+        return prompts, boxes
 
 
 __all__ = [
+    "ChatProtocol",
+    "TagProtocol",
     "ERRORS",
     "Observation",
     "ToolCall",

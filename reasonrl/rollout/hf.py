@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from reasonrl.algos import token_logprobs
-from reasonrl.envs.protocol import CALL_CLOSE, parse_call, result_text
+from reasonrl.envs.protocol import TagProtocol, result_text
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
@@ -67,6 +67,9 @@ class StopAtText(StoppingCriteria):
     ) -> torch.Tensor:
         tails = self.tokenizer.batch_decode(input_ids[:, -len(self.text) :])
         return torch.tensor([self.text in t for t in tails], device=input_ids.device)
+
+
+TAGS = TagProtocol()  # the format of a toolbox that names none
 
 
 class Draw(NamedTuple):
@@ -162,6 +165,7 @@ class HFEngine:
         calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
         finished = [False] * n
         going = list(range(n))
+        stop = (toolboxes[0].protocol or TAGS).stop  # one format per run
         for turn in range(max_turns):
             if not going:
                 break
@@ -172,7 +176,11 @@ class HFEngine:
                 ]
             room = [draw.budget - len(ids[i]) for i in going]
             new, new_logp = self._turn(
-                [prompt_ids[i] + ids[i] for i in going], room, draw, turn_seeds
+                [prompt_ids[i] + ids[i] for i in going],
+                room,
+                draw,
+                turn_seeds,
+                stop,
             )
             after = []
             for i, tokens, lp in zip(going, new, new_logp, strict=True):
@@ -181,19 +189,27 @@ class HFEngine:
                 logps[i] += lp
                 text = tok.decode(tokens, skip_special_tokens=True)
                 turns[i].append(("model", text))
-                if tokens and tokens[-1] in self.eos_ids:
-                    finished[i] = True
+                box = toolboxes[i]
+                protocol = box.protocol or TAGS
+                ended = bool(tokens) and tokens[-1] in self.eos_ids
+                call = protocol.call_in(text, ended)
+                if call is None:  # an answer (finished), or cut by the budget
+                    finished[i] = ended
                     continue
-                if CALL_CLOSE not in text or turn == max_turns - 1:
-                    continue  # cut by the budget, or a call with no turn left to read it
-                observation = toolboxes[i].call(parse_call(text))
+                if turn == max_turns - 1:
+                    continue  # a call with no turn left to read it
+                observation = box.call(call)
                 calls[i][observation.tool or "unknown"] += 1  # not the name a model made up
                 if observation.error:
                     errors[i][observation.error] += 1
-                answer = result_text(observation)
-                answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+                box.messages.append({"role": "assistant", "content": text})
+                answer_ids = protocol.answer_ids(tok, box, observation, self.eos_ids)
                 if len(ids[i]) + len(answer_ids) >= draw.budget:
                     continue
+                box.messages.append(
+                    {"role": "tool", "name": observation.tool, "content": observation.text}
+                )
+                answer = result_text(observation) if not protocol.native else observation.text
                 turns[i].append(("tool", answer))
                 ids[i] += answer_ids
                 model[i] += [0] * len(answer_ids)
@@ -230,11 +246,16 @@ class HFEngine:
         )
 
     def _turn(
-        self, contexts: list[list[int]], room: list[int], draw: Draw, seeds: list[int] | None
+        self,
+        contexts: list[list[int]],
+        room: list[int],
+        draw: Draw,
+        seeds: list[int] | None,
+        stop: str | None,
     ) -> tuple[list[list[int]], list[list[float]]]:
-        """One turn of each row: ``generate`` on the left-padded contexts until EOS, the call's
-        closing tag or the row's ``room``; each row's tokens up to and including that end, and
-        their log-probs."""
+        """One turn of each row: ``generate`` on the left-padded contexts until EOS, the text
+        ``stop`` (the tag protocol's closing tag; None: EOS alone) or the row's ``room``; each
+        row's tokens up to and including that end, and their log-probs."""
         device = next(self.model.parameters()).device
         width = max(len(c) for c in contexts)
         input_ids = torch.tensor(
@@ -252,21 +273,19 @@ class HFEngine:
             draw.top_k,
             draw.greedy,
             row_seeds,
-            [StopAtText(self.tokenizer, CALL_CLOSE)],
+            [StopAtText(self.tokenizer, stop)] if stop else None,
         )
         tokens, logps = [], []
         for row, lp, limit in zip(out_ids.tolist(), logp.tolist(), room, strict=True):
             end = min(limit, len(row))
             eos = next((k for k, t in enumerate(row[:end]) if t in self.eos_ids), None)
             end = end if eos is None else eos + 1
-            if CALL_CLOSE in self.tokenizer.decode(row[:end]):
+            if stop and stop in self.tokenizer.decode(row[:end]):
                 lo, hi = 1, end  # the shortest prefix holding the whole tag
                 while lo < hi:
                     mid = (lo + hi) // 2
                     lo, hi = (
-                        (lo, mid)
-                        if CALL_CLOSE in self.tokenizer.decode(row[:mid])
-                        else (mid + 1, hi)
+                        (lo, mid) if stop in self.tokenizer.decode(row[:mid]) else (mid + 1, hi)
                     )
                 end = lo
             tokens.append(row[:end])

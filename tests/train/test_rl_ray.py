@@ -8,6 +8,7 @@ synchronous run's."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,27 @@ def test_async_rollouts_are_one_update_old(in_process: list[dict], tmp_path: Pat
     # later steps sample from older weights than the synchronous run's: other completions
     assert got[1]["reward/mean"] != in_process[1]["reward/mean"]
     assert all(math.isfinite(row["loss/policy"]) for row in got)
+
+
+def test_ray_workers_run_episodes_with_tools(tmp_path: Path, tool_model: Path) -> None:
+    """The rollout workers build each episode's toolbox from its sample and run the tool loop:
+    the metrics, tool use included, are the in-process run's."""
+    # the model's two habits on this one (tests/conftest.py): a call and 125, or 115 by hand
+    row = json.dumps({"prompt": "Add 57 and 68.", "answer": "125"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(row * 8)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}))
+    episodes = [
+        f"model.path={tool_model}",
+        "task.source=jsonl",
+        f"task.train_path={tmp_path / 'train.jsonl'}",
+        f"task.eval_path={tmp_path / 'eval.jsonl'}",
+        "rl.steps=2",
+        "rl.learning_rate=1e-4",
+        "rollout.max_turns=3",
+        "rollout.tools=[calculator]",
+        "rollout.max_new_tokens=90",
+    ]
+    want = run(tmp_path / "in-process", episodes)
+    got = run(tmp_path / "ray", [*episodes, *RAY])
+    assert_same_metrics(got, want)
+    assert all(row["tools/calculator/calls_per_episode"] > 0 for row in got)
