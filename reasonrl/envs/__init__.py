@@ -1,10 +1,14 @@
 """Tools and environments for multi-turn episodes, in TRL's shapes (``tools=`` functions and
-``environment_factory`` classes), and the plain tag protocol a base model calls them with.
+``environment_factory`` classes), and the formats a model calls them in (``protocol.py``).
 
 A recipe turns episodes on with ``rollout.max_turns`` > 1 and names what the model may call:
 ``rollout.tools`` (built-ins ``calculator`` and ``python``, or ``my_pkg.module:function``) and
 ``rollout.environment`` (``my_pkg.module:Class``: one instance per episode, ``reset(sample)``
-then its public methods are tools). The ``hf`` engine runs the loop (``rollout/hf.py``).
+then its public methods are tools; what ``reset`` returns is appended to the prompt, as TRL
+does). A chat model whose template calls tools (Qwen2.5/Qwen3/Hermes ``<tool_call>``, Llama
+3.1/3.2 JSON) sees the tools' schemas in its prompt and calls them in its own format; base
+models and the bundled model use the tag protocol. The ``hf`` engine runs the loop
+(``rollout/hf.py``), in-process or on Ray's rollout workers.
 """
 
 from __future__ import annotations

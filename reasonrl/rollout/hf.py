@@ -7,9 +7,11 @@ decodes greedily over scores where ``SeededDraw`` has left only the seeded draw 
 ``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
 
 Episodes (``max_turns`` > 1, a toolbox per completion): each turn is one ``generate`` call on
-the rows still going, fed their whole context as tokens; a turn ends at EOS or at a tool call's
-closing tag (``reasonrl.envs.protocol``), and the tool's answer is appended as environment
-tokens. Each turn re-prefills its context (no KV cache kept between turns).
+the rows still going, fed their whole context as tokens; a turn ends at EOS or, in the tag
+protocol, at a tool call's closing tag (``reasonrl.envs.protocol``; a chat model's own format
+ends every turn at EOS), and the tool's answer is appended as environment tokens (the chat
+template's tool message for a chat model). Each turn re-prefills its context (no KV cache kept
+between turns).
 """
 
 from __future__ import annotations
@@ -149,13 +151,14 @@ class HFEngine:
         seeds: list[int] | None,
     ) -> Rollout:
         """Episodes: turn by turn, the rows still going generate until EOS, a tool call's
-        closing tag or the budget; each call's answer (``protocol.result_text``) is tokenized on
-        its own and appended as environment tokens (model_mask 0, log-prob 0), and the row
+        closing tag or the budget; each call's answer (the toolbox's protocol's ``answer_ids``:
+        the tag protocol's ``<result>`` tokenized on its own, or a chat template's tool message)
+        is appended as environment tokens (model_mask 0, log-prob 0), and the row
         goes on with its whole context fed back as tokens, never re-tokenized from text. Turn t
         of completion i draws with seed ``derive_seed("turn", seeds[i], t)`` (turn 0 with
         seeds[i] itself), counting positions from the turn's start. An episode ends at EOS
-        (finished), at the budget (an answer that would leave no room for a model token is not
-        appended) or with a call in its last turn (not run; neither finishes)."""
+        without a call (finished), at the budget (an answer that would leave no room for a model
+        token is not appended) or with a call in its last turn (not run; neither finishes)."""
         tok, n = self.tokenizer, len(prompts)
         prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
         ids: list[list[int]] = [[] for _ in range(n)]
