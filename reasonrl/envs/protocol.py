@@ -1,4 +1,6 @@
-"""The plain tag protocol of base models and the bundled model.
+"""The formats a model calls tools in: the plain tag protocol of base models and the bundled
+model (below), and chat models' own formats through their chat template (``ChatProtocol``;
+``protocol_for`` picks one).
 
 The model writes ``<tool>calculator 12*34</tool>`` — the tool's name, a space and the text of
 its one argument — or, for any tool, ``<tool>{"name": "python", "arguments": {"code": "…"}}
