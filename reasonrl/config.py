@@ -154,6 +154,8 @@ class RolloutConfig(SamplingConfig):
     environment: str | None = None  # my_pkg.module:Class, one per episode: reset(sample) + tools
     tool_timeout_s: float = Field(10.0, gt=0)  # the python tool's deadline per call
     tool_output_chars: int = Field(512, gt=0)  # each tool answer is cut to this many characters
+    tool_sandbox_url: str | None = None  # the python tool's sandbox server (`reasonrl sandbox
+    # serve`; token from REASONRL_SANDBOX_TOKEN); None: jails in the process that runs the episode
 
     @model_validator(mode="after")
     def _episodes(self) -> RolloutConfig:
@@ -514,8 +516,6 @@ class RunConfig(_Strict):
         if self.algo.tis_cap is not None and ro.async_steps == 0:
             raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
         if d.backend == "ray":
-            if ro.max_turns > 1:  # the workers generate from prompts alone, without samples
-                raise ValueError("multi-turn episodes (rollout.max_turns > 1) run without Ray")
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

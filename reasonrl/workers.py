@@ -43,6 +43,7 @@ from rich.console import Console
 
 from reasonrl.config import ConfigError, RunConfig
 from reasonrl.distributed.ranks import Ranks, all_gather_objects, broadcast_object, shard
+from reasonrl.envs import ToolUse
 from reasonrl.models.loading import save_torch
 from reasonrl.rewards import RewardResult, ScoredBatch, score_batch
 from reasonrl.rollout import ENGINES
@@ -178,16 +179,25 @@ class RolloutWorker(WeightReceiver):
             "top_k": ro.top_k,
         }
         self.version = version  # the weights it was built with
+        self.tools, self.max_turns = ToolUse.from_config(ro), ro.max_turns  # tools None: 1 turn
+        self.task = cfg.task
 
     def pid(self) -> int:
         return os.getpid()
 
     def generate(
-        self, weights: list[Any], version: int, prompts: list[str], seeds: list[int]
+        self,
+        weights: list[Any],
+        version: int,
+        prompts: list[str],
+        seeds: list[int],
+        samples: list[Sample],
     ) -> tuple[Rollout, float]:
-        """The completions of ``prompts`` (one per seed) from weights ``version``, loading them
-        from ``weights`` (``[object ref]``, unresolved: fetched only here, when needed), or with
-        ``weights=[]`` from those broadcast or staged (``WeightReceiver``)."""
+        """The completions of ``prompts`` (one per seed; ``samples[i]`` prompt i's problem) from
+        weights ``version``, loading them from ``weights`` (``[object ref]``, unresolved: fetched
+        only here, when needed), or with ``weights=[]`` from those broadcast or staged
+        (``WeightReceiver``). With tools, each completion is an episode with its own toolbox,
+        built here from its sample, as ``collect`` builds it in-process."""
         if version != self.version:
             if weights:
                 import ray
@@ -197,7 +207,11 @@ class RolloutWorker(WeightReceiver):
                 self.load(version)
             self.version = version
         t0 = time.perf_counter()
-        rollout = self.engine.generate(prompts, seeds=seeds, **self.sampling)
+        episodes = {}
+        if self.tools is not None:
+            prompts, boxes = self.tools.episodes(samples, self.engine.tokenizer, self.task)
+            episodes = {"toolboxes": boxes, "max_turns": self.max_turns}
+        rollout = self.engine.generate(prompts, seeds=seeds, **self.sampling, **episodes)
         return rollout, time.perf_counter() - t0
 
 
@@ -216,7 +230,8 @@ class RewardWorker:
     ) -> tuple[ScoredBatch, float]:
         rollout = generated[0]
         t0 = time.perf_counter()
-        scored = score_batch(rollout.texts, samples, self.rewards, rollout.lengths.tolist())
+        lengths = rollout.lengths.tolist()
+        scored = score_batch(rollout.texts, samples, self.rewards, lengths, rollout.episodes)
         return scored, time.perf_counter() - t0
 
 
@@ -573,6 +588,7 @@ class RayRollouts:
                 version,
                 [self.prompts[i] for i in mine],
                 seeds[block.start * g : block.stop * g],
+                samples,
             )
             score = self.scorers.submit(
                 len(shares) % len(self.scorers), "score", generate.ref, samples

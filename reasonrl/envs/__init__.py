@@ -1,10 +1,14 @@
 """Tools and environments for multi-turn episodes, in TRL's shapes (``tools=`` functions and
-``environment_factory`` classes), and the plain tag protocol a base model calls them with.
+``environment_factory`` classes), and the formats a model calls them in (``protocol.py``).
 
 A recipe turns episodes on with ``rollout.max_turns`` > 1 and names what the model may call:
 ``rollout.tools`` (built-ins ``calculator`` and ``python``, or ``my_pkg.module:function``) and
 ``rollout.environment`` (``my_pkg.module:Class``: one instance per episode, ``reset(sample)``
-then its public methods are tools). The ``hf`` engine runs the loop (``rollout/hf.py``).
+then its public methods are tools; what ``reset`` returns is appended to the prompt, as TRL
+does). A chat model whose template calls tools (Qwen2.5/Qwen3/Hermes ``<tool_call>``, Llama
+3.1/3.2 JSON) sees the tools' schemas in its prompt and calls them in its own format; base
+models and the bundled model use the tag protocol. The ``hf`` engine runs the loop
+(``rollout/hf.py``), in-process or on Ray's rollout workers.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reasonrl.config import ConfigError, RolloutConfig, import_path, resolve_callable
+from reasonrl.config import ConfigError, RolloutConfig, TaskConfig, import_path, resolve_callable
 from reasonrl.envs.calculator import calculator
+from reasonrl.envs.protocol import ChatProtocol, TagProtocol, protocol_for
 from reasonrl.envs.tools import ERRORS, Observation, Toolbox, ToolCall, environment_tools
 from reasonrl.tasks.base import Sample
+from reasonrl.tasks.prompts import prompt_content, render_content
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class ToolUse:
         def python() -> Callable[..., Any]:
             from reasonrl.envs.python import python_tool  # the sandbox: only when asked for
 
-            return python_tool(ro.tool_timeout_s, ro.tool_output_chars)
+            return python_tool(ro.tool_timeout_s, ro.tool_output_chars, ro.tool_sandbox_url)
 
         builtins = {"calculator": lambda: calculator, "python": python}
         tools = []
@@ -53,17 +59,40 @@ class ToolUse:
 
     def toolboxes(self, samples: Sequence[Sample]) -> list[Toolbox]:
         """One toolbox per episode, each with a fresh environment reset to its sample."""
-        boxes = []
+        return self.episodes(samples)[1]
+
+    def episodes(
+        self, samples: Sequence[Sample], tokenizer: Any = None, task: TaskConfig | None = None
+    ) -> tuple[list[str], list[Toolbox]]:
+        """Each episode's prompt (rendered as ``task`` says; none without a tokenizer) and its
+        toolbox with a fresh environment reset to its sample. What ``reset`` returns (a string
+        or None) is appended to the prompt's user message, as TRL does. A chat model whose
+        template calls tools (``protocol_for``) gets the tools' schemas in its prompt and
+        calls them in its own format."""
+        protocol = (
+            TagProtocol() if tokenizer is None else protocol_for(tokenizer, task.chat_template)
+        )
+        prompts, boxes = [], []
         for sample in samples:
-            env = None
+            env, opening = None, None
             if self.environment is not None:
                 env = self.environment()
-                env.reset(sample)
-            boxes.append(Toolbox(self.tools, env, self.output_chars))
-        return boxes
+                opening = env.reset(sample)
+            box = Toolbox(self.tools, env, self.output_chars, protocol)
+            if tokenizer is not None:
+                schemas = box.schemas if protocol.native else None
+                content = prompt_content(sample, task.prompt) + (opening or "")
+                prompts.append(
+                    render_content(content, tokenizer, task.prompt, task.chat_template, schemas)
+                )
+                box.messages = [{"role": "user", "content": content}]
+            boxes.append(box)
+        return prompts, boxes
 
 
 __all__ = [
+    "ChatProtocol",
+    "TagProtocol",
     "ERRORS",
     "Observation",
     "ToolCall",

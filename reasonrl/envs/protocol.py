@@ -1,4 +1,6 @@
-"""The plain tag protocol of base models and the bundled model.
+"""The formats a model calls tools in: the plain tag protocol of base models and the bundled
+model (below), and chat models' own formats through their chat template (``ChatProtocol``;
+``protocol_for`` picks one).
 
 The model writes ``<tool>calculator 12*34</tool>`` — the tool's name, a space and the text of
 its one argument — or, for any tool, ``<tool>{"name": "python", "arguments": {"code": "…"}}
@@ -11,8 +13,11 @@ some 30 tokens of punctuation and quoting per call, the compact form 2 besides t
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
+from typing import Any
 
-from reasonrl.envs.tools import Observation, ToolCall
+from reasonrl.envs.tools import Observation, Toolbox, ToolCall
 
 CALL_OPEN, CALL_CLOSE = "<tool>", "</tool>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
@@ -47,3 +52,121 @@ def parse_call(turn: str) -> ToolCall | str:
 def result_text(observation: Observation) -> str:
     """The text appended to the episode after a call."""
     return f"{RESULT_OPEN}{observation.text}{RESULT_CLOSE}"
+
+
+# ------------------------------------------------------------- chat models' native formats
+
+
+class TagProtocol:
+    """The tag protocol as an episode's format: a turn with a call ends at ``</tool>``."""
+
+    native = False  # the prompt does not carry the tools' schemas
+    stop = CALL_CLOSE
+
+    def call_in(self, turn: str, ended: bool) -> ToolCall | str | None:
+        """The call a turn makes (a string: why it does not parse), None when it makes none.
+        ``ended``: the turn ended at EOS (an answer, never a call here)."""
+        return None if ended or CALL_CLOSE not in turn else parse_call(turn)
+
+    def answer_ids(
+        self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
+    ) -> list[int]:
+        """The environment tokens appended after a call."""
+        return tokenizer(result_text(observation), add_special_tokens=False)["input_ids"]
+
+
+HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ChatProtocol:
+    """A chat model's own tool-calling format, from its chat template: the prompt carries the
+    tools' schemas (``apply_chat_template(tools=…)``), a turn ends at the model's end of turn
+    (EOS), a call is written in the family's format — ``hermes`` (Qwen2.5, Qwen3, Hermes:
+    ``<tool_call>{"name": …, "arguments": {…}}</tool_call>``) or ``llama3`` (Llama 3.1/3.2: the
+    whole turn is ``{"name": …, "parameters": {…}}``) — and the answer is the template's tool
+    message."""
+
+    family: str
+    native = True
+    stop = None  # EOS ends every turn
+
+    def call_in(self, turn: str, ended: bool) -> ToolCall | str | None:
+        if not ended:  # cut by the budget
+            return None
+        if self.family == "hermes":
+            if "<tool_call>" not in turn:
+                return None
+            found = HERMES_CALL.search(turn)
+            if found is None:
+                return "a call is <tool_call>{...}</tool_call>"
+            return _json_call(found.group(1), "arguments")
+        body = turn.strip()
+        return _json_call(body, "parameters") if body.startswith("{") else None
+
+    def answer_ids(
+        self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
+    ) -> list[int]:
+        """The tool message's tokens, appended after the model's turn (its EOS included), in
+        the conversation ``box.messages`` (the prompt's, then the turns so far):
+        the template rendered for the conversation so far and with the tool message; where the
+        first is a prefix of the second, its tokens after the model's EOS and the difference.
+        A template that rewrites earlier turns (verl #6501) gives the tokens after the same
+        call in a one-call conversation instead. The episode's own tokens are never
+        re-tokenized either way: the model's are the ones it sampled."""
+        messages, schemas = box.messages, box.schemas
+        tool = {"role": "tool", "name": observation.tool or "unknown", "content": observation.text}
+        so_far = _render(tokenizer, messages, schemas, False)
+        full = _render(tokenizer, [*messages, tool], schemas, True)
+        if full[: len(so_far)] != so_far:
+            call = {"type": "function", "function": {"name": tool["name"], "arguments": {}}}
+            one = [messages[0], {"role": "assistant", "content": "", "tool_calls": [call]}]
+            so_far = _render(tokenizer, one, schemas, False)
+            full = _render(tokenizer, [*one, tool], schemas, True)
+            if full[: len(so_far)] != so_far:
+                raise ValueError(
+                    "the chat template renders a tool message by changing the turns before it"
+                )
+        ends = [k for k, t in enumerate(so_far) if t in eos_ids]
+        if not ends:
+            raise ValueError("the chat template ends an assistant turn without an EOS token")
+        return so_far[ends[-1] + 1 :] + full[len(so_far) :]
+
+
+def _render(
+    tokenizer: Any, messages: list[dict], schemas: list[dict], generation_prompt: bool
+) -> list[int]:
+    return tokenizer.apply_chat_template(
+        messages,
+        tools=schemas,
+        add_generation_prompt=generation_prompt,
+        tokenize=True,
+        return_dict=False,
+    )
+
+
+def _json_call(body: str, key: str) -> ToolCall | str:
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON: {e}"
+    arguments = call.get(key, call.get("arguments", {})) if isinstance(call, dict) else None
+    if not (
+        isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(arguments, dict)
+    ):
+        return f'a call is {{"name": "...", "{key}": {{...}}}}'
+    return ToolCall(call["name"], arguments)
+
+
+def protocol_for(tokenizer: Any, chat: str) -> TagProtocol | ChatProtocol:
+    """An episode's format: the chat template's own when the prompts use a template that can
+    call tools (``task.chat_template`` not off) of a family reasonrl parses; else the tags
+    (base models, the bundled model, whose template has no tools)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if chat == "off" or not isinstance(template, str) or "tools" not in template:
+        return TagProtocol()
+    if "<tool_call>" in template:
+        return ChatProtocol("hermes")
+    if "ipython" in template:
+        return ChatProtocol("llama3")
+    return TagProtocol()

@@ -53,18 +53,24 @@ def environment_tools(environment: Any) -> list[Callable[..., Any]]:
 
 class Toolbox:
     """The tools one episode may call: ``tools`` (shared functions) and its own environment
-    instance's methods. ``output_chars`` caps each observation's text."""
+    instance's methods. ``output_chars`` caps each observation's text. ``protocol``: the format
+    the model calls them in (``reasonrl.envs.protocol``; None: the tag protocol), and for a
+    chat model's own format, ``messages``: the conversation so far (the prompt's user message,
+    then the turns), which the template renders."""
 
     def __init__(
         self,
         tools: Sequence[Callable[..., Any]],
         environment: Any | None = None,
         output_chars: int = 512,
+        protocol: Any | None = None,
+        messages: list[dict] | None = None,
     ) -> None:
         every = [*tools, *([] if environment is None else environment_tools(environment))]
         self.tools = {fn.__name__: fn for fn in every}
         self.schemas = [get_json_schema(fn) for fn in every]  # the chat template's ``tools=``
         self.environment, self.output_chars = environment, output_chars
+        self.protocol, self.messages = protocol, messages or []
 
     def call(self, call: ToolCall | str) -> Observation:
         """Run ``call`` (a string: the reason a call did not parse)."""

@@ -41,7 +41,8 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from reasonrl.envs.protocol import CALL_CLOSE, parse_call, result_text
+from reasonrl.config import ConfigError
+from reasonrl.envs.protocol import CALL_CLOSE, ChatProtocol, parse_call, result_text
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.hf import completion_mask
@@ -305,6 +306,11 @@ class FastEngine:
         its ``budget`` tokens, so the cache never runs out). The host reads the drawn tokens
         every step to spot a call's closing tag and run the tool: episodes decode eagerly.
         """
+        if any(isinstance(box.protocol, ChatProtocol) for box in toolboxes):
+            raise ConfigError(
+                "rollout.engine=fast runs episodes in the tag protocol (<tool>…</tool>); a chat "
+                "model's own tool-call format needs rollout.engine=hf (or task.chat_template=off)"
+            )
         tok, n = self.tokenizer, len(prompts)
         d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, 2 * budget, sampling)
         t0, steps, spare = time.perf_counter(), 0, budget

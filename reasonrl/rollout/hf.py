@@ -7,9 +7,11 @@ decodes greedily over scores where ``SeededDraw`` has left only the seeded draw 
 ``reasonrl.rollout.sampling`` (the fast engine's rule), so both engines draw the same tokens.
 
 Episodes (``max_turns`` > 1, a toolbox per completion): each turn is one ``generate`` call on
-the rows still going, fed their whole context as tokens; a turn ends at EOS or at a tool call's
-closing tag (``reasonrl.envs.protocol``), and the tool's answer is appended as environment
-tokens. Each turn re-prefills its context (no KV cache kept between turns).
+the rows still going, fed their whole context as tokens; a turn ends at EOS or, in the tag
+protocol, at a tool call's closing tag (``reasonrl.envs.protocol``; a chat model's own format
+ends every turn at EOS), and the tool's answer is appended as environment tokens (the chat
+template's tool message for a chat model). Each turn re-prefills its context (no KV cache kept
+between turns).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from reasonrl.algos import token_logprobs
-from reasonrl.envs.protocol import CALL_CLOSE, parse_call, result_text
+from reasonrl.envs.protocol import TagProtocol, result_text
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
@@ -67,6 +69,9 @@ class StopAtText(StoppingCriteria):
     ) -> torch.Tensor:
         tails = self.tokenizer.batch_decode(input_ids[:, -len(self.text) :])
         return torch.tensor([self.text in t for t in tails], device=input_ids.device)
+
+
+TAGS = TagProtocol()  # the format of a toolbox that names none
 
 
 class Draw(NamedTuple):
@@ -146,13 +151,14 @@ class HFEngine:
         seeds: list[int] | None,
     ) -> Rollout:
         """Episodes: turn by turn, the rows still going generate until EOS, a tool call's
-        closing tag or the budget; each call's answer (``protocol.result_text``) is tokenized on
-        its own and appended as environment tokens (model_mask 0, log-prob 0), and the row
+        closing tag or the budget; each call's answer (the toolbox's protocol's ``answer_ids``:
+        the tag protocol's ``<result>`` tokenized on its own, or a chat template's tool message)
+        is appended as environment tokens (model_mask 0, log-prob 0), and the row
         goes on with its whole context fed back as tokens, never re-tokenized from text. Turn t
         of completion i draws with seed ``derive_seed("turn", seeds[i], t)`` (turn 0 with
         seeds[i] itself), counting positions from the turn's start. An episode ends at EOS
-        (finished), at the budget (an answer that would leave no room for a model token is not
-        appended) or with a call in its last turn (not run; neither finishes)."""
+        without a call (finished), at the budget (an answer that would leave no room for a model
+        token is not appended) or with a call in its last turn (not run; neither finishes)."""
         tok, n = self.tokenizer, len(prompts)
         prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
         ids: list[list[int]] = [[] for _ in range(n)]
@@ -162,6 +168,7 @@ class HFEngine:
         calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
         finished = [False] * n
         going = list(range(n))
+        stop = (toolboxes[0].protocol or TAGS).stop  # one format per run
         for turn in range(max_turns):
             if not going:
                 break
@@ -172,7 +179,11 @@ class HFEngine:
                 ]
             room = [draw.budget - len(ids[i]) for i in going]
             new, new_logp = self._turn(
-                [prompt_ids[i] + ids[i] for i in going], room, draw, turn_seeds
+                [prompt_ids[i] + ids[i] for i in going],
+                room,
+                draw,
+                turn_seeds,
+                stop,
             )
             after = []
             for i, tokens, lp in zip(going, new, new_logp, strict=True):
@@ -181,19 +192,27 @@ class HFEngine:
                 logps[i] += lp
                 text = tok.decode(tokens, skip_special_tokens=True)
                 turns[i].append(("model", text))
-                if tokens and tokens[-1] in self.eos_ids:
-                    finished[i] = True
+                box = toolboxes[i]
+                protocol = box.protocol or TAGS
+                ended = bool(tokens) and tokens[-1] in self.eos_ids
+                call = protocol.call_in(text, ended)
+                if call is None:  # an answer (finished), or cut by the budget
+                    finished[i] = ended
                     continue
-                if CALL_CLOSE not in text or turn == max_turns - 1:
-                    continue  # cut by the budget, or a call with no turn left to read it
-                observation = toolboxes[i].call(parse_call(text))
+                if turn == max_turns - 1:
+                    continue  # a call with no turn left to read it
+                observation = box.call(call)
                 calls[i][observation.tool or "unknown"] += 1  # not the name a model made up
                 if observation.error:
                     errors[i][observation.error] += 1
-                answer = result_text(observation)
-                answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+                box.messages.append({"role": "assistant", "content": text})
+                answer_ids = protocol.answer_ids(tok, box, observation, self.eos_ids)
                 if len(ids[i]) + len(answer_ids) >= draw.budget:
                     continue
+                box.messages.append(
+                    {"role": "tool", "name": observation.tool, "content": observation.text}
+                )
+                answer = result_text(observation) if not protocol.native else observation.text
                 turns[i].append(("tool", answer))
                 ids[i] += answer_ids
                 model[i] += [0] * len(answer_ids)
@@ -230,11 +249,16 @@ class HFEngine:
         )
 
     def _turn(
-        self, contexts: list[list[int]], room: list[int], draw: Draw, seeds: list[int] | None
+        self,
+        contexts: list[list[int]],
+        room: list[int],
+        draw: Draw,
+        seeds: list[int] | None,
+        stop: str | None,
     ) -> tuple[list[list[int]], list[list[float]]]:
-        """One turn of each row: ``generate`` on the left-padded contexts until EOS, the call's
-        closing tag or the row's ``room``; each row's tokens up to and including that end, and
-        their log-probs."""
+        """One turn of each row: ``generate`` on the left-padded contexts until EOS, the text
+        ``stop`` (the tag protocol's closing tag; None: EOS alone) or the row's ``room``; each
+        row's tokens up to and including that end, and their log-probs."""
         device = next(self.model.parameters()).device
         width = max(len(c) for c in contexts)
         input_ids = torch.tensor(
@@ -252,21 +276,19 @@ class HFEngine:
             draw.top_k,
             draw.greedy,
             row_seeds,
-            [StopAtText(self.tokenizer, CALL_CLOSE)],
+            [StopAtText(self.tokenizer, stop)] if stop else None,
         )
         tokens, logps = [], []
         for row, lp, limit in zip(out_ids.tolist(), logp.tolist(), room, strict=True):
             end = min(limit, len(row))
             eos = next((k for k, t in enumerate(row[:end]) if t in self.eos_ids), None)
             end = end if eos is None else eos + 1
-            if CALL_CLOSE in self.tokenizer.decode(row[:end]):
+            if stop and stop in self.tokenizer.decode(row[:end]):
                 lo, hi = 1, end  # the shortest prefix holding the whole tag
                 while lo < hi:
                     mid = (lo + hi) // 2
                     lo, hi = (
-                        (lo, mid)
-                        if CALL_CLOSE in self.tokenizer.decode(row[:mid])
-                        else (mid + 1, hi)
+                        (lo, mid) if stop in self.tokenizer.decode(row[:mid]) else (mid + 1, hi)
                     )
                 end = lo
             tokens.append(row[:end])

@@ -85,11 +85,12 @@ def collect(
             rollout, scores, version = remote.gather(step, round_)  # from weights `version`
             scored = replace(score(cfg, rollout, rows, scores), staleness=step - version)
         else:
-            episodes = {}
+            episodes, texts = {}, [prompts[i] for i in idx for _ in range(group)]
             if tools is not None:  # a fresh environment per completion, reset to its problem
-                episodes = {"toolboxes": tools.toolboxes(rows), "max_turns": ro.max_turns}
+                texts, boxes = tools.episodes(rows, engine.tokenizer, cfg.task)
+                episodes = {"toolboxes": boxes, "max_turns": ro.max_turns}
             rollout = engine.generate(
-                [prompts[i] for i in idx for _ in range(group)],
+                texts,
                 max_new_tokens=ro.max_new_tokens,
                 temperature=ro.temperature,
                 top_p=ro.top_p,

@@ -46,3 +46,37 @@ def test_a_fork_bomb_and_a_runaway_loop_end_and_the_next_call_runs(box):
     assert bomb.error == "timeout" or bomb.text.startswith("[output exceeded 800 bytes; killed]")
     assert time.monotonic() - start < 15
     assert box.call(ToolCall("python", "print('still here')")).text == "still here\n"
+
+
+def test_rollout_tool_sandbox_url_runs_the_tool_on_a_sandbox_server(tmp_path):
+    import threading
+
+    import uvicorn
+
+    from reasonrl.config import RolloutConfig
+    from reasonrl.envs import ToolUse
+    from reasonrl.sandbox import Sandbox
+    from reasonrl.sandbox.server import create_app
+
+    class Counted(Sandbox):
+        runs = 0
+
+        def run_code(self, request):  # noqa: ANN001, ANN202
+            Counted.runs += 1
+            return super().run_code(request)
+
+    app = create_app(Counted(base_dir=tmp_path), 1, 8, None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        ro = RolloutConfig(max_turns=2, tools=["python"], tool_sandbox_url=url)
+        (tool,) = ToolUse.from_config(ro).tools
+        assert tool(code="print(6 * 7)") == "42\n"
+        assert Counted.runs == 1  # the server ran it, not a jail of this process
+    finally:
+        server.should_exit = True
+        thread.join()

@@ -132,3 +132,25 @@ def test_a_recipe_names_tools_and_an_environment():
         )
     with pytest.raises(ConfigError, match="needs rollout.tools"):
         load_config(None, ["rollout.max_turns=2"])
+
+
+class Hinted(Counter):
+    def reset(self, sample: Sample) -> str:
+        super().reset(sample)
+        return f" Start from {self.total}."
+
+
+def test_what_reset_returns_ends_the_prompt_s_user_message():
+    from reasonrl.config import TaskConfig
+    from reasonrl.envs import TagProtocol
+    from reasonrl.models import load_tokenizer
+    from reasonrl.tasks import render_prompt
+
+    tok, task, sample = load_tokenizer("bundled"), TaskConfig(), Sample("Add 3.", "4")
+    (plain,), _ = ToolUse([calculator], Counter, 512).episodes([sample], tok, task)
+    assert plain == render_prompt(sample, tok)  # reset returned None
+    (hinted,), (box,) = ToolUse([calculator], Hinted, 512).episodes([sample], tok, task)
+    # TRL's rule: appended to the last message's content, inside the template's user turn
+    assert hinted == plain.replace("</answer>.<|im_end|>", "</answer>. Start from 4.<|im_end|>")
+    # the bundled template has no tools: the tag protocol, and no schemas in the prompt
+    assert isinstance(box.protocol, TagProtocol) and '"name"' not in hinted

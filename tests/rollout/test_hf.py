@@ -157,3 +157,83 @@ def test_an_answer_past_the_budget_ends_the_episode_unfinished(scripted):
     assert ro.texts == ["<tool>calculator 12+30</tool>"] and not ro.finished[0]
     assert ro.episodes[0].turns == [("model", "<tool>calculator 12+30</tool>")]
     assert ro.episodes[0].calls == {"calculator": 1}
+
+
+class Hint:
+    """An environment whose ``reset`` returns text for the prompt (TRL appends it)."""
+
+    def reset(self, sample: Sample) -> str:
+        return " Use the calculator."
+
+
+CHAT_CALL = (
+    '<think>add</think><tool_call>\n{"name": "calculator", "arguments": '
+    '{"expression": "12+30"}}\n</tool_call>'
+)
+CHAT_ANSWER = (
+    "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+def test_a_chat_model_calls_tools_in_its_template_s_format():
+    """Qwen3's template on the bundled tokenizer: the prompt shows the tools' schemas and the
+    environment's hint; a tiny model fit to one episode calls the calculator in the Hermes
+    format, gets the template's tool message and answers. The episode's tokens are the ones
+    sampled, though the template re-renders the model's turn (``<think>`` re-spaced)."""
+    from importlib.resources import files
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from reasonrl.config import TaskConfig
+    from reasonrl.envs import ToolUse
+
+    tok = load_tokenizer("bundled")
+    tok.chat_template = (files("trl") / "chat_templates" / "qwen3.jinja").read_text()
+    use = ToolUse([calculator], Hint, 512)
+    task = TaskConfig(chat_template="on")
+    (prompt,), _ = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
+    assert '"name": "calculator"' in prompt and "Use the calculator.<|im_end|>" in prompt
+    end = "<answer>42</answer>" + tok.eos_token
+    episode = tok(prompt + CHAT_CALL + tok.eos_token + CHAT_ANSWER + end, return_tensors="pt")
+    labels = episode.input_ids.clone()
+    labels[:, : len(tok(prompt).input_ids)] = -100
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        model(**episode, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    prompts, boxes = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
+    ro = HFEngine(model, tok).generate(
+        prompts, max_new_tokens=150, greedy=True, toolboxes=boxes, max_turns=3
+    )
+    (e,) = ro.episodes
+    assert e.calls == {"calculator": 1} and e.errors == {}
+    assert [role for role, _ in e.turns] == ["model", "tool", "model"]
+    assert e.turns[1] == ("tool", "42") and ro.finished[0]
+    ids, mask = ro.completion_ids[0].tolist(), ro.model_mask[0].tolist()
+    env = [t for t, m in zip(ids, mask, strict=True) if not m]
+    assert tok.decode(env) == CHAT_ANSWER
+    # the log-probs sampled are a teacher-forced forward's over the episode on model tokens
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, len(ids))
+    m = ro.model_mask.bool()
+    torch.testing.assert_close(ro.logprobs[m], logp[m], atol=1e-4, rtol=0)
+    # re-rendering the conversation would give other tokens than the ones trained
+    again = tok.apply_chat_template(
+        boxes[0].messages, tools=boxes[0].schemas, tokenize=True, return_dict=False
+    )
+    sampled = ro.input_ids[0][ro.attention_mask[0].bool()].tolist() + ids
+    assert e.turns[0] == ("model", CHAT_CALL) and again != sampled[: len(again)]

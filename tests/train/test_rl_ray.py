@@ -8,6 +8,7 @@ synchronous run's."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -146,3 +147,27 @@ def test_a_resumed_async_run_regenerates_the_rounds_sent_ahead_exactly(tmp_path:
     shutil.rmtree(checkpoint / "behaviour")
     regenerated = run(tmp_path / "regenerated", async_run, resume_from=checkpoint)
     assert regenerated[0]["loss/policy"] != pytest.approx(full[2]["loss/policy"], rel=1e-6)
+
+
+def test_ray_workers_run_episodes_with_tools(tmp_path: Path, tool_model: Path) -> None:
+    """The rollout workers build each episode's toolbox from its sample and run the tool loop:
+    the metrics, tool use included, are the in-process run's."""
+    # the model's two habits on this one (tests/conftest.py): a call and 125, or 115 by hand
+    row = json.dumps({"prompt": "Add 57 and 68.", "answer": "125"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(row * 8)
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}))
+    episodes = [
+        f"model.path={tool_model}",
+        "task.source=jsonl",
+        f"task.train_path={tmp_path / 'train.jsonl'}",
+        f"task.eval_path={tmp_path / 'eval.jsonl'}",
+        "rl.steps=2",
+        "rl.learning_rate=1e-4",
+        "rollout.max_turns=3",
+        "rollout.tools=[calculator]",
+        "rollout.max_new_tokens=90",
+    ]
+    want = run(tmp_path / "in-process", episodes)
+    got = run(tmp_path / "ray", [*episodes, *RAY])
+    assert_same_metrics(got, want)
+    assert all(row["tools/calculator/calls_per_episode"] > 0 for row in got)
