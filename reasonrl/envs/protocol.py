@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from reasonrl.envs.calculator import calculator
 from reasonrl.envs.tools import Observation, Toolbox, ToolCall
 
 CALL_OPEN, CALL_CLOSE = "<tool>", "</tool>"
@@ -170,3 +171,18 @@ def protocol_for(tokenizer: Any, chat: str) -> TagProtocol | ChatProtocol:
     if "ipython" in template:
         return ChatProtocol("llama3")
     return TagProtocol()
+
+
+def tool_trace(expression: str) -> str:
+    """A cold-start trace that hands the whole + / − ``expression`` to the calculator and
+    answers with its result: ``<think><tool>calculator 57+87-70</tool><result>74</result>
+    </think> <answer>74</answer>``. The ``<result>`` part is the environment's, never trained
+    on (``train/sft.py``). Mixed with traces by hand (``tasks/traces.py``), it leaves a model
+    that either calls or computes; on terms too long to add by hand only the call is right, and
+    RL with a price per call can teach it when to call."""
+    call = expression.replace(" ", "")
+    result = calculator(call)
+    return (
+        f"<think>{CALL_OPEN}calculator {call}{CALL_CLOSE}{RESULT_OPEN}{result}{RESULT_CLOSE}"
+        f"</think> <answer>{result}</answer>"
+    )

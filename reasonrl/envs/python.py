@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reasonrl.rewards.code import sandbox_executor
-from reasonrl.sandbox import Limits, RunCodeRequest, Sandbox, SandboxClient
+from reasonrl.sandbox import Limits, RunCodeRequest, Sandbox, SandboxClient, sandbox_executor
 from reasonrl.sandbox.client import SandboxUnavailable
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -13,29 +12,9 @@ from pydantic import ValidationError
 from reasonrl.config import ConfigError
 from reasonrl.rewards.base import RewardResult
 from reasonrl.rewards.extract import extract_answer, last_code_block
-from reasonrl.sandbox import (
-    EvaluateRequest,
-    Sandbox,
-    SandboxClient,
-    SandboxUnavailable,
-    isolation_problem,
-)
+from reasonrl.sandbox import EvaluateRequest, SandboxUnavailable, sandbox_executor
 from reasonrl.sandbox.schema import MAX_CODE_CHARS
 from reasonrl.tasks.base import Sample
-
-
-def sandbox_executor(url: str | None, token: str | None, reward: str) -> Sandbox | SandboxClient:
-    """Where a reward's programs run: the sandbox server at ``url`` (token from ``token`` or
-    ``REASONRL_SANDBOX_TOKEN``), else jails in this process; ConfigError when there is no url
-    and this machine cannot build jails."""
-    if url:
-        return SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
-    problem = isolation_problem()
-    if problem is not None:
-        raise ConfigError(
-            f"the {reward} reward has no sandbox url and cannot run jails here: {problem}"
-        )
-    return Sandbox()
 
 
 def prefix_helpers(prefix: str, entry_point: str | None) -> str:
@@ -86,7 +65,7 @@ class CodeVerifier:
         if extract not in ("fenced", "raw", "answer"):
             raise ConfigError(f"code verifier: extract {extract!r} is not fenced, raw or answer")
         self.timeout, self.workers, self.extract, self.partial = timeout, workers, extract, partial
-        self.executor = sandbox_executor(url, token, "code")
+        self.executor = sandbox_executor(url, token, "code reward")
 
     def __call__(self, completion: str, sample: Sample) -> RewardResult:
         code = {

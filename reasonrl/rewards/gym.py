@@ -41,13 +41,13 @@ from typing import Any
 
 from reasonrl.config import ConfigError
 from reasonrl.rewards.base import RewardResult
-from reasonrl.rewards.code import sandbox_executor
 from reasonrl.rewards.extract import extract_answer
 from reasonrl.sandbox import (
     RunCodeRequest,
     Sandbox,
     SandboxClient,
     SandboxUnavailable,
+    sandbox_executor,
 )
 from reasonrl.sandbox.schema import MAX_CODE_CHARS, MAX_TIMEOUT_S
 from reasonrl.tasks.base import Sample
@@ -201,7 +201,7 @@ class ReasoningGymVerifier:
         """Raw results by index: packed into runs below the stdin limit, ``workers`` at once."""
         if self.executor is None:
             try:
-                self.executor = sandbox_executor(self.url, self.token, "reasoning_gym")
+                self.executor = sandbox_executor(self.url, self.token, "reasoning_gym reward")
             except ConfigError as e:  # the reward cannot be computed here: None, not 0
                 return {i: {"reason": str(e)} for i in items}
         chunks: list[list[int]] = [[]]

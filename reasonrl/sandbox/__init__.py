@@ -77,6 +77,9 @@ Not covered:
 - only Python; no packages beyond the standard library inside the jail for candidate code.
 """
 
+import os
+
+from reasonrl.config import ConfigError
 from reasonrl.sandbox.client import SandboxClient, SandboxUnavailable
 from reasonrl.sandbox.runner import Limits, Sandbox, isolation_problem
 from reasonrl.sandbox.schema import (
@@ -88,6 +91,19 @@ from reasonrl.sandbox.schema import (
     RunCodeRequest,
     RunCodeResponse,
 )
+
+
+def sandbox_executor(url: str | None, token: str | None, user: str) -> Sandbox | SandboxClient:
+    """Where ``user`` (a reward, a tool) runs its programs: the sandbox server at ``url``
+    (token from ``token`` or ``REASONRL_SANDBOX_TOKEN``), else jails in this process;
+    ConfigError when there is no url and this machine cannot build jails."""
+    if url:
+        return SandboxClient(url, token or os.environ.get("REASONRL_SANDBOX_TOKEN"))
+    problem = isolation_problem()
+    if problem is not None:
+        raise ConfigError(f"the {user} has no sandbox url and cannot run jails here: {problem}")
+    return Sandbox()
+
 
 __all__ = [
     "AssertTests",
@@ -102,4 +118,5 @@ __all__ = [
     "SandboxClient",
     "SandboxUnavailable",
     "isolation_problem",
+    "sandbox_executor",
 ]

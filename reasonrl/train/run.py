@@ -39,6 +39,7 @@ from reasonrl.distributed import (
     unwrap,
     wrap_model,
 )
+from reasonrl.envs.protocol import tool_trace
 from reasonrl.eval.summary import print_summary, score_changes
 from reasonrl.models import (
     init_model,
@@ -73,7 +74,8 @@ def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
             estimate = rng.random() < cfg.sft.estimate_fraction
             # drawn only when asked for, so that recipes without tools keep their traces
             tool = cfg.sft.tool_fraction > 0 and rng.random() < cfg.sft.tool_fraction
-            pairs.append((s, solution_text(s, estimate, tool)))
+            text = tool_trace(s.meta["expression"]) if tool and "expression" in s.meta else None
+            pairs.append((s, text or solution_text(s, estimate)))
         return pairs
     if not cfg.sft.train_path:
         raise ConfigError("sft.data=jsonl needs sft.train_path")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from reasonrl.config import load_config
+from reasonrl.envs.protocol import tool_trace
 from reasonrl.models import load_tokenizer
-from reasonrl.tasks.traces import tool_trace
 from reasonrl.train import sft
 from reasonrl.train.run import run
 
