@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import reasoning_gym
 
-import reasonrl.rewards.code as code
 import reasonrl.rewards.gym as gym
+import reasonrl.sandbox as sandbox
 from reasonrl.rewards import get_verifier
 from reasonrl.rewards.gym import ReasoningGymVerifier
 from reasonrl.sandbox import isolation_problem
@@ -96,7 +96,8 @@ def test_no_answer_tag_is_unparsed():
 
 
 def test_no_sandbox_is_none_not_zero(monkeypatch):
-    monkeypatch.setattr(code, "isolation_problem", lambda: "no namespaces on this machine")
+    # sandbox_executor asks reasonrl.sandbox whether jails can be built here
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "no namespaces on this machine")
     result = ReasoningGymVerifier()("<answer>5</answer>", S)
     assert (result.score, result.status) == (None, "error")
     assert "no namespaces" in result.details["reason"]
