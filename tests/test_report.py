@@ -289,3 +289,39 @@ def test_a_run_written_before_the_optimizer_keys_were_namespaced_plots_the_same(
         assert pngs == {"loss.png", "grad_norm.png", "lr.png"}
     page = build_comparison_report([old, new], tmp_path / "both").read_text()
     assert "Learning rate" in page and "Gradient norm" in page
+
+
+def test_report_plots_tool_use_by_difficulty_and_tables_calls_before_and_after(tmp_path):
+    run_dir = tmp_path / "tools"
+    with RunLogger(run_dir, report_to=()) as logger:
+        for step in range(1, 6):
+            logger.log(
+                step,
+                {
+                    "reward/mean": 0.1 * step,
+                    "tools/calls_per_episode": 0.5,
+                    "tools/calls_per_episode/sum/hard": 0.5 + 0.1 * step,
+                    "tools/calls_per_episode/sum/easy": 0.5 - 0.1 * step,
+                },
+            )
+
+    def result(acc: float, hard: float, easy: float) -> dict:
+        tasks = {
+            "sum/hard": {"accuracy": acc, "n": 10, "tool_calls_per_episode": hard},
+            "sum/easy": {"accuracy": acc, "n": 10, "tool_calls_per_episode": easy},
+        }
+        return {"accuracy": acc, "n": 20, "tool_calls_per_episode": (hard + easy) / 2} | {
+            "tasks": tasks
+        }
+
+    summary = {"before": result(0.1, 0.25, 0.5), "after": result(0.6, 1.0, 0.0)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    page = build_report(run_dir).read_text()
+    assert (run_dir / "plots" / "tool_use.png").exists()
+    assert "Tool calls per episode" in page
+    header = re.findall(r"<th>(.*?)</th>", page)
+    assert header[-1] == "tool calls/episode"
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", page)]
+    assert ["change · sum/hard", "+50.0 pts", "", "+0.75"] in cells
+    assert ["change · sum/easy", "+50.0 pts", "", "-0.50"] in cells
+    assert ["before · sum/hard", "10.0%", "10", "0.25"] in cells

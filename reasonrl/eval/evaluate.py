@@ -40,15 +40,6 @@ def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "ci_low": low, "ci_high": high, "values": list(values)}
 
 
-def group_label(sample: Sample) -> str:
-    """The group a problem is reported in: its task of a mix (``meta["task"]``), and its
-    difficulty label where it has one (``task.difficulty``): ``chain_sum/hard``."""
-    task, difficulty = sample.meta.get("task", ""), sample.meta.get("difficulty")
-    if not isinstance(difficulty, str):  # reasoning-gym's own ranges under the same key
-        return task
-    return f"{task}/{difficulty}" if task else difficulty
-
-
 def _per_task(
     samples: Sequence[Sample],
     correct: Sequence[bool],
@@ -58,10 +49,10 @@ def _per_task(
     calls: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
     """Greedy accuracy (Wilson CI), pass@k, mean scores and tool calls per greedy episode of
-    each task of a mix, or difficulty (:func:`group_label`)."""
+    each task of a mix, or difficulty (``Sample.group``)."""
     rows: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
-        rows.setdefault(group_label(sample), []).append(i)
+        rows.setdefault(sample.group, []).append(i)
     if len(rows) < 2:
         return {}
     out = {}
@@ -128,7 +119,7 @@ def evaluate(
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
     "examples": [...]}``, and for a task mix or several difficulties ``"tasks": {name:
-    {"accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores"}}`` (:func:`group_label`).
+    {"accuracy", "n", "ci_low", "ci_high", "pass_at_k", "scores"}}`` (``Sample.group``).
     """
     n = eval_size(cfg, len(prompts))
     prompts, samples = prompts[:n], samples[:n]

@@ -18,6 +18,15 @@ class Sample:
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def group(self) -> str:
+        """The group the problem is reported in: its task of a mix (``meta["task"]``), and its
+        difficulty label where it has one (``task.difficulty``): ``chain_sum/hard``."""
+        task, difficulty = self.meta.get("task", ""), self.meta.get("difficulty")
+        if not isinstance(difficulty, str):  # reasoning-gym's own ranges under the same key
+            return task
+        return f"{task}/{difficulty}" if task else difficulty
+
 
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) with balanced braces; None if

@@ -315,7 +315,14 @@ def metrics(
     kl_sum, kl_count = all_reduce_sum(kl_sums, ranks).tolist()
     ro = batch.rollout
     parts = all_gather_objects(
-        (batch.rewards, batch.components, batch.uncomputed, ro.lengths.tolist(), ro.episodes),
+        (
+            batch.rewards,
+            batch.components,
+            batch.uncomputed,
+            ro.lengths.tolist(),
+            ro.episodes,
+            [s.group for s in batch.samples],
+        ),
         ranks,
     )
     rewards = torch.cat([p[0] for p in parts])
@@ -343,7 +350,9 @@ def metrics(
         "clip/fraction": stats.clipped / stats.tokens,
     }
     if ro.episodes is not None:
-        out.update(episode_metrics([e for p in parts for e in p[4]]))
+        out.update(
+            episode_metrics([e for p in parts for e in p[4]], [g for p in parts for g in p[5]])
+        )
     if batch.dropped:
         out["sampling/dropped_groups"] = batch.dropped
     if stats.grad_norm is not None:
@@ -353,18 +362,24 @@ def metrics(
     return out
 
 
-def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
-    """Tool use in a step's episodes: model turns and calls per episode (in all and per tool),
-    and failed calls, in all and per error kind (``envs.ERRORS``; the step's counts)."""
+def episode_metrics(episodes: list[Episode], groups: list[str]) -> dict[str, float]:
+    """Tool use in a step's episodes: model turns and calls per episode (in all, per tool, and
+    per problem group when there are several, ``Sample.group``: whether the model learns which
+    problems are worth a call), and failed calls, in all and per error kind (``envs.ERRORS``;
+    the step's counts)."""
     n = max(1, len(episodes))
     calls, errors = Counter(), Counter()
-    for e in episodes:
+    by_group: dict[str, list[int]] = {}
+    for e, group in zip(episodes, groups, strict=True):
         calls.update(e.calls)
         errors.update(e.errors)
+        by_group.setdefault(group, []).append(sum(e.calls.values()))
+    per_group = by_group if len(by_group) > 1 else {}
     return {
         "episode/turns": sum(e.model_turns for e in episodes) / n,
         "tools/calls_per_episode": sum(calls.values()) / n,
         **{f"tools/{name}/calls_per_episode": k / n for name, k in sorted(calls.items())},
+        **{f"tools/calls_per_episode/{g}": sum(c) / len(c) for g, c in sorted(per_group.items())},
         "tools/errors": float(sum(errors.values())),
         **{f"tools/errors/{kind}": float(k) for kind, k in sorted(errors.items())},
     }

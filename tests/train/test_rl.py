@@ -11,11 +11,11 @@ from reasonrl.checks import check_config
 from reasonrl.config import ConfigError, load_config
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.loading import bundled_model_dir
-from reasonrl.rollout import HFEngine, Rollout
+from reasonrl.rollout import Episode, HFEngine, Rollout
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.train.collect import collect
 from reasonrl.train.records import LogProbs, ScoredBatch
-from reasonrl.train.rl import advantages
+from reasonrl.train.rl import advantages, episode_metrics
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():
@@ -193,3 +193,23 @@ def test_an_episode_trains_as_its_model_tokens_alone(algo):
     torch.testing.assert_close(squeeze(got.advantages), want.advantages)
     if want.returns is not None:
         torch.testing.assert_close(squeeze(got.returns * model), want.returns)
+
+
+def test_episode_metrics_count_calls_per_problem_group_only_when_there_are_several():
+    def episode(calls: int, error: bool = False) -> Episode:
+        return Episode(
+            [("model", "x")] * (calls + 1),
+            {"calculator": calls} if calls else {},
+            {"timeout": 1} if error else {},
+        )
+
+    episodes = [episode(1), episode(2, error=True), episode(0), episode(0)]
+    out = episode_metrics(episodes, ["sum/hard", "sum/hard", "sum/easy", "sum/hard"])
+    assert out["tools/calls_per_episode"] == 0.75
+    assert out["tools/calculator/calls_per_episode"] == 0.75
+    assert out["tools/calls_per_episode/sum/hard"] == 1.0
+    assert out["tools/calls_per_episode/sum/easy"] == 0.0
+    assert out["tools/errors"] == 1.0 and out["tools/errors/timeout"] == 1.0
+    assert out["episode/turns"] == (2 + 3 + 1 + 1) / 4
+    single = episode_metrics(episodes, ["sum"] * 4)
+    assert not any(k.startswith("tools/calls_per_episode/") for k in single)
