@@ -27,7 +27,7 @@ from reasonrl.tasks.prompts import prompt_content, render_content
 
 @dataclass(frozen=True)
 class ToolUse:
-    """A run's tools and environment class, resolved once; ``toolboxes`` gives each episode
+    """A run's tools and environment class, resolved once; ``episodes`` gives each episode
     its own."""
 
     tools: list[Callable[..., Any]]
@@ -57,21 +57,15 @@ class ToolUse:
                 raise ConfigError(f"environment {ro.environment!r} has no reset(sample) method")
         return cls(tools, environment, ro.tool_output_chars)
 
-    def toolboxes(self, samples: Sequence[Sample]) -> list[Toolbox]:
-        """One toolbox per episode, each with a fresh environment reset to its sample."""
-        return self.episodes(samples)[1]
-
     def episodes(
-        self, samples: Sequence[Sample], tokenizer: Any = None, task: TaskConfig | None = None
+        self, samples: Sequence[Sample], tokenizer: Any, task: TaskConfig
     ) -> tuple[list[str], list[Toolbox]]:
-        """Each episode's prompt (rendered as ``task`` says; none without a tokenizer) and its
-        toolbox with a fresh environment reset to its sample. What ``reset`` returns (a string
-        or None) is appended to the prompt's user message, as TRL does. A chat model whose
-        template calls tools (``protocol_for``) gets the tools' schemas in its prompt and
-        calls them in its own format."""
-        protocol = (
-            TagProtocol() if tokenizer is None else protocol_for(tokenizer, task.chat_template)
-        )
+        """Each episode's prompt (rendered as ``task`` says) and its toolbox with a fresh
+        environment reset to its sample. What ``reset`` returns (a string or None) is appended
+        to the prompt's user message, as TRL does. A chat model whose template calls tools
+        (``protocol_for``) gets the tools' schemas in its prompt and calls them in its own
+        format; other models use the tag protocol."""
+        protocol = protocol_for(tokenizer, task.chat_template)
         prompts, boxes = [], []
         for sample in samples:
             env, opening = None, None
@@ -79,13 +73,12 @@ class ToolUse:
                 env = self.environment()
                 opening = env.reset(sample)
             box = Toolbox(self.tools, env, self.output_chars, protocol)
-            if tokenizer is not None:
-                schemas = box.schemas if protocol.native else None
-                content = prompt_content(sample, task.prompt) + (opening or "")
-                prompts.append(
-                    render_content(content, tokenizer, task.prompt, task.chat_template, schemas)
-                )
-                box.messages = [{"role": "user", "content": content}]
+            schemas = box.schemas if protocol.native else None
+            content = prompt_content(sample, task.prompt) + (opening or "")
+            prompts.append(
+                render_content(content, tokenizer, task.prompt, task.chat_template, schemas)
+            )
+            box.messages = [{"role": "user", "content": content}]
             boxes.append(box)
         return prompts, boxes
 

@@ -94,6 +94,7 @@ def evaluate_model(
             scorers,
             tools=ToolUse.from_config(cfg.rollout),
             max_turns=cfg.rollout.max_turns,
+            task=cfg.task,
         )
     summary = {"after": result}
     if before is not None:

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from reasonrl.config import EvalConfig, RunConfig
+from reasonrl.config import EvalConfig, RunConfig, TaskConfig
 from reasonrl.distributed import Ranks, all_gather_objects, shard
 from reasonrl.eval.stats import mean_ci, pass_at_k, wilson_interval
 from reasonrl.rewards.correct import CorrectVerifier
@@ -106,6 +106,7 @@ def evaluate(
     ranks: Ranks = Ranks(),
     tools: ToolUse | None = None,
     max_turns: int = 1,
+    task: TaskConfig | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
     samples per problem (sample j of problem i drawn with seed ``eval_seeds(seed, [i], k)[j]``)
@@ -114,7 +115,9 @@ def evaluate(
     the same result (each generates its share of the problems). ``tools`` (``rollout.tools``)
     with ``max_turns`` > 1: every completion is an episode with its own toolbox, graded on what
     the model wrote (never a tool's answer), and the result adds ``tool_calls_per_episode`` (of
-    the greedy episodes), overall and per group.
+    the greedy episodes), overall and per group. An episode's prompt is then built as training
+    builds it (``ToolUse.episodes`` with ``task``'s prompt and template: a chat model's tool
+    schemas, the environment's ``reset`` text), not taken from ``prompts``.
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
@@ -124,7 +127,9 @@ def evaluate(
     n = eval_size(cfg, len(prompts))
     prompts, samples = prompts[:n], samples[:n]
     mine = shard(n, ranks, even=False)
-    episodes = (tools, max_turns) if tools is not None and max_turns > 1 else None
+    episodes = None
+    if tools is not None and max_turns > 1:
+        episodes = (tools, max_turns, task or TaskConfig())
     texts, correct, scores, per_problem, calls = _gathered(
         _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine, episodes), ranks
     )
@@ -168,22 +173,26 @@ def _evaluate_shard(
     scorers: Mapping[str, Scorer],
     seed: int,
     mine: range,
-    episodes: tuple[ToolUse, int] | None = None,
+    episodes: tuple[ToolUse, int, TaskConfig] | None = None,
 ) -> Shard:
     """Problems ``mine``: greedy completions, their correctness, their scores, the number of
     correct pass@k samples of each problem (empty when ``cfg.k`` is 0), and the tool calls of
-    each greedy episode (empty without ``episodes``: the tools and ``max_turns``)."""
+    each greedy episode (empty without ``episodes``: the tools, ``max_turns`` and the task
+    whose prompt the episodes' prompts are rendered with)."""
     s = cfg.sampling
     prompts, samples = list(prompts[mine.start : mine.stop]), samples[mine.start : mine.stop]
 
-    def tool_loop(rows: Sequence[Sample]) -> dict[str, Any]:
+    def tool_loop(rows: Sequence[Sample], texts: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """The prompts and generate() arguments of ``rows``: each an episode with its own
+        toolbox and environment when the run has tools."""
         if episodes is None:
-            return {}
-        return {"toolboxes": episodes[0].toolboxes(rows), "max_turns": episodes[1]}
+            return texts, {}
+        tools, max_turns, task = episodes
+        texts, boxes = tools.episodes(rows, engine.tokenizer, task)
+        return texts, {"toolboxes": boxes, "max_turns": max_turns}
 
-    greedy = engine.generate(
-        prompts, max_new_tokens=s.max_new_tokens, greedy=True, **tool_loop(samples)
-    )
+    greedy_prompts, loop = tool_loop(samples, prompts)
+    greedy = engine.generate(greedy_prompts, max_new_tokens=s.max_new_tokens, greedy=True, **loop)
     graded = _model_texts(greedy)
     correct = _correct(graded, samples)
     scores = {name: scorer(graded, samples) for name, scorer in scorers.items()}
@@ -191,14 +200,15 @@ def _evaluate_shard(
     per_problem: list[int] = []
     if cfg.k >= 1:
         rows = [x for x in samples for _ in range(cfg.k)]
+        sampled_prompts, loop = tool_loop(rows, [p for p in prompts for _ in range(cfg.k)])
         sampled = engine.generate(
-            [p for p in prompts for _ in range(cfg.k)],
+            sampled_prompts,
             max_new_tokens=s.max_new_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k,
             seeds=eval_seeds(seed, mine, cfg.k),
-            **tool_loop(rows),
+            **loop,
         )
         ok = _correct(_model_texts(sampled), rows)
         per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(prompts))]

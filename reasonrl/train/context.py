@@ -222,6 +222,7 @@ class RunContext:
                 ranks=self.ranks,
                 tools=ToolUse.from_config(self.cfg.rollout),
                 max_turns=self.cfg.rollout.max_turns,
+                task=self.cfg.task,
             )
 
     def _full_eval(self, tag: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from reasonrl.config import ConfigError, load_config
 from reasonrl.envs import Toolbox, ToolUse, calculator, environment_tools
 from reasonrl.envs.protocol import parse_call
 from reasonrl.envs.tools import ToolCall
+from reasonrl.models import load_tokenizer
 from reasonrl.tasks.base import Sample
 
 
@@ -122,7 +123,9 @@ def test_a_recipe_names_tools_and_an_environment():
         ],
     )
     use = ToolUse.from_config(cfg.rollout)
-    boxes = use.toolboxes([Sample("q", "1"), Sample("q", "10")])
+    _, boxes = use.episodes(
+        [Sample("q", "1"), Sample("q", "10")], load_tokenizer("bundled"), cfg.task
+    )
     assert boxes[0].environment is not boxes[1].environment  # one instance per episode
     assert boxes[1].call(ToolCall("add", {"amount": 1})).text == "11"
     assert ToolUse.from_config(load_config(None, []).rollout) is None  # single turns

@@ -103,3 +103,44 @@ def test_episodes_with_tools_report_calls_per_difficulty(tool_model, tool_script
         "tool_calls_per_episode" not in single
         and "tool_calls_per_episode" not in single["tasks"]["hard"]
     )
+
+
+def test_episodes_are_prompted_as_training_prompts_them(tool_model):
+    """With tools, an evaluation renders each episode's prompt from the task (the
+    environment's reset text appended), as collect() does, and gives each its own
+    environment: not the single-turn prompts it was handed."""
+    from reasonrl.config import TaskConfig
+    from reasonrl.envs import ToolUse, calculator
+
+    class Hinted:
+        resets: list[str] = []
+
+        def reset(self, sample: Sample) -> str:
+            Hinted.resets.append(sample.prompt)
+            return " Use the calculator."
+
+    class Spy(HFEngine):
+        def generate(self, prompts, **kwargs):
+            seen.append(list(prompts))
+            return super().generate(prompts, **kwargs)
+
+    seen: list[list[str]] = []
+    tok = load_tokenizer(str(tool_model))
+    engine = Spy(load_model(ModelConfig(path=str(tool_model), device="cpu")), tok)
+    samples = [Sample("What is 12 + 30?", "42"), Sample("What is 2 + 5?", "7")]
+    task = TaskConfig()
+    plain = [render_prompt(s, tok, task.prompt, task.chat_template) for s in samples]
+    cfg = EvalConfig(k=1, sampling=SamplingConfig(max_new_tokens=60))
+    evaluate(
+        engine,
+        plain,
+        samples,
+        cfg,
+        tools=ToolUse([calculator], Hinted, 512),
+        max_turns=3,
+        task=task,
+    )
+    greedy, sampled = seen[0], seen[-1]
+    assert Hinted.resets == [s.prompt for s in samples] * 2  # greedy, then the k samples
+    for got, want in zip(greedy + sampled, plain * 2, strict=True):
+        assert got != want and "Use the calculator." in got
