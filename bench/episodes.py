@@ -4,7 +4,7 @@
     PYTHONPATH=. python bench/episodes.py --device cuda --group 32
 
 No shipped checkpoint calls tools yet, so the run first fits a tiny Qwen2 (the bundled tokenizer,
-``--hidden`` × ``--layers``) to write the tool-calling scripts of the tests (tests/conftest.py:
+``--hidden`` × ``--layers``) to write the tool-calling scripts of the tests (``reasonrl.testing.tool_model``:
 a calculator call and its answer, an answer without a call, an unknown tool, a prompt where it
 calls or answers by hand) after their chat-template prompts. Both engines then generate the same
 ``--group`` seeded episodes of each prompt (calculator toolboxes, up to 3 turns), interleaved
@@ -30,57 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from reasonrl.envs import Toolbox, calculator
 from reasonrl.models import load_tokenizer
 from reasonrl.rollout import FastEngine, HFEngine
 from reasonrl.tasks import Sample, render_prompt
+from reasonrl.testing import CHOICE, SCRIPTS, tool_model
 
 RESULTS = Path(__file__).parent / "results"
-# (prompt, completion) pairs as in tests/conftest.py: SCRIPTS, then CHOICE's two habits.
-SCRIPTS = [
-    ("What is 12 + 30?", "<tool>calculator 12+30</tool><result>42</result><answer>42</answer>"),
-    ("What is 2 + 5?", "<answer>7</answer>"),
-    (
-        "Use the abacus on 3.",
-        "<tool>abacus 3</tool><result>error: unknown tool 'abacus' (tools: calculator)</result>"
-        "<answer>3</answer>",
-    ),
-    ("Add 57 and 68.", "<tool>calculator 57+68</tool><result>125</result><answer>125</answer>"),
-    ("Add 57 and 68.", "<answer>115</answer>"),
-]
-
-
-def fit_tool_model(tok: Any, hidden: int, layers: int, device: str) -> Qwen2ForCausalLM:
-    """A tiny Qwen2 fit to SCRIPTS after their prompts (the tests' recipe)."""
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(config).to(device)
-    prompts = [render_prompt(Sample(q, "0"), tok) for q, _ in SCRIPTS]
-    texts = [p + a + tok.eos_token for p, (_, a) in zip(prompts, SCRIPTS, strict=True)]
-    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right").to(device)
-    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    for i, p in enumerate(prompts):
-        labels[i, : len(tok(p).input_ids)] = -100
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(120):
-        model(**enc, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.config._attn_implementation = "sdpa"
-    return model.eval()
 
 
 def main() -> None:
@@ -96,8 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     tok = load_tokenizer("bundled")
-    model = fit_tool_model(tok, args.hidden, args.layers, args.device)
-    unique = list(dict.fromkeys(q for q, _ in SCRIPTS))
+    model = tool_model(tok, hidden=args.hidden, layers=args.layers, device=args.device)
+    model.config._attn_implementation = "sdpa"
+    unique = [*SCRIPTS, CHOICE]
     rows = [render_prompt(Sample(q, "0"), tok) for q in unique for _ in range(args.group)]
     work = [0, 0]  # forwards, and the tokens of those wider than one per row (padding in)
 

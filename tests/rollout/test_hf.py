@@ -8,6 +8,7 @@ from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import HFEngine
 from reasonrl.rollout.hf import completion_mask
 from reasonrl.tasks import Sample, render_prompt
+from reasonrl.testing import fit_to_texts
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +183,6 @@ def test_a_chat_model_calls_tools_in_its_template_s_format():
     sampled, though the template re-renders the model's turn (``<think>`` re-spaced)."""
     from importlib.resources import files
 
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from reasonrl.config import TaskConfig
     from reasonrl.envs import ToolUse
 
@@ -193,28 +192,14 @@ def test_a_chat_model_calls_tools_in_its_template_s_format():
     task = TaskConfig(chat_template="on")
     (prompt,), _ = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
     assert '"name": "calculator"' in prompt and "Use the calculator.<|im_end|>" in prompt
-    end = "<answer>42</answer>" + tok.eos_token
-    episode = tok(prompt + CHAT_CALL + tok.eos_token + CHAT_ANSWER + end, return_tensors="pt")
-    labels = episode.input_ids.clone()
-    labels[:, : len(tok(prompt).input_ids)] = -100
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    end = "<answer>42</answer>"
+    model = fit_to_texts(
+        tok,
+        [prompt],
+        [CHAT_CALL + tok.eos_token + CHAT_ANSWER + end],
+        steps=200,
+        max_positions=2048,
     )
-    model = Qwen2ForCausalLM(config)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        model(**episode, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
     prompts, boxes = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
     ro = HFEngine(model, tok).generate(
         prompts, max_new_tokens=150, greedy=True, toolboxes=boxes, max_turns=3
