@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,8 @@ from transformers.cache_utils import StaticLayer
 from reasonrl.config import ConfigError
 from reasonrl.envs.protocol import CALL_CLOSE, ChatProtocol, parse_call, result_text
 from reasonrl.envs.tools import Toolbox
-from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.episodes import EpisodeRecords
 from reasonrl.rollout.hf import completion_mask
 from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
 
@@ -316,14 +317,10 @@ class FastEngine:
         t0, steps, spare = time.perf_counter(), 0, budget
         rows, dev = d.tok.shape[0], self.device  # rows: n, or its bucket (dummy rows)
         drawn, drawn_logp = d.out_ids[:n, 0].tolist(), d.out_logp[:n, 0].tolist()
-        ids: list[list[int]] = [[] for _ in range(n)]
-        model: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
+        rec = EpisodeRecords(n)
         turn_ids: list[list[int]] = [[] for _ in range(n)]  # the model tokens of the turn
         queue: list[list[int]] = [[] for _ in range(n)]  # tokens not yet fed to the cache
-        turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
-        calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
-        turn, finished, live = [0] * n, [False] * n, list(range(n))
+        turn, live = [0] * n, list(range(n))
         row_seeds = list(turn0_seeds or [0] * n) + [0] * (rows - n)
         while live:
             going = []
@@ -331,31 +328,23 @@ class FastEngine:
                 if queue[i]:  # still feeding an answer: this step's draw is not the row's
                     going.append(i)
                     continue
-                ids[i].append(drawn[i])
-                model[i].append(1)
-                logps[i].append(drawn_logp[i])
+                rec.sampled(i, [drawn[i]], [drawn_logp[i]])
                 turn_ids[i].append(drawn[i])
                 queue[i] = [drawn[i]]
                 if drawn[i] in self.eos_ids:
-                    finished[i] = True
+                    rec.finished[i] = True
                 elif CALL_CLOSE in tok.decode(turn_ids[i][-len(CALL_CLOSE) :]):
                     text = tok.decode(turn_ids[i], skip_special_tokens=True)
-                    turns[i].append(("model", text))
+                    rec.turns[i].append(("model", text))
                     turn_ids[i] = []
                     if turn[i] == max_turns - 1:
                         continue  # a call with no turn left to read it: not run
-                    observation = toolboxes[i].call(parse_call(text))
-                    calls[i][observation.tool or "unknown"] += 1
-                    if observation.error:
-                        errors[i][observation.error] += 1
+                    observation = rec.call(i, toolboxes[i], parse_call(text))
                     answer = result_text(observation)
                     answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
-                    if len(ids[i]) + len(answer_ids) >= budget:
+                    if not rec.fits(i, answer_ids, budget):
                         continue  # no room left for a model token after the answer
-                    turns[i].append(("tool", answer))
-                    ids[i] += answer_ids
-                    model[i] += [0] * len(answer_ids)
-                    logps[i] += [0.0] * len(answer_ids)
+                    rec.answered(i, answer, answer_ids)
                     queue[i] += answer_ids
                     self.stats.observation_tokens += len(answer_ids)
                     turn[i] += 1
@@ -363,10 +352,10 @@ class FastEngine:
                         row_seeds[i] = derive_seed("turn", turn0_seeds[i], turn[i])
                     going.append(i)
                     continue
-                elif len(ids[i]) < budget:
+                elif len(rec.ids[i]) < budget:
                     going.append(i)
                     continue
-                turns[i].append(("model", tok.decode(turn_ids[i], skip_special_tokens=True)))
+                rec.turns[i].append(("model", tok.decode(turn_ids[i], skip_special_tokens=True)))
             live = going
             if not live:
                 break
@@ -398,27 +387,7 @@ class FastEngine:
             steps += 1
         self.stats.decode_steps += steps
         self.stats.decode_s += time.perf_counter() - t0
-
-        width = max(1, max(len(row) for row in ids))
-
-        def right_padded(table: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(
-                [row + [value] * (width - len(row)) for row in table],
-                dtype=dtype,
-                device=self.device,
-            )
-
-        return Rollout(
-            prompt_ids,
-            prompt_mask,
-            right_padded(ids, self.pad_id, torch.long),
-            right_padded([[1] * len(row) for row in ids], 0, torch.long),
-            right_padded(logps, 0.0, torch.float32),
-            tok.batch_decode(ids, skip_special_tokens=True),
-            torch.tensor(finished, device=self.device),
-            right_padded(model, 0, torch.long),
-            [Episode(t, dict(c), dict(e)) for t, c, e in zip(turns, calls, errors, strict=True)],
-        )
+        return rec.rollout(prompt_ids, prompt_mask, tok, self.pad_id, self.device)
 
     def _prefill(
         self,

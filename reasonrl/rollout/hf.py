@@ -16,7 +16,6 @@ between turns).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,7 +25,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from reasonrl.algos import token_logprobs
 from reasonrl.envs.protocol import TagProtocol, result_text
 from reasonrl.envs.tools import Toolbox
-from reasonrl.rollout.base import Episode, Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
+from reasonrl.rollout.episodes import EpisodeRecords
 from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
 
 
@@ -161,12 +161,7 @@ class HFEngine:
         token is not appended) or with a call in its last turn (not run; neither finishes)."""
         tok, n = self.tokenizer, len(prompts)
         prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
-        ids: list[list[int]] = [[] for _ in range(n)]
-        model: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
-        turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
-        calls, errors = [Counter() for _ in range(n)], [Counter() for _ in range(n)]
-        finished = [False] * n
+        rec = EpisodeRecords(n)
         going = list(range(n))
         stop = (toolboxes[0].protocol or TAGS).stop  # one format per run
         for turn in range(max_turns):
@@ -177,46 +172,34 @@ class HFEngine:
                 turn_seeds = [
                     seeds[i] if turn == 0 else derive_seed("turn", seeds[i], turn) for i in going
                 ]
-            room = [draw.budget - len(ids[i]) for i in going]
+            room = [draw.budget - len(rec.ids[i]) for i in going]
             new, new_logp = self._turn(
-                [prompt_ids[i] + ids[i] for i in going],
-                room,
-                draw,
-                turn_seeds,
-                stop,
+                [prompt_ids[i] + rec.ids[i] for i in going], room, draw, turn_seeds, stop
             )
             after = []
             for i, tokens, lp in zip(going, new, new_logp, strict=True):
-                ids[i] += tokens
-                model[i] += [1] * len(tokens)
-                logps[i] += lp
+                rec.sampled(i, tokens, lp)
                 text = tok.decode(tokens, skip_special_tokens=True)
-                turns[i].append(("model", text))
+                rec.turns[i].append(("model", text))
                 box = toolboxes[i]
                 protocol = box.protocol or TAGS
                 ended = bool(tokens) and tokens[-1] in self.eos_ids
                 call = protocol.call_in(text, ended)
                 if call is None:  # an answer (finished), or cut by the budget
-                    finished[i] = ended
+                    rec.finished[i] = ended
                     continue
                 if turn == max_turns - 1:
                     continue  # a call with no turn left to read it
-                observation = box.call(call)
-                calls[i][observation.tool or "unknown"] += 1  # not the name a model made up
-                if observation.error:
-                    errors[i][observation.error] += 1
+                observation = rec.call(i, box, call)
                 box.messages.append({"role": "assistant", "content": text})
                 answer_ids = protocol.answer_ids(tok, box, observation, self.eos_ids)
-                if len(ids[i]) + len(answer_ids) >= draw.budget:
+                if not rec.fits(i, answer_ids, draw.budget):
                     continue
                 box.messages.append(
                     {"role": "tool", "name": observation.tool, "content": observation.text}
                 )
                 answer = result_text(observation) if not protocol.native else observation.text
-                turns[i].append(("tool", answer))
-                ids[i] += answer_ids
-                model[i] += [0] * len(answer_ids)
-                logps[i] += [0.0] * len(answer_ids)
+                rec.answered(i, answer, answer_ids)
                 after.append(i)
             going = after
         device = next(self.model.parameters()).device
@@ -227,25 +210,8 @@ class HFEngine:
             padding_side="left",
             add_special_tokens=False,
         )
-        width = max(1, max(len(row) for row in ids))
-
-        def right_padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(
-                [row + [value] * (width - len(row)) for row in rows], dtype=dtype, device=device
-            )
-
-        completion_ids = right_padded(ids, self.pad_id, torch.long)
-        present = right_padded([[1] * len(row) for row in ids], 0, torch.long)
-        return Rollout(
-            enc["input_ids"].to(device),
-            enc["attention_mask"].to(device),
-            completion_ids,
-            present,
-            right_padded(logps, 0.0, torch.float32),
-            tok.batch_decode(ids, skip_special_tokens=True),
-            torch.tensor(finished, device=device),
-            right_padded(model, 0, torch.long),
-            [Episode(t, dict(c), dict(e)) for t, c, e in zip(turns, calls, errors, strict=True)],
+        return rec.rollout(
+            enc["input_ids"].to(device), enc["attention_mask"].to(device), tok, self.pad_id, device
         )
 
     def _turn(

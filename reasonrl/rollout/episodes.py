@@ -1,0 +1,83 @@
+"""What both engines record while episodes run: each row's completion tokens (the model's,
+with their sampling log-probs, and the environment's), its turns, and its tool calls and
+errors; and the ``Rollout`` they make. The engines differ in how they decode, not in this."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from reasonrl.envs.tools import Observation, Toolbox, ToolCall
+from reasonrl.rollout.base import Episode, Rollout
+
+
+class EpisodeRecords:
+    """The completions of ``n`` episodes as they grow, token by token or turn by turn."""
+
+    def __init__(self, n: int) -> None:
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.model: list[list[int]] = [[] for _ in range(n)]  # 1: the model's token
+        self.logps: list[list[float]] = [[] for _ in range(n)]
+        self.turns: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+        self.calls: list[Counter[str]] = [Counter() for _ in range(n)]
+        self.errors: list[Counter[str]] = [Counter() for _ in range(n)]
+        self.finished = [False] * n
+
+    def sampled(self, i: int, tokens: list[int], logps: list[float]) -> None:
+        """Tokens row ``i``'s model drew, with their log-probs."""
+        self.ids[i] += tokens
+        self.model[i] += [1] * len(tokens)
+        self.logps[i] += logps
+
+    def call(self, i: int, box: Toolbox, call: ToolCall | str) -> Observation:
+        """Run row ``i``'s call (a parse error comes as its message) and count it under the
+        tool it reached ("unknown", not the name a model made up) and its error kind."""
+        observation = box.call(call)
+        self.calls[i][observation.tool or "unknown"] += 1
+        if observation.error:
+            self.errors[i][observation.error] += 1
+        return observation
+
+    def fits(self, i: int, answer_ids: list[int], budget: int) -> bool:
+        """Whether row ``i`` has room for the answer and one model token after it."""
+        return len(self.ids[i]) + len(answer_ids) < budget
+
+    def answered(self, i: int, text: str, answer_ids: list[int]) -> None:
+        """The environment's answer appended to row ``i``: context, never trained on."""
+        self.turns[i].append(("tool", text))
+        self.ids[i] += answer_ids
+        self.model[i] += [0] * len(answer_ids)
+        self.logps[i] += [0.0] * len(answer_ids)
+
+    def rollout(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        tokenizer: Any,
+        pad_id: int,
+        device: torch.device | str,
+    ) -> Rollout:
+        """The episodes as a ``Rollout``: completions right-padded to the longest."""
+        width = max(1, max(len(row) for row in self.ids))
+
+        def right_padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(
+                [row + [value] * (width - len(row)) for row in rows], dtype=dtype, device=device
+            )
+
+        return Rollout(
+            prompt_ids,
+            prompt_mask,
+            right_padded(self.ids, pad_id, torch.long),
+            right_padded([[1] * len(row) for row in self.ids], 0, torch.long),
+            right_padded(self.logps, 0.0, torch.float32),
+            tokenizer.batch_decode(self.ids, skip_special_tokens=True),
+            torch.tensor(self.finished, device=device),
+            right_padded(self.model, 0, torch.long),
+            [
+                Episode(t, dict(c), dict(e))
+                for t, c, e in zip(self.turns, self.calls, self.errors, strict=True)
+            ],
+        )
