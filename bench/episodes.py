@@ -3,19 +3,19 @@
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/episodes.py   # → bench/results/episodes_cpu.json
     PYTHONPATH=. python bench/episodes.py --device cuda --group 32
 
-No shipped checkpoint calls tools yet, so the run first fits a tiny Qwen2 (the bundled tokenizer,
-``--hidden`` × ``--layers``) to write the tool-calling scripts of the tests (``reasonrl.testing.tool_model``:
-a calculator call and its answer, an answer without a call, an unknown tool, a prompt where it
-calls or answers by hand) after their chat-template prompts. Both engines then generate the same
-``--group`` seeded episodes of each prompt (calculator toolboxes, up to 3 turns), interleaved
-in each of ``--repeats`` rounds after a warm-up; the median ``generate`` time is reported with
-the forwards each engine ran and the tokens of those wider than one token a row (prefill
-tokens, padding included as computed): ``hf`` re-prefills every row's whole context at each
-turn; ``fast`` prefills each group's prompt once and feeds each tool answer, with the token
-drawn before it, into the cache the row holds, in steps as wide as the longest answer fed
-(every live row pays that width: holes). Its saving is the prefix it does not recompute.
-Checks that both engines wrote the same episodes. Leaves out:
-real tool-using checkpoints and bigger models (the tiny model's forward is cheap, so Python and
+No shipped checkpoint calls tools yet, so the run first fits a tiny Qwen2 (the bundled
+tokenizer, ``--hidden`` × ``--layers``) to write the tool-calling scripts of the tests
+(``reasonrl.testing.tool_model``: a calculator call and its answer, an answer without a call, an
+unknown tool, a prompt where it calls or answers by hand) after their chat-template prompts.
+Both engines then generate the same ``--group`` seeded episodes of each prompt (calculator
+toolboxes, up to 3 turns), interleaved in each of ``--repeats`` rounds after a warm-up; the
+median ``generate`` time is reported with the forwards each engine ran and the tokens of those
+wider than one token a row (prefill tokens, padding included as computed): ``hf`` re-prefills
+every row's whole context at each turn; ``fast`` prefills each group's prompt once and feeds
+each tool answer, with the token drawn before it, into the cache the row holds, in steps as wide
+as the longest answer fed (every live row pays that width: holes). Its saving is the prefix it
+does not recompute. Checks that both engines wrote the same episodes. Leaves out: real
+tool-using checkpoints and bigger models (the tiny model's forward is cheap, so Python and
 per-turn overhead weigh more here than on a GPU with a 0.5B model).
 """
 

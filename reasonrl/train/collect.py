@@ -71,7 +71,7 @@ def collect(
     groups whose valid rewards are all equal carry no signal: they are dropped and more prompts
     drawn, up to ``algo.max_sampling_rounds`` rounds; the step then trains on the groups it
     has, dealt evenly to the ranks (``kept_batch``). ``remote``: Ray's rollout and reward
-    workers do both (``workers.py``); the batch records how many updates old the
+    workers do both (``reasonrl.workers``); the batch records how many updates old the
     weights that generated it are (``staleness``). ``tools``: each completion is an episode
     (``rollout.max_turns``) with its own toolbox."""
     ro, algo = cfg.rollout, cfg.algo

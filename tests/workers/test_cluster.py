@@ -18,7 +18,7 @@ import pytest
 
 from reasonrl.logging import read_jsonl
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 RAY = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
 
 

@@ -14,8 +14,8 @@ import torch
 
 from reasonrl.config import load_config
 from reasonrl.models import load_model
-from reasonrl.weight_sync import GROUP, Broadcaster, WeightReceiver, buckets, load_flat
 from reasonrl.workers import start_ray
+from reasonrl.workers.weight_sync import GROUP, Broadcaster, WeightReceiver, buckets, load_flat
 
 
 class Member(WeightReceiver):
@@ -61,14 +61,14 @@ def test_buckets_hold_each_tensor_once_by_dtype_within_the_cap(
     assert set(names) == set(state) - {"lm_head.weight"}
     # a cap below the largest tensor: each tensor alone, and mixed dtypes apart
     mixed = {"a": torch.ones(4), "b": torch.ones(3, dtype=torch.int64), "c": torch.ones(2, 2)}
-    monkeypatch.setattr("reasonrl.weight_sync.BUCKET_BYTES", 24)
+    monkeypatch.setattr("reasonrl.workers.weight_sync.BUCKET_BYTES", 24)
     layout = buckets(mixed)
     assert [(b.dtype, b.names) for b in layout] == [
         (torch.float32, ("a",)),
         (torch.float32, ("c",)),
         (torch.int64, ("b",)),
     ]
-    monkeypatch.setattr("reasonrl.weight_sync.BUCKET_BYTES", 32)
+    monkeypatch.setattr("reasonrl.workers.weight_sync.BUCKET_BYTES", 32)
     assert [b.names for b in buckets(mixed)] == [("a", "c"), ("b",)]
 
 
