@@ -23,6 +23,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from reasonrl.eval.summary import calls_cell, calls_change
 from reasonrl.logging import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 Series = dict[str, list[tuple[int, float]]]  # metric key -> [(step, value)] sorted by step
@@ -230,30 +231,24 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     ks = _pass_ks([r for _, r in phases])
     tools = any("tool_calls_per_episode" in r for _, r in phases)
     header = ["", "accuracy [95% CI]", "n"] + [f"pass@{k}" for k in ks]
-    header += ["tool calls/episode"] if tools else []
+    header += ["tool calls/episode: greedy (sampled)"] if tools else []
     rows = []
     for suffix, results in groups:
         rows += [
             [name + suffix, _accuracy_cell(r), str(r.get("n", "–"))]
             + [_pct((r.get("pass_at_k") or {}).get(k)) for k in ks]
-            + ([_number(r.get("tool_calls_per_episode"))] if tools else [])
+            + ([calls_cell(r)] if tools else [])
             for name, r in results.items()
         ]
         if len(results) == 2:
             before, after = results["before"], results["after"]
             passk = [(before.get("pass_at_k") or {}, after.get("pass_at_k") or {})]
-            calls = [before.get("tool_calls_per_episode"), after.get("tool_calls_per_episode")]
             rows.append(
                 ["change" + suffix, _delta(before.get("accuracy"), after.get("accuracy")), ""]
                 + [_delta(b.get(k), a.get(k)) for k in ks for b, a in passk]
-                + ([_change(*calls)] if tools else [])
+                + ([calls_change(before, after)] if tools else [])
             )
     return _table(header, rows)
-
-
-def _change(before: Any, after: Any) -> str:
-    """The signed change of a plain number (tool calls per episode)."""
-    return f"{after - before:+.2f}" if _is_number(before) and _is_number(after) else "–"
 
 
 def _scores_table(summary: Mapping[str, Any]) -> str:

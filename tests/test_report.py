@@ -307,7 +307,12 @@ def test_report_plots_tool_use_by_difficulty_and_tables_calls_before_and_after(t
 
     def result(acc: float, hard: float, easy: float) -> dict:
         tasks = {
-            "sum/hard": {"accuracy": acc, "n": 10, "tool_calls_per_episode": hard},
+            "sum/hard": {
+                "accuracy": acc,
+                "n": 10,
+                "tool_calls_per_episode": hard,
+                "sampled_tool_calls_per_episode": hard / 2,
+            },
             "sum/easy": {"accuracy": acc, "n": 10, "tool_calls_per_episode": easy},
         }
         return {"accuracy": acc, "n": 20, "tool_calls_per_episode": (hard + easy) / 2} | {
@@ -320,8 +325,8 @@ def test_report_plots_tool_use_by_difficulty_and_tables_calls_before_and_after(t
     assert (run_dir / "plots" / "tool_use.png").exists()
     assert "Tool calls per episode" in page
     header = re.findall(r"<th>(.*?)</th>", page)
-    assert header[-1] == "tool calls/episode"
+    assert header[-1] == "tool calls/episode: greedy (sampled)"
     cells = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", page)]
-    assert ["change · sum/hard", "+50.0 pts", "", "+0.75"] in cells
+    assert ["change · sum/hard", "+50.0 pts", "", "+0.75 (+0.38)"] in cells
     assert ["change · sum/easy", "+50.0 pts", "", "-0.50"] in cells
-    assert ["before · sum/hard", "10.0%", "10", "0.25"] in cells
+    assert ["before · sum/hard", "10.0%", "10", "0.25 (0.12)"] in cells

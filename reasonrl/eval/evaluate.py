@@ -47,9 +47,10 @@ def _per_task(
     k: int,
     scores: Mapping[str, Sequence[float]],
     calls: Sequence[int],
+    sampled_calls: Sequence[float],
 ) -> dict[str, dict[str, Any]]:
-    """Greedy accuracy (Wilson CI), pass@k, mean scores and tool calls per greedy episode of
-    each task of a mix, or difficulty (``Sample.group``)."""
+    """Greedy accuracy (Wilson CI), pass@k, mean scores and tool calls per greedy (and per
+    sampled) episode of each task of a mix, or difficulty (``Sample.group``)."""
     rows: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
         rows.setdefault(sample.group, []).append(i)
@@ -67,6 +68,8 @@ def _per_task(
             res["scores"] = {name: _mean_ci([v[i] for i in idx]) for name, v in scores.items()}
         if calls:
             res["tool_calls_per_episode"] = sum(calls[i] for i in idx) / len(idx)
+        if sampled_calls:
+            res["sampled_tool_calls_per_episode"] = sum(sampled_calls[i] for i in idx) / len(idx)
         out[task] = res
     return out
 
@@ -115,7 +118,9 @@ def evaluate(
     the same result (each generates its share of the problems). ``tools`` (``rollout.tools``)
     with ``max_turns`` > 1: every completion is an episode with its own toolbox, graded on what
     the model wrote (never a tool's answer), and the result adds ``tool_calls_per_episode`` (of
-    the greedy episodes), overall and per group. An episode's prompt is then built as training
+    the greedy episodes) and, with ``cfg.k`` samples, ``sampled_tool_calls_per_episode`` (how
+    often the policy calls: a greedy choice hides a minority habit), overall and per group.
+    An episode's prompt is then built as training
     builds it (``ToolUse.episodes`` with ``task``'s prompt and template: a chat model's tool
     schemas, the environment's ``reset`` text), not taken from ``prompts``.
 
@@ -130,7 +135,7 @@ def evaluate(
     episodes = None
     if tools is not None and max_turns > 1:
         episodes = (tools, max_turns, task or TaskConfig())
-    texts, correct, scores, per_problem, calls = _gathered(
+    texts, correct, scores, per_problem, calls, sampled_calls = _gathered(
         _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine, episodes), ranks
     )
     hits = sum(correct)
@@ -156,13 +161,15 @@ def evaluate(
             result["pass_at_k_ci"][str(k)] = [lo, hi]
     if episodes is not None:
         result["tool_calls_per_episode"] = sum(calls) / n
-    tasks = _per_task(samples, correct, per_problem, cfg.k, scores, calls)
+    if sampled_calls:
+        result["sampled_tool_calls_per_episode"] = sum(sampled_calls) / n
+    tasks = _per_task(samples, correct, per_problem, cfg.k, scores, calls, sampled_calls)
     if tasks:
         result["tasks"] = tasks
     return result
 
 
-Shard = tuple[list[str], list[bool], dict[str, list[float]], list[int], list[int]]
+Shard = tuple[list[str], list[bool], dict[str, list[float]], list[int], list[int], list[float]]
 
 
 def _evaluate_shard(
@@ -176,9 +183,10 @@ def _evaluate_shard(
     episodes: tuple[ToolUse, int, TaskConfig] | None = None,
 ) -> Shard:
     """Problems ``mine``: greedy completions, their correctness, their scores, the number of
-    correct pass@k samples of each problem (empty when ``cfg.k`` is 0), and the tool calls of
-    each greedy episode (empty without ``episodes``: the tools, ``max_turns`` and the task
-    whose prompt the episodes' prompts are rendered with)."""
+    correct pass@k samples of each problem (empty when ``cfg.k`` is 0), the tool calls of each
+    greedy episode and the mean of each problem's sampled ones (empty without ``episodes``:
+    the tools, ``max_turns`` and the task whose prompt the episodes' prompts are rendered
+    with; the sampled ones also when ``cfg.k`` is 0)."""
     s = cfg.sampling
     prompts, samples = list(prompts[mine.start : mine.stop]), samples[mine.start : mine.stop]
 
@@ -198,6 +206,7 @@ def _evaluate_shard(
     scores = {name: scorer(graded, samples) for name, scorer in scorers.items()}
     calls = [sum(e.calls.values()) for e in greedy.episodes or []]
     per_problem: list[int] = []
+    sampled_calls: list[float] = []
     if cfg.k >= 1:
         rows = [x for x in samples for _ in range(cfg.k)]
         sampled_prompts, loop = tool_loop(rows, [p for p in prompts for _ in range(cfg.k)])
@@ -212,7 +221,12 @@ def _evaluate_shard(
         )
         ok = _correct(_model_texts(sampled), rows)
         per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(prompts))]
-    return list(greedy.texts), correct, scores, per_problem, calls
+        if sampled.episodes is not None:
+            made = [sum(e.calls.values()) for e in sampled.episodes]
+            sampled_calls = [
+                sum(made[i * cfg.k : (i + 1) * cfg.k]) / cfg.k for i in range(len(prompts))
+            ]
+    return list(greedy.texts), correct, scores, per_problem, calls, sampled_calls
 
 
 def _model_texts(rollout: Rollout) -> list[str]:
@@ -234,4 +248,5 @@ def _gathered(part: Shard, ranks: Ranks) -> Shard:
         scores,
         [c for p in parts for c in p[3]],
         [c for p in parts for c in p[4]],
+        [c for p in parts for c in p[5]],
     )

@@ -12,18 +12,38 @@ from rich.table import Table
 from reasonrl.eval.stats import paired_change
 
 
+def calls_cell(result: dict[str, Any]) -> str:
+    """Tool calls per greedy episode, and per sampled one where measured: ``0.00 (0.31)``."""
+    greedy, sampled = (
+        result.get("tool_calls_per_episode"),
+        result.get("sampled_tool_calls_per_episode"),
+    )
+    if greedy is None:
+        return ""
+    return f"{greedy:.2f}" + ("" if sampled is None else f" ({sampled:.2f})")
+
+
+def calls_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The change of ``calls_cell``'s numbers from ``before`` to ``after``: ``+0.75 (+0.40)``."""
+    parts = []
+    for key in ("tool_calls_per_episode", "sampled_tool_calls_per_episode"):
+        b, a = before.get(key), after.get(key)
+        if b is not None and a is not None:
+            parts.append(f"{a - b:+.2f}")
+    return parts[0] + "".join(f" ({p})" for p in parts[1:]) if parts else ""
+
+
 def _summary_rows(table: Table, results: dict[str, Any], tools: bool, suffix: str = "") -> None:
     """Rows of the before/after table for ``results`` (phase → eval result); ``tools``: with
     the column of tool calls per episode."""
     for phase, res in results.items():
         passk = ", ".join(f"@{k} {100 * v:.1f}%" for k, v in res.get("pass_at_k", {}).items())
-        calls = res.get("tool_calls_per_episode")
         table.add_row(
             phase + suffix,
             f"{100 * res['accuracy']:.1f}% [{100 * res['ci_low']:.1f}, {100 * res['ci_high']:.1f}]",
             str(res["n"]),
             passk,
-            *(["" if calls is None else f"{calls:.2f}"] if tools else []),
+            *([calls_cell(res)] if tools else []),
         )
     if len(results) == 2:
         before, after = results["before"], results["after"]
@@ -32,10 +52,12 @@ def _summary_rows(table: Table, results: dict[str, Any], tools: bool, suffix: st
         passk = ", ".join(
             f"@{k} {100 * (after['pass_at_k'][k] - before['pass_at_k'][k]):+.1f}" for k in ks
         )
-        calls = [r.get("tool_calls_per_episode") for r in (before, after)]
-        change = "" if None in calls else f"{calls[1] - calls[0]:+.2f}"
         table.add_row(
-            "change" + suffix, f"{delta:+.1f} pts", "", passk, *([change] if tools else [])
+            "change" + suffix,
+            f"{delta:+.1f} pts",
+            "",
+            passk,
+            *([calls_change(before, after)] if tools else []),
         )
 
 
@@ -50,7 +72,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for col in ("", "greedy pass@1 [95% CI]", "n", "pass@k (sampled)"):
         table.add_column(col)
     if tools:
-        table.add_column("tool calls/episode")
+        table.add_column("tool calls/episode: greedy (sampled)")
     _summary_rows(table, phases, tools)
     for task in sorted({t for res in phases.values() for t in res.get("tasks") or {}}):
         per_task = {p: r["tasks"][task] for p, r in phases.items() if task in r.get("tasks", {})}

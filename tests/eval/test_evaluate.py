@@ -97,6 +97,10 @@ def test_episodes_with_tools_report_calls_per_difficulty(tool_model, tool_script
     tasks = result["tasks"]
     assert {d: r["tool_calls_per_episode"] for d, r in tasks.items()} == {"hard": 1, "easy": 0}
     assert tasks["hard"]["pass_at_k"]["2"] == 1.0
+    assert {d: r["sampled_tool_calls_per_episode"] for d, r in tasks.items()} == {
+        "hard": 1,
+        "easy": 0,
+    }
     # one turn: no tool loop (this model then writes the result itself)
     single = evaluate(engine, prompts, samples, cfg, tools=tools, max_turns=1)
     assert (

@@ -47,7 +47,7 @@ def test_print_summary_prints_nothing_without_evaluations():
 def test_print_summary_shows_tool_calls_per_episode_and_their_change_per_difficulty():
     def result(accuracy, calls, hard_calls):
         row = {"accuracy": accuracy, "n": 4, "ci_low": 0.0, "ci_high": 1.0}
-        hard = row | {"tool_calls_per_episode": hard_calls}
+        hard = row | {"tool_calls_per_episode": hard_calls, "sampled_tool_calls_per_episode": 0.5}
         return row | {"tool_calls_per_episode": calls, "tasks": {"hard": hard}}
 
     console = Console(record=True, width=200)
@@ -56,7 +56,8 @@ def test_print_summary_shows_tool_calls_per_episode_and_their_change_per_difficu
     lines = text.splitlines()
     assert "tool calls/episode" in text
     cells = {line.split("│")[1].strip(): line for line in lines if line.startswith("│")}
-    assert "+0.50" in cells["change"] and "+1.25" in cells["change · hard"]
+    assert "+0.50" in cells["change"] and "+1.25 (+0.00)" in cells["change · hard"]
+    assert "1.50 (0.50)" in cells["after · hard"] and "(" not in cells["after"].split("│")[-2]
     plain = Console(record=True, width=200)
     print_summary(plain, {"after": {"accuracy": 0.5, "n": 2, "ci_low": 0.1, "ci_high": 0.9}})
     assert "tool calls" not in plain.export_text()
