@@ -55,6 +55,18 @@ def result_text(observation: Observation) -> str:
     return f"{RESULT_OPEN}{observation.text}{RESULT_CLOSE}"
 
 
+def result_ids(tokenizer: Any, text: str) -> list[int]:
+    """The tokens of ``<result>text</result>``: the tags and ``text`` each tokenized on their
+    own, so that the result's tokens are the ones the model writes when it copies it (a BPE
+    merge across the tag, as ``>-`` in ``<result>-4``, would leave the model a sign it never
+    writes alone). Every place that appends or trains on a result uses it."""
+    return [
+        t
+        for piece in (RESULT_OPEN, text, RESULT_CLOSE)
+        for t in tokenizer(piece, add_special_tokens=False)["input_ids"]
+    ]
+
+
 # ------------------------------------------------------------- chat models' native formats
 
 
@@ -73,7 +85,7 @@ class TagProtocol:
         self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
     ) -> list[int]:
         """The environment tokens appended after a call."""
-        return tokenizer(result_text(observation), add_special_tokens=False)["input_ids"]
+        return result_ids(tokenizer, observation.text)
 
 
 HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)

@@ -42,7 +42,13 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from reasonrl.config import ConfigError
-from reasonrl.envs.protocol import CALL_CLOSE, ChatProtocol, parse_call, result_text
+from reasonrl.envs.protocol import (
+    CALL_CLOSE,
+    ChatProtocol,
+    parse_call,
+    result_ids,
+    result_text,
+)
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.episodes import EpisodeRecords
@@ -341,7 +347,7 @@ class FastEngine:
                         continue  # a call with no turn left to read it: not run
                     observation = rec.call(i, toolboxes[i], parse_call(text))
                     answer = result_text(observation)
-                    answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+                    answer_ids = result_ids(tok, observation.text)
                     if not rec.fits(i, answer_ids, budget):
                         continue  # no room left for a model token after the answer
                     rec.answered(i, answer, answer_ids)

@@ -20,7 +20,7 @@ import torch
 
 from reasonrl.algos import sft_loss
 from reasonrl.distributed import all_reduce_sum, global_counts, gradient_sync
-from reasonrl.envs.protocol import RESULT_CLOSE, RESULT_OPEN
+from reasonrl.envs.protocol import RESULT_CLOSE, RESULT_OPEN, result_ids
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.train.context import RunContext, StepOutput
 from reasonrl.train.data import step_indices
@@ -44,22 +44,26 @@ def pack_pairs(
     return ids, attn, attn[:, p:].clone()
 
 
-_RESULT_RE = re.compile(f"({re.escape(RESULT_OPEN)}.*?{re.escape(RESULT_CLOSE)})", re.DOTALL)
+_RESULT_RE = re.compile(f"{re.escape(RESULT_OPEN)}(.*?){re.escape(RESULT_CLOSE)}", re.DOTALL)
 
 
 def encode_completion(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     """A completion's token ids, and 1 on the tokens the model writes, 0 on its tool answers'.
 
     The text is cut at each ``<result>…</result>`` and every piece tokenized on its own, as an
-    episode is built (the model's turn, then the tool's answer appended), so the trained
-    tokens are the ones the model would sample there."""
+    episode is built (the model's turn, then the tool's answer appended as ``result_ids``
+    makes it), so the trained tokens are the ones the model would sample there."""
     ids: list[int] = []
     trained: list[int] = []
     for k, piece in enumerate(_RESULT_RE.split(text)):
-        if piece:  # odd pieces are the answers the split kept
+        if k % 2:  # odd pieces: what a result holds
+            piece_ids = result_ids(tokenizer, piece)
+        elif piece:
             piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-            ids += piece_ids
-            trained += [1 - k % 2] * len(piece_ids)
+        else:
+            continue
+        ids += piece_ids
+        trained += [1 - k % 2] * len(piece_ids)
     return ids, trained
 
 

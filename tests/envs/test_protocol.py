@@ -8,7 +8,7 @@ from importlib.resources import files
 import pytest
 
 from reasonrl.envs import ChatProtocol, TagProtocol, Toolbox, calculator
-from reasonrl.envs.protocol import protocol_for
+from reasonrl.envs.protocol import protocol_for, result_ids
 from reasonrl.envs.tools import Observation, ToolCall
 from reasonrl.models import load_tokenizer
 
@@ -164,3 +164,17 @@ def test_a_template_that_drops_earlier_thinking_gets_the_one_call_suffix():
         "\n<|im_start|>user\n<tool_response>\n6\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_a_result_holds_the_tokens_the_model_writes_when_it_copies_it():
+    tok = load_tokenizer("bundled")
+    whole = tok("<result>-4172</result>", add_special_tokens=False)["input_ids"]
+    alone = tok("-4172", add_special_tokens=False)["input_ids"]  # as after <answer>
+    ids = result_ids(tok, "-4172")
+    assert tok.decode(ids) == "<result>-4172</result>"
+    assert whole != ids  # the bundled tokenizer merges ">-" across the tag
+    start = len(tok("<result>", add_special_tokens=False)["input_ids"])
+    assert ids[start : start + len(alone)] == alone
+    box = Toolbox([calculator])
+    observation = box.call(ToolCall("calculator", "1-4173"))
+    assert TagProtocol().answer_ids(tok, box, observation, [tok.eos_token_id]) == ids
