@@ -40,9 +40,13 @@ def plan(step: int, round_: int) -> tuple[list[int], list[int]]:
 # collective sync keeps a pushed version in the object store, for a restarted worker, only when
 # rounds are sent ahead: these tests dispatch ahead by hand
 SYNC = {"object_store": [], "collective": ["rollout.async_steps=1"]}
+# What the weights reach the workers by matters to the tests of versions (each runs with both
+# ways); the tests of failures run with the default one (a pool each: a pool is slow to start).
+BOTH = pytest.mark.parametrize("cfg", list(SYNC), indirect=True)
+DEFAULT = pytest.mark.parametrize("cfg", ["object_store"], indirect=True)
 
 
-@pytest.fixture(scope="module", params=list(SYNC))
+@pytest.fixture(scope="module")
 def cfg(request: pytest.FixtureRequest) -> RunConfig:
     return load_config(
         "quickstart",
@@ -112,6 +116,7 @@ def in_process(cfg: RunConfig, setting: tuple, step: int, model: torch.nn.Module
     return rollout, scored
 
 
+@DEFAULT
 def test_ray_started_here_listens_on_loopback_only(workers: tuple) -> None:
     start_ray(None, 3)  # joins the running one
     listening = [
@@ -128,6 +133,7 @@ def test_ray_started_here_listens_on_loopback_only(workers: tuple) -> None:
     }
 
 
+@BOTH
 def test_workers_generate_and_score_what_the_process_does(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -145,6 +151,7 @@ def test_workers_generate_and_score_what_the_process_does(
     assert metrics["workers/restarts"] == 0 and not reports(log)
 
 
+@DEFAULT
 def test_a_killed_rollout_worker_is_restarted_and_its_share_redone(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -160,6 +167,7 @@ def test_a_killed_rollout_worker_is_restarted_and_its_share_redone(
     assert "killed by `ray.kill`" in text  # Ray's own account of the death
 
 
+@BOTH
 def test_each_round_keeps_the_weights_it_was_dispatched_with(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -183,6 +191,7 @@ def test_each_round_keeps_the_weights_it_was_dispatched_with(
     assert set(pool.weights) == set(range(2 - cfg.rollout.async_steps, 3))
 
 
+@BOTH
 def test_a_worker_restarted_after_a_push_redoes_a_round_with_its_older_weights(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -204,6 +213,7 @@ def test_a_worker_restarted_after_a_push_redoes_a_round_with_its_older_weights(
     pool.push_weights(model, 4)  # back to the first weights
 
 
+@DEFAULT
 def test_a_reward_share_that_keeps_failing_is_nan_not_zero(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -225,6 +235,7 @@ def test_a_reward_share_that_keeps_failing_is_nan_not_zero(
     assert "left uncomputed (NaN)" in reports(log)
 
 
+@DEFAULT
 def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> None:
     pool, log = workers
     pool.generators.max_restarts = 0
@@ -238,6 +249,7 @@ def test_a_rollout_worker_that_keeps_failing_stops_the_step(workers: tuple) -> N
     assert "rollout worker 1 failed in generate (gave up)" in reports(log)
 
 
+@DEFAULT
 def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
     cfg: RunConfig, setting: tuple, workers: tuple
 ) -> None:
@@ -259,6 +271,7 @@ def test_a_hung_rollout_worker_is_restarted_after_the_call_timeout(
     assert "no answer within distributed.call_timeout_s=20 s" in text
 
 
+@DEFAULT
 def test_workers_that_find_no_room_stop_the_start_with_a_message(workers: tuple) -> None:
     import ray
 
