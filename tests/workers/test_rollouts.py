@@ -116,6 +116,15 @@ def in_process(cfg: RunConfig, setting: tuple, step: int, model: torch.nn.Module
     return rollout, scored
 
 
+def updated(cfg: RunConfig) -> torch.nn.Module:
+    """The policy after an update: its weights moved a little, at random."""
+    moved = load_model(cfg.model, torch.device("cpu"))
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return moved
+
+
 @DEFAULT
 def test_ray_started_here_listens_on_loopback_only(workers: tuple) -> None:
     start_ray(None, 3)  # joins the running one
@@ -173,10 +182,7 @@ def test_each_round_keeps_the_weights_it_was_dispatched_with(
 ) -> None:
     pool, _ = workers
     model = setting[0]
-    moved = load_model(cfg.model, torch.device("cpu"))
-    with torch.no_grad():
-        for p in moved.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    moved = updated(cfg)
     pool.dispatch(0, 0)  # before the update: version 0
     pool.push_weights(moved, 1)
     pool.dispatch(1, 0)
@@ -197,10 +203,7 @@ def test_a_worker_restarted_after_a_push_redoes_a_round_with_its_older_weights(
 ) -> None:
     pool, log = workers
     model = setting[0]
-    moved = load_model(cfg.model, torch.device("cpu"))
-    with torch.no_grad():
-        for p in moved.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    moved = updated(cfg)
     pool.dispatch(0, 0)  # sent ahead from version 2
     pool.push_weights(moved, 3)
     pool.dispatch(1, 0)
