@@ -23,7 +23,6 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reasonrl.eval.summary import calls_cell, calls_change
 from reasonrl.logging import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 Series = dict[str, list[tuple[int, float]]]  # metric key -> [(step, value)] sorted by step
@@ -207,6 +206,27 @@ def _delta(before: Any, after: Any) -> str:
 def _pass_ks(results: Sequence[Mapping[str, Any]]) -> list[str]:
     ks = {str(k) for r in results for k in (r.get("pass_at_k") or {})}
     return sorted(ks, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+
+
+def calls_cell(result: Mapping[str, Any]) -> str:
+    """Tool calls per greedy episode, and per sampled one where measured: ``0.00 (0.31)``."""
+    greedy, sampled = (
+        result.get("tool_calls_per_episode"),
+        result.get("sampled_tool_calls_per_episode"),
+    )
+    if greedy is None:
+        return ""
+    return f"{greedy:.2f}" + ("" if sampled is None else f" ({sampled:.2f})")
+
+
+def calls_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """The change of ``calls_cell``'s numbers from ``before`` to ``after``: ``+0.75 (+0.40)``."""
+    parts = []
+    for key in ("tool_calls_per_episode", "sampled_tool_calls_per_episode"):
+        b, a = before.get(key), after.get(key)
+        if b is not None and a is not None:
+            parts.append(f"{a - b:+.2f}")
+    return parts[0] + "".join(f" ({p})" for p in parts[1:]) if parts else ""
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

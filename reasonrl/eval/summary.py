@@ -10,27 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reasonrl.eval.stats import paired_change
-
-
-def calls_cell(result: dict[str, Any]) -> str:
-    """Tool calls per greedy episode, and per sampled one where measured: ``0.00 (0.31)``."""
-    greedy, sampled = (
-        result.get("tool_calls_per_episode"),
-        result.get("sampled_tool_calls_per_episode"),
-    )
-    if greedy is None:
-        return ""
-    return f"{greedy:.2f}" + ("" if sampled is None else f" ({sampled:.2f})")
-
-
-def calls_change(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """The change of ``calls_cell``'s numbers from ``before`` to ``after``: ``+0.75 (+0.40)``."""
-    parts = []
-    for key in ("tool_calls_per_episode", "sampled_tool_calls_per_episode"):
-        b, a = before.get(key), after.get(key)
-        if b is not None and a is not None:
-            parts.append(f"{a - b:+.2f}")
-    return parts[0] + "".join(f" ({p})" for p in parts[1:]) if parts else ""
+from reasonrl.report import calls_cell, calls_change
 
 
 def _summary_rows(table: Table, results: dict[str, Any], tools: bool, suffix: str = "") -> None:
