@@ -81,6 +81,10 @@ class TagProtocol:
         ``ended``: the turn ended at EOS (an answer, never a call here)."""
         return None if ended or CALL_CLOSE not in turn else parse_call(turn)
 
+    def answer_text(self, observation: Observation) -> str:
+        """The answer as the episode's turns record it."""
+        return result_text(observation)
+
     def answer_ids(
         self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
     ) -> list[int]:
@@ -116,6 +120,11 @@ class ChatProtocol:
             return _json_call(found.group(1), "arguments")
         body = turn.strip()
         return _json_call(body, "parameters") if body.startswith("{") else None
+
+    def answer_text(self, observation: Observation) -> str:
+        """The answer as the episode's turns record it: the tool's text (the template wraps it
+        in the tokens ``answer_ids`` appends)."""
+        return observation.text
 
     def answer_ids(
         self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]

@@ -23,7 +23,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from reasonrl.algos import token_logprobs
-from reasonrl.envs.protocol import TagProtocol, result_text
+from reasonrl.envs.protocol import TagProtocol
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.episodes import EpisodeRecords
@@ -198,8 +198,7 @@ class HFEngine:
                 box.messages.append(
                     {"role": "tool", "name": observation.tool, "content": observation.text}
                 )
-                answer = result_text(observation) if not protocol.native else observation.text
-                rec.answered(i, answer, answer_ids)
+                rec.answered(i, protocol.answer_text(observation), answer_ids)
                 after.append(i)
             going = after
         device = next(self.model.parameters()).device
