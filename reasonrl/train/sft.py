@@ -94,17 +94,19 @@ def train_sft(
         starts = range(0, len(idx), s.micro_batch_examples)
         for m in starts:
             rows = idx[m : m + s.micro_batch_examples]
-            ids, attn, cmask = pack_pairs(
+            ids, attn, present = pack_pairs(
                 [enc_prompts[i] for i in rows],
                 [enc_completions[i] for i in rows],
                 tokenizer.pad_token_id,
             )
-            width = cmask.shape[1]
-            model_mask = torch.tensor([trained[i] + [0] * (width - len(trained[i])) for i in rows])
-            ids, attn, cmask = ids.to(device), attn.to(device), model_mask.to(device)
+            width = present.shape[1]
+            # the loss is on the tokens the model writes: present and not a tool's answer
+            trained_mask = [trained[i] + [0] * (width - len(trained[i])) for i in rows]
+            ids, attn = ids.to(device), attn.to(device)
+            cmask = torch.tensor(trained_mask, device=device)
             with gradient_sync(model, sync=m == starts[-1]):
                 logp, _ = completion_logprobs(
-                    model, ids, attn, cmask.shape[1], pack_tokens=ctx.cfg.model.pack_tokens
+                    model, ids, attn, width, pack_tokens=ctx.cfg.model.pack_tokens
                 )
                 loss = sft_loss(logp, cmask, step_tokens)
                 loss.backward()
