@@ -27,12 +27,13 @@ from reasonrl.tasks.prompts import prompt_content, render_content
 
 @dataclass(frozen=True)
 class ToolUse:
-    """A run's tools and environment class, resolved once; ``episodes`` gives each episode
-    its own."""
+    """A run's tools and environment class, resolved once, and its episodes' model turns
+    (``rollout.max_turns``); ``episodes`` gives each episode its own."""
 
     tools: list[Callable[..., Any]]
     environment: Callable[[], Any] | None
     output_chars: int
+    max_turns: int = 2
 
     @classmethod
     def from_config(cls, ro: RolloutConfig) -> ToolUse | None:
@@ -55,7 +56,7 @@ class ToolUse:
             environment = import_path(ro.environment, "environment")
             if not callable(getattr(environment, "reset", None)):
                 raise ConfigError(f"environment {ro.environment!r} has no reset(sample) method")
-        return cls(tools, environment, ro.tool_output_chars)
+        return cls(tools, environment, ro.tool_output_chars, ro.max_turns)
 
     def episodes(
         self, samples: Sequence[Sample], tokenizer: Any, task: TaskConfig
@@ -81,6 +82,14 @@ class ToolUse:
             box.messages = [{"role": "user", "content": content}]
             boxes.append(box)
         return prompts, boxes
+
+    def generate_args(
+        self, samples: Sequence[Sample], tokenizer: Any, task: TaskConfig
+    ) -> tuple[list[str], dict[str, Any]]:
+        """The episodes' prompts, and the rollout engine's ``generate`` arguments that run
+        them: each its own toolbox, up to ``max_turns`` model turns."""
+        prompts, boxes = self.episodes(samples, tokenizer, task)
+        return prompts, {"toolboxes": boxes, "max_turns": self.max_turns}
 
 
 __all__ = [

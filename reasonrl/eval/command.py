@@ -93,7 +93,6 @@ def evaluate_model(
             cfg.eval,
             scorers,
             tools=ToolUse.from_config(cfg.rollout),
-            max_turns=cfg.rollout.max_turns,
             task=cfg.task,
         )
     summary = {"after": result}

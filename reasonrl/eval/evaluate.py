@@ -108,21 +108,20 @@ def evaluate(
     seed: int = 0,
     ranks: Ranks = Ranks(),
     tools: ToolUse | None = None,
-    max_turns: int = 1,
     task: TaskConfig | None = None,
 ) -> dict[str, Any]:
-    """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k``
-    samples per problem (sample j of problem i drawn with seed ``eval_seeds(seed, [i], k)[j]``)
-    with a normal 95% CI over problems. ``scorers`` (name → function of texts and samples, e.g.
-    a reward model's raw score) also score the greedy completions. Every rank calls it and gets
+    """Greedy accuracy (pass@1) with a Wilson 95% CI, and unbiased pass@k from ``cfg.k`` samples per
+    problem (sample j of problem i drawn with seed ``eval_seeds(seed, [i], k)[j]``) with a
+    normal 95% CI over problems. ``scorers`` (name → function of texts and samples, e.g. a
+    reward model's raw score) also score the greedy completions. Every rank calls it and gets
     the same result (each generates its share of the problems). ``tools`` (``rollout.tools``)
-    with ``max_turns`` > 1: every completion is an episode with its own toolbox, graded on what
-    the model wrote (never a tool's answer), and the result adds ``tool_calls_per_episode`` (of
-    the greedy episodes) and, with ``cfg.k`` samples, ``sampled_tool_calls_per_episode`` (how
-    often the policy calls: a greedy choice hides a minority habit), overall and per group.
-    An episode's prompt is then built as training
-    builds it (``ToolUse.episodes`` with ``task``'s prompt and template: a chat model's tool
-    schemas, the environment's ``reset`` text), not taken from ``prompts``.
+    with ``tools.max_turns`` > 1: every completion is an episode with its own toolbox, graded on
+    what the model wrote (never a tool's answer), and the result adds ``tool_calls_per_episode``
+    (of the greedy episodes) and, with ``cfg.k`` samples, ``sampled_tool_calls_per_episode``
+    (how often the policy calls: a greedy choice hides a minority habit), overall and per group.
+    An episode's prompt is then built as training builds it (``ToolUse.episodes`` with
+    ``task``'s prompt and template: a chat model's tool schemas, the environment's ``reset``
+    text), not taken from ``prompts``.
 
     Returns ``{"accuracy", "n", "ci_low", "ci_high", "pass_at_k": {k: value},
     "pass_at_k_ci": {k: [low, high]}, "scores": {name: {"mean", "ci_low", "ci_high"}},
@@ -133,8 +132,8 @@ def evaluate(
     prompts, samples = prompts[:n], samples[:n]
     mine = shard(n, ranks, even=False)
     episodes = None
-    if tools is not None and max_turns > 1:
-        episodes = (tools, max_turns, task or TaskConfig())
+    if tools is not None and tools.max_turns > 1:
+        episodes = (tools, task or TaskConfig())
     texts, correct, scores, per_problem, calls, sampled_calls = _gathered(
         _evaluate_shard(engine, prompts, samples, cfg, scorers or {}, seed, mine, episodes), ranks
     )
@@ -180,12 +179,12 @@ def _evaluate_shard(
     scorers: Mapping[str, Scorer],
     seed: int,
     mine: range,
-    episodes: tuple[ToolUse, int, TaskConfig] | None = None,
+    episodes: tuple[ToolUse, TaskConfig] | None = None,
 ) -> Shard:
     """Problems ``mine``: greedy completions, their correctness, their scores, the number of
     correct pass@k samples of each problem (empty when ``cfg.k`` is 0), the tool calls of each
     greedy episode and the mean of each problem's sampled ones (empty without ``episodes``:
-    the tools, ``max_turns`` and the task whose prompt the episodes' prompts are rendered
+    the tools and the task whose prompt the episodes' prompts are rendered
     with; the sampled ones also when ``cfg.k`` is 0)."""
     s = cfg.sampling
     prompts, samples = list(prompts[mine.start : mine.stop]), samples[mine.start : mine.stop]
@@ -195,9 +194,8 @@ def _evaluate_shard(
         toolbox and environment when the run has tools."""
         if episodes is None:
             return texts, {}
-        tools, max_turns, task = episodes
-        texts, boxes = tools.episodes(rows, engine.tokenizer, task)
-        return texts, {"toolboxes": boxes, "max_turns": max_turns}
+        tools, task = episodes
+        return tools.generate_args(rows, engine.tokenizer, task)
 
     greedy_prompts, loop = tool_loop(samples, prompts)
     greedy = engine.generate(greedy_prompts, max_new_tokens=s.max_new_tokens, greedy=True, **loop)

@@ -87,8 +87,7 @@ def collect(
         else:
             episodes, texts = {}, [prompts[i] for i in idx for _ in range(group)]
             if tools is not None:  # a fresh environment per completion, reset to its problem
-                texts, boxes = tools.episodes(rows, engine.tokenizer, cfg.task)
-                episodes = {"toolboxes": boxes, "max_turns": ro.max_turns}
+                texts, episodes = tools.generate_args(rows, engine.tokenizer, cfg.task)
             rollout = engine.generate(
                 texts,
                 max_new_tokens=ro.max_new_tokens,

@@ -221,7 +221,6 @@ class RunContext:
                 seed=self.cfg.seed,
                 ranks=self.ranks,
                 tools=ToolUse.from_config(self.cfg.rollout),
-                max_turns=self.cfg.rollout.max_turns,
                 task=self.cfg.task,
             )
 

@@ -44,7 +44,7 @@ class RolloutWorker(WeightReceiver):
             "top_k": ro.top_k,
         }
         self.version = version  # the weights it was built with
-        self.tools, self.max_turns = ToolUse.from_config(ro), ro.max_turns  # tools None: 1 turn
+        self.tools = ToolUse.from_config(ro)  # None: single turns
         self.task = cfg.task
 
     def pid(self) -> int:
@@ -74,8 +74,7 @@ class RolloutWorker(WeightReceiver):
         t0 = time.perf_counter()
         episodes = {}
         if self.tools is not None:
-            prompts, boxes = self.tools.episodes(samples, self.engine.tokenizer, self.task)
-            episodes = {"toolboxes": boxes, "max_turns": self.max_turns}
+            prompts, episodes = self.tools.generate_args(samples, self.engine.tokenizer, self.task)
         rollout = self.engine.generate(prompts, seeds=seeds, **self.sampling, **episodes)
         return rollout, time.perf_counter() - t0
 

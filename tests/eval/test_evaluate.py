@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 from reasonrl.config import EvalConfig, ModelConfig, SamplingConfig
 from reasonrl.eval import evaluate
@@ -90,8 +91,8 @@ def test_episodes_with_tools_report_calls_per_difficulty(tool_model, tool_script
     samples = [Sample(q, a, {"difficulty": d}) for q, (a, d) in labels.items()]
     prompts = [render_prompt(s, tok) for s in samples]
     cfg = EvalConfig(k=2, sampling=SamplingConfig(max_new_tokens=90))
-    tools = ToolUse([calculator], None, 512)
-    result = evaluate(engine, prompts, samples, cfg, tools=tools, max_turns=3)
+    tools = ToolUse([calculator], None, 512, max_turns=3)
+    result = evaluate(engine, prompts, samples, cfg, tools=tools)
     assert result["accuracy"] == 1.0 and result["tool_calls_per_episode"] == 0.5
     assert result["examples"][0]["completion"] == tool_scripts["What is 12 + 30?"]
     tasks = result["tasks"]
@@ -102,7 +103,7 @@ def test_episodes_with_tools_report_calls_per_difficulty(tool_model, tool_script
         "easy": 0,
     }
     # one turn: no tool loop (this model then writes the result itself)
-    single = evaluate(engine, prompts, samples, cfg, tools=tools, max_turns=1)
+    single = evaluate(engine, prompts, samples, cfg, tools=replace(tools, max_turns=1))
     assert (
         "tool_calls_per_episode" not in single
         and "tool_calls_per_episode" not in single["tasks"]["hard"]
@@ -140,8 +141,7 @@ def test_episodes_are_prompted_as_training_prompts_them(tool_model):
         plain,
         samples,
         cfg,
-        tools=ToolUse([calculator], Hinted, 512),
-        max_turns=3,
+        tools=ToolUse([calculator], Hinted, 512, max_turns=3),
         task=task,
     )
     greedy, sampled = seen[0], seen[-1]
