@@ -29,6 +29,23 @@ CHOICES = [
     "<answer>115</answer>",
 ]
 
+# A chat model's own format (Qwen3's template, Hermes calls): the call ``chat_tool_model``
+# writes, and the template's tool message that follows it (the answer 42).
+CHAT_CALL = (
+    '<think>add</think><tool_call>\n{"name": "calculator", "arguments": '
+    '{"expression": "12+30"}}\n</tool_call>'
+)
+CHAT_ANSWER = (
+    "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+class Hint:
+    """An environment whose ``reset`` returns text for the prompt (TRL appends it)."""
+
+    def reset(self, sample: Sample) -> str:
+        return " Use the calculator."
+
 
 def fit_to_texts(
     tok: Any,

@@ -43,3 +43,25 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def chat_tool_model() -> tuple:
+    """Qwen3's template (TRL ships it) on the bundled tokenizer, the episode prompt of "What is
+    12 + 30?" with the calculator and ``testing.Hint``, and a tiny model fit to call the
+    calculator in the Hermes format (``testing.CHAT_CALL``), read the template's tool message
+    and answer: (model, tokenizer, ToolUse, TaskConfig)."""
+    from importlib.resources import files
+
+    from reasonrl.config import TaskConfig
+    from reasonrl.envs import ToolUse, calculator
+    from reasonrl.tasks import Sample
+
+    tok = load_tokenizer("bundled")
+    tok.chat_template = (files("trl") / "chat_templates" / "qwen3.jinja").read_text()
+    use = ToolUse([calculator], testing.Hint, 512)
+    task = TaskConfig(chat_template="on")
+    (prompt,), _ = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
+    completion = testing.CHAT_CALL + tok.eos_token + testing.CHAT_ANSWER + "<answer>42</answer>"
+    model = testing.fit_to_texts(tok, [prompt], [completion], steps=200, max_positions=2048)
+    return model, tok, use, task

@@ -19,8 +19,8 @@ from typing import Any
 
 from reasonrl.config import ConfigError, RolloutConfig, TaskConfig, import_path, resolve_callable
 from reasonrl.envs.calculator import calculator
-from reasonrl.envs.protocol import ChatProtocol, TagProtocol, protocol_for
-from reasonrl.envs.tools import ERRORS, Observation, Toolbox, ToolCall, environment_tools
+from reasonrl.envs.protocol import ChatProtocol, Observation, TagProtocol, ToolCall, protocol_for
+from reasonrl.envs.tools import ERRORS, Toolbox, environment_tools
 from reasonrl.tasks.base import Sample
 from reasonrl.tasks.prompts import prompt_content, render_content
 

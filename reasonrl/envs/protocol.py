@@ -18,10 +18,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from reasonrl.envs.calculator import calculator
-from reasonrl.envs.tools import Observation, Toolbox, ToolCall
 
 CALL_OPEN, CALL_CLOSE = "<tool>", "</tool>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A parsed call: the tool's name and its arguments, by name, or as one text (the compact
+    form, for a tool of exactly one parameter)."""
+
+    name: str
+    arguments: dict[str, Any] | str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a call returned: ``text`` (capped), the tool named (None when the call did not
+    parse) and the error kind (one of ``envs.tools.ERRORS``; None when the tool answered)."""
+
+    text: str
+    tool: str | None
+    error: str | None = None
 
 
 def parse_call(turn: str) -> ToolCall | str:
@@ -86,9 +104,15 @@ class TagProtocol:
         return result_text(observation)
 
     def answer_ids(
-        self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
+        self,
+        tokenizer: Any,
+        messages: list[dict],
+        schemas: list[dict],
+        observation: Observation,
+        eos_ids: list[int],
     ) -> list[int]:
-        """The environment tokens appended after a call."""
+        """The environment tokens appended after a call (``messages`` and ``schemas``, the
+        conversation a chat template renders, play no part here)."""
         return result_ids(tokenizer, observation.text)
 
 
@@ -127,16 +151,20 @@ class ChatProtocol:
         return observation.text
 
     def answer_ids(
-        self, tokenizer: Any, box: Toolbox, observation: Observation, eos_ids: list[int]
+        self,
+        tokenizer: Any,
+        messages: list[dict],
+        schemas: list[dict],
+        observation: Observation,
+        eos_ids: list[int],
     ) -> list[int]:
         """The tool message's tokens, appended after the model's turn (its EOS included), in
-        the conversation ``box.messages`` (the prompt's, then the turns so far):
-        the template rendered for the conversation so far and with the tool message; where the
-        first is a prefix of the second, its tokens after the model's EOS and the difference.
-        A template that rewrites earlier turns (verl #6501) gives the tokens after the same
-        call in a one-call conversation instead. The episode's own tokens are never
+        the conversation ``messages`` (the prompt's, then the turns so far; ``schemas``: the
+        tools'): the template rendered for the conversation so far and with the tool message;
+        where the first is a prefix of the second, its tokens after the model's EOS and the
+        difference. A template that rewrites earlier turns (verl #6501) gives the tokens after
+        the same call in a one-call conversation instead. The episode's own tokens are never
         re-tokenized either way: the model's are the ones it sampled."""
-        messages, schemas = box.messages, box.schemas
         tool = {"role": "tool", "name": observation.tool or "unknown", "content": observation.text}
         so_far = _render(tokenizer, messages, schemas, False)
         full = _render(tokenizer, [*messages, tool], schemas, True)

@@ -13,32 +13,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from transformers.utils import get_json_schema
 
+from reasonrl.envs.protocol import ChatProtocol, Observation, TagProtocol, ToolCall
+
 # The kinds of failed calls, as observations and metrics name them.
 ERRORS = ("malformed", "unknown_tool", "bad_arguments", "tool_error", "timeout")
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A parsed call: the tool's name and its arguments, by name, or as one text (the compact
-    form, for a tool of exactly one parameter)."""
-
-    name: str
-    arguments: dict[str, Any] | str
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a call returned: ``text`` (capped), the tool named (None when the call did not
-    parse) and the error kind (one of ``ERRORS``; None when the tool answered)."""
-
-    text: str
-    tool: str | None
-    error: str | None = None
 
 
 def environment_tools(environment: Any) -> list[Callable[..., Any]]:
@@ -54,23 +36,24 @@ def environment_tools(environment: Any) -> list[Callable[..., Any]]:
 class Toolbox:
     """The tools one episode may call: ``tools`` (shared functions) and its own environment
     instance's methods. ``output_chars`` caps each observation's text. ``protocol``: the format
-    the model calls them in (``reasonrl.envs.protocol``; None: the tag protocol), and for a
-    chat model's own format, ``messages``: the conversation so far (the prompt's user message,
-    then the turns), which the template renders."""
+    the model calls them in (``reasonrl.envs.protocol``; by default the tag protocol), and for
+    a chat model's own format, ``messages``: the conversation so far (the prompt's user
+    message, then the turns), which the template renders."""
 
     def __init__(
         self,
         tools: Sequence[Callable[..., Any]],
         environment: Any | None = None,
         output_chars: int = 512,
-        protocol: Any | None = None,
+        protocol: TagProtocol | ChatProtocol | None = None,
         messages: list[dict] | None = None,
     ) -> None:
         every = [*tools, *([] if environment is None else environment_tools(environment))]
         self.tools = {fn.__name__: fn for fn in every}
         self.schemas = [get_json_schema(fn) for fn in every]  # the chat template's ``tools=``
         self.environment, self.output_chars = environment, output_chars
-        self.protocol, self.messages = protocol, messages or []
+        self.protocol = protocol or TagProtocol()
+        self.messages = messages or []
 
     def call(self, call: ToolCall | str) -> Observation:
         """Run ``call`` (a string: the reason a call did not parse)."""

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from reasonrl.envs.tools import Observation, Toolbox, ToolCall
+from reasonrl.envs.protocol import ToolCall
+from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Episode, Rollout
 
 
@@ -31,25 +32,36 @@ class EpisodeRecords:
         self.model[i] += [1] * len(tokens)
         self.logps[i] += logps
 
-    def call(self, i: int, box: Toolbox, call: ToolCall | str) -> Observation:
-        """Run row ``i``'s call (a parse error comes as its message) and count it under the
-        tool it reached ("unknown", not the name a model made up) and its error kind."""
+    def respond(
+        self,
+        i: int,
+        box: Toolbox,
+        call: ToolCall | str,
+        tokenizer: Any,
+        eos_ids: list[int],
+        budget: int,
+    ) -> list[int] | None:
+        """Run the call row ``i``'s last turn made (a parse error comes as its message), count
+        it under the tool it reached ("unknown", not a name the model made up) and its error
+        kind, and append the environment's answer in the box's protocol, as context that is
+        never trained on. Returns the answer's tokens, or None when they would leave no room
+        for a model token within ``budget`` (nothing appended)."""
         observation = box.call(call)
         self.calls[i][observation.tool or "unknown"] += 1
         if observation.error:
             self.errors[i][observation.error] += 1
-        return observation
-
-    def fits(self, i: int, answer_ids: list[int], budget: int) -> bool:
-        """Whether row ``i`` has room for the answer and one model token after it."""
-        return len(self.ids[i]) + len(answer_ids) < budget
-
-    def answered(self, i: int, text: str, answer_ids: list[int]) -> None:
-        """The environment's answer appended to row ``i``: context, never trained on."""
-        self.turns[i].append(("tool", text))
+        box.messages.append({"role": "assistant", "content": self.turns[i][-1][1]})
+        answer_ids = box.protocol.answer_ids(
+            tokenizer, box.messages, box.schemas, observation, eos_ids
+        )
+        if len(self.ids[i]) + len(answer_ids) >= budget:
+            return None
+        box.messages.append({"role": "tool", "name": observation.tool, "content": observation.text})
+        self.turns[i].append(("tool", box.protocol.answer_text(observation)))
         self.ids[i] += answer_ids
         self.model[i] += [0] * len(answer_ids)
         self.logps[i] += [0.0] * len(answer_ids)
+        return answer_ids
 
     def rollout(
         self,

@@ -41,14 +41,6 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from reasonrl.config import ConfigError
-from reasonrl.envs.protocol import (
-    CALL_CLOSE,
-    ChatProtocol,
-    parse_call,
-    result_ids,
-    result_text,
-)
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.episodes import EpisodeRecords
@@ -311,14 +303,12 @@ class FastEngine:
         ``prompt + 2 × budget`` slots, and once ``budget`` slots have gone to holes the
         answers are fed a token per step (each step then advances every live row by one of
         its ``budget`` tokens, so the cache never runs out). The host reads the drawn tokens
-        every step to spot a call's closing tag and run the tool: episodes decode eagerly.
+        every step to spot a turn's end (EOS, or the tag protocol's closing tag) and run the
+        tool, in the toolbox's protocol (a chat template's tool message too): episodes decode
+        eagerly.
         """
-        if any(isinstance(box.protocol, ChatProtocol) for box in toolboxes):
-            raise ConfigError(
-                "rollout.engine=fast runs episodes in the tag protocol (<tool>…</tool>); a chat "
-                "model's own tool-call format needs rollout.engine=hf (or task.chat_template=off)"
-            )
         tok, n = self.tokenizer, len(prompts)
+        stop = toolboxes[0].protocol.stop  # one format per run
         d, prompt_ids, prompt_mask = self._prefill_groups(prompts, seeds, 2 * budget, sampling)
         t0, steps, spare = time.perf_counter(), 0, budget
         rows, dev = d.tok.shape[0], self.device  # rows: n, or its bucket (dummy rows)
@@ -337,31 +327,29 @@ class FastEngine:
                 rec.sampled(i, [drawn[i]], [drawn_logp[i]])
                 turn_ids[i].append(drawn[i])
                 queue[i] = [drawn[i]]
-                if drawn[i] in self.eos_ids:
-                    rec.finished[i] = True
-                elif CALL_CLOSE in tok.decode(turn_ids[i][-len(CALL_CLOSE) :]):
-                    text = tok.decode(turn_ids[i], skip_special_tokens=True)
-                    rec.turns[i].append(("model", text))
-                    turn_ids[i] = []
-                    if turn[i] == max_turns - 1:
-                        continue  # a call with no turn left to read it: not run
-                    observation = rec.call(i, toolboxes[i], parse_call(text))
-                    answer = result_text(observation)
-                    answer_ids = result_ids(tok, observation.text)
-                    if not rec.fits(i, answer_ids, budget):
-                        continue  # no room left for a model token after the answer
-                    rec.answered(i, answer, answer_ids)
-                    queue[i] += answer_ids
-                    self.stats.observation_tokens += len(answer_ids)
-                    turn[i] += 1
-                    if turn0_seeds is not None:
-                        row_seeds[i] = derive_seed("turn", turn0_seeds[i], turn[i])
+                ended = drawn[i] in self.eos_ids
+                at_stop = stop is not None and stop in tok.decode(turn_ids[i][-len(stop) :])
+                if not (ended or at_stop) and len(rec.ids[i]) < budget:
                     going.append(i)
                     continue
-                elif len(rec.ids[i]) < budget:
-                    going.append(i)
+                text = tok.decode(turn_ids[i], skip_special_tokens=True)
+                rec.turns[i].append(("model", text))
+                turn_ids[i] = []
+                call = toolboxes[i].protocol.call_in(text, ended)
+                if call is None:  # an answer (finished), or cut by the budget
+                    rec.finished[i] = ended
                     continue
-                rec.turns[i].append(("model", tok.decode(turn_ids[i], skip_special_tokens=True)))
+                if turn[i] == max_turns - 1:
+                    continue  # a call with no turn left to read it: not run
+                answer_ids = rec.respond(i, toolboxes[i], call, tok, self.eos_ids, budget)
+                if answer_ids is None:
+                    continue  # no room left for a model token after the answer
+                queue[i] += answer_ids
+                self.stats.observation_tokens += len(answer_ids)
+                turn[i] += 1
+                if turn0_seeds is not None:
+                    row_seeds[i] = derive_seed("turn", turn0_seeds[i], turn[i])
+                going.append(i)
             live = going
             if not live:
                 break

@@ -23,7 +23,6 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from reasonrl.algos import token_logprobs
-from reasonrl.envs.protocol import TagProtocol
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
 from reasonrl.rollout.episodes import EpisodeRecords
@@ -69,9 +68,6 @@ class StopAtText(StoppingCriteria):
     ) -> torch.Tensor:
         tails = self.tokenizer.batch_decode(input_ids[:, -len(self.text) :])
         return torch.tensor([self.text in t for t in tails], device=input_ids.device)
-
-
-TAGS = TagProtocol()  # the format of a toolbox that names none
 
 
 class Draw(NamedTuple):
@@ -163,7 +159,7 @@ class HFEngine:
         prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
         rec = EpisodeRecords(n)
         going = list(range(n))
-        stop = (toolboxes[0].protocol or TAGS).stop  # one format per run
+        stop = toolboxes[0].protocol.stop  # one format per run
         for turn in range(max_turns):
             if not going:
                 break
@@ -181,25 +177,15 @@ class HFEngine:
                 rec.sampled(i, tokens, lp)
                 text = tok.decode(tokens, skip_special_tokens=True)
                 rec.turns[i].append(("model", text))
-                box = toolboxes[i]
-                protocol = box.protocol or TAGS
                 ended = bool(tokens) and tokens[-1] in self.eos_ids
-                call = protocol.call_in(text, ended)
+                call = toolboxes[i].protocol.call_in(text, ended)
                 if call is None:  # an answer (finished), or cut by the budget
                     rec.finished[i] = ended
                     continue
                 if turn == max_turns - 1:
                     continue  # a call with no turn left to read it
-                observation = rec.call(i, box, call)
-                box.messages.append({"role": "assistant", "content": text})
-                answer_ids = protocol.answer_ids(tok, box, observation, self.eos_ids)
-                if not rec.fits(i, answer_ids, draw.budget):
-                    continue
-                box.messages.append(
-                    {"role": "tool", "name": observation.tool, "content": observation.text}
-                )
-                rec.answered(i, protocol.answer_text(observation), answer_ids)
-                after.append(i)
+                if rec.respond(i, toolboxes[i], call, tok, self.eos_ids, draw.budget) is not None:
+                    after.append(i)
             going = after
         device = next(self.model.parameters()).device
         enc = tok(

@@ -8,8 +8,7 @@ from importlib.resources import files
 import pytest
 
 from reasonrl.envs import ChatProtocol, TagProtocol, Toolbox, calculator
-from reasonrl.envs.protocol import protocol_for, result_ids
-from reasonrl.envs.tools import Observation, ToolCall
+from reasonrl.envs.protocol import Observation, ToolCall, protocol_for, result_ids
 from reasonrl.models import load_tokenizer
 
 LLAMA_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -83,7 +82,9 @@ def _turn(tok, box: Toolbox, text: str) -> tuple[list[int], list[int]]:
     sampled = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
     box.messages.append({"role": "assistant", "content": text})
     observation = Observation("6", "calculator")
-    answer = box.protocol.answer_ids(tok, box, observation, [tok.eos_token_id])
+    answer = box.protocol.answer_ids(
+        tok, box.messages, box.schemas, observation, [tok.eos_token_id]
+    )
     return prompt + sampled, answer
 
 
@@ -177,4 +178,4 @@ def test_a_result_holds_the_tokens_the_model_writes_when_it_copies_it():
     assert ids[start : start + len(alone)] == alone
     box = Toolbox([calculator])
     observation = box.call(ToolCall("calculator", "1-4173"))
-    assert TagProtocol().answer_ids(tok, box, observation, [tok.eos_token_id]) == ids
+    assert TagProtocol().answer_ids(tok, [], [], observation, [tok.eos_token_id]) == ids

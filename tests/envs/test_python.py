@@ -6,8 +6,8 @@ import time
 import pytest
 
 from reasonrl.envs import Toolbox
+from reasonrl.envs.protocol import ToolCall
 from reasonrl.envs.python import python_tool
-from reasonrl.envs.tools import ToolCall
 
 
 @pytest.fixture(scope="module")

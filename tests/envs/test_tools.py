@@ -2,8 +2,7 @@ import pytest
 
 from reasonrl.config import ConfigError, load_config
 from reasonrl.envs import Toolbox, ToolUse, calculator, environment_tools
-from reasonrl.envs.protocol import parse_call
-from reasonrl.envs.tools import ToolCall
+from reasonrl.envs.protocol import ToolCall, parse_call
 from reasonrl.models import load_tokenizer
 from reasonrl.tasks.base import Sample
 

@@ -385,6 +385,28 @@ def test_seeded_episodes_equal_hf_token_for_token_in_float64(scripted):
     assert len({e.turns[2][1] for e in ro.episodes if len(e.turns) > 2}) >= 3
 
 
+def test_a_chat_model_s_episodes_in_its_template_s_format_equal_hf(chat_tool_model):
+    """The calls and answers come from the toolbox's protocol, as in hf: a turn ends at EOS, a
+    Hermes call in it is run and the template's tool message goes into the row's cache. Greedy
+    and seeded sampling give hf's episodes, tokens, turns and log-probs."""
+    model, tok, use, task = chat_tool_model
+    samples = [Sample("What is 12 + 30?", "42")] * 4
+    for settings in ({"greedy": True}, {"temperature": 1.0, "seeds": [0, 1, 2, 3]}):
+        episode = dict(max_new_tokens=150, max_turns=3, **settings)
+        prompts, boxes = use.episodes(samples, tok, task)
+        ref = HFEngine(model, tok).generate(prompts, toolboxes=boxes, **episode)
+        prompts, boxes = use.episodes(samples, tok, task)
+        ro = FastEngine(model, tok).generate(prompts, toolboxes=boxes, **episode)
+        _assert_same_episodes(ro, ref)
+        called = [i for i, e in enumerate(ro.episodes) if e.calls == {"calculator": 1}]
+        assert called == [0, 1, 2, 3] if "greedy" in settings else called
+        (i, *_) = called
+        assert ro.episodes[i].turns[1] == ("tool", "42")
+        # the model's EOS ends its turn and stays in the episode; the tool message follows it
+        eos = ro.completion_ids[i].tolist().index(tok.eos_token_id)
+        assert ro.model_mask[i, eos] == 1 and ro.model_mask[i, eos + 1] == 0
+
+
 @pytest.mark.parametrize("temperature", [0.8, 1.3])
 def test_episode_logprobs_match_a_teacher_forced_forward_on_model_tokens(scripted, temperature):
     model, tok, prompts = scripted

@@ -8,7 +8,7 @@ from reasonrl.models.forward import completion_logprobs
 from reasonrl.rollout import HFEngine
 from reasonrl.rollout.hf import completion_mask
 from reasonrl.tasks import Sample, render_prompt
-from reasonrl.testing import fit_to_texts
+from reasonrl.testing import CHAT_ANSWER, CHAT_CALL
 
 
 @pytest.fixture(scope="module")
@@ -160,47 +160,14 @@ def test_an_answer_past_the_budget_ends_the_episode_unfinished(scripted):
     assert ro.episodes[0].calls == {"calculator": 1}
 
 
-class Hint:
-    """An environment whose ``reset`` returns text for the prompt (TRL appends it)."""
-
-    def reset(self, sample: Sample) -> str:
-        return " Use the calculator."
-
-
-CHAT_CALL = (
-    '<think>add</think><tool_call>\n{"name": "calculator", "arguments": '
-    '{"expression": "12+30"}}\n</tool_call>'
-)
-CHAT_ANSWER = (
-    "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-)
-
-
-def test_a_chat_model_calls_tools_in_its_template_s_format():
+def test_a_chat_model_calls_tools_in_its_template_s_format(chat_tool_model):
     """Qwen3's template on the bundled tokenizer: the prompt shows the tools' schemas and the
     environment's hint; a tiny model fit to one episode calls the calculator in the Hermes
     format, gets the template's tool message and answers. The episode's tokens are the ones
     sampled, though the template re-renders the model's turn (``<think>`` re-spaced)."""
-    from importlib.resources import files
-
-    from reasonrl.config import TaskConfig
-    from reasonrl.envs import ToolUse
-
-    tok = load_tokenizer("bundled")
-    tok.chat_template = (files("trl") / "chat_templates" / "qwen3.jinja").read_text()
-    use = ToolUse([calculator], Hint, 512)
-    task = TaskConfig(chat_template="on")
-    (prompt,), _ = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
-    assert '"name": "calculator"' in prompt and "Use the calculator.<|im_end|>" in prompt
-    end = "<answer>42</answer>"
-    model = fit_to_texts(
-        tok,
-        [prompt],
-        [CHAT_CALL + tok.eos_token + CHAT_ANSWER + end],
-        steps=200,
-        max_positions=2048,
-    )
+    model, tok, use, task = chat_tool_model
     prompts, boxes = use.episodes([Sample("What is 12 + 30?", "42")], tok, task)
+    assert '"name": "calculator"' in prompts[0] and "Use the calculator.<|im_end|>" in prompts[0]
     ro = HFEngine(model, tok).generate(
         prompts, max_new_tokens=150, greedy=True, toolboxes=boxes, max_turns=3
     )
