@@ -125,9 +125,8 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
             "log.tensorboard=false",
         ]
     )
+    # the uninterrupted run goes beside the interrupted one (each is mostly one busy thread)
     full = _cli(tmp_path / "full", overrides)
-    assert full.wait(timeout=300) == 0, full.stderr.read()
-
     part = _cli(tmp_path / "part", overrides)
     metrics = tmp_path / "part" / "metrics.jsonl"
     deadline = time.time() + 240
@@ -141,6 +140,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert 2 <= done < 8
     resumed = _cli(tmp_path / "part", overrides, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert full.wait(timeout=300) == 0, full.stderr.read()
 
     a = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     b = read_jsonl(metrics)

@@ -60,8 +60,8 @@ def reasonrl_run(
 ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "reasonrl", "run", "quickstart", "--out", str(out)]
     cmd += ["rl.steps=2", "rl.prompts_per_step=4", "rl.completions_per_prompt=4"]
-    cmd += ["rl.micro_batch_completions=16", "rollout.max_new_tokens=8", "eval.limit=4"]
-    cmd += ["eval.k=1", "log.report_to=none", "distributed.backend=ray", *overrides]
+    cmd += ["rl.micro_batch_completions=16", "rollout.max_new_tokens=8", "eval.before=false"]
+    cmd += ["eval.after=false", "log.report_to=none", "distributed.backend=ray", *overrides]
     return subprocess.run(
         cmd, env={**env(), **(environ or {})}, capture_output=True, text=True, timeout=600
     )
@@ -70,7 +70,7 @@ def reasonrl_run(
 def test_a_run_joins_the_cluster_and_finishes_on_its_workers(head: str, tmp_path: Path) -> None:
     done = reasonrl_run(tmp_path, f"distributed.address={head}", "rollout.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "reward/mean" in r]  # no evals
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["workers/rollout-1/tokens_per_s"] > 0 for r in rows)
 
