@@ -2,7 +2,12 @@
 made data-parallel with DDP or FSDP2 (``parallel``), and checkpoints that resume on any number
 of ranks (``checkpoint``). With one process every function here is a no-op or the identity."""
 
-from reasonrl.distributed.checkpoint import full_model_state, load_train_state, save_train_state
+from reasonrl.distributed.checkpoint import (
+    full_model_state,
+    load_train_state,
+    save_train_state,
+    whole_state,
+)
 from reasonrl.distributed.parallel import (
     Parallel,
     full_weights,
@@ -42,4 +47,5 @@ __all__ = [
     "shutdown",
     "unwrap",
     "wrap_model",
+    "whole_state",
 ]

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from reasonrl.distributed.parallel import unwrap
+from reasonrl.distributed.parallel import is_sharded, unwrap
 from reasonrl.distributed.ranks import Ranks
 
 
@@ -79,6 +79,16 @@ def load_train_state(
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
     )
+
+
+def whole_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on every rank, on the model's device: gathered from the
+    shards under FSDP2 (a collective: every rank calls it together), the model's own
+    otherwise. For sending the weights elsewhere (Ray workers), where shards are no use."""
+    if is_sharded(model):
+        options = StateDictOptions(full_state_dict=True)
+        return get_model_state_dict(unwrap(model), options=options)
+    return unwrap(model).state_dict()
 
 
 def full_model_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, Any] | None:

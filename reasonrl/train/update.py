@@ -223,16 +223,15 @@ def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     """What several ranks cannot run, refused before the first step with ``ConfigError``: a
     step's prompts or mini-batches that do not split evenly over the ranks, and Ray workers
     that do not (``rollout.workers`` and ``rewards.workers`` count the run's; each rank drives
-    its equal share of them), or under FSDP2 (not built: the workers take whole weights)."""
+    its equal share of them), or that would take a LoRA model from FSDP2 ranks (not built)."""
     if ranks.world_size == 1:
         return
     if cfg.distributed.backend == "ray":
         d, w = cfg.distributed, ranks.world_size
-        if cfg.train.parallel == "fsdp":
+        if cfg.train.parallel == "fsdp" and cfg.model.lora is not None:
             raise ConfigError(
-                "distributed.backend=ray on several ranks runs with train.parallel=ddp: its "
-                "workers are sent whole weights, which FSDP2's ranks hold only in shards "
-                "(not built)"
+                "distributed.backend=ray with train.parallel=fsdp and model.lora is not built "
+                "(the workers would need the adapters gathered apart): use train.parallel=ddp"
             )
         for key, n in (
             ("rollout.workers", cfg.rollout.workers),

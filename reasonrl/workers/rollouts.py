@@ -13,8 +13,11 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from transformers import AutoModelForCausalLM
 
 from reasonrl.config import RunConfig
+from reasonrl.distributed.checkpoint import whole_state
+from reasonrl.distributed.parallel import is_sharded
 from reasonrl.distributed.ranks import Ranks, all_gather_objects, shard
 from reasonrl.models.loading import save_torch
 from reasonrl.rewards import RewardResult, ScoredBatch
@@ -37,11 +40,22 @@ Plan = Callable[[int, int], tuple[list[int], list[int]]]
 # --------------------------------------------------------------------------- the step's view
 
 
-def _put(policy: torch.nn.Module) -> Any:
-    """The policy's weights in the object store: a reference."""
+def _put(state: dict[str, torch.Tensor]) -> Any:
+    """Weights in the object store, copied to the CPU: a reference."""
     import ray
 
-    return ray.put({k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()})
+    return ray.put({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+
+
+def _whole_model(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The policy as a plain module the workers can hold: the policy itself, or under FSDP2
+    (whose modules are sharded in place) a new one of its class holding ``state`` whole."""
+    if not is_sharded(policy):  # (a LoRA model under FSDP2 is refused: update.check_ranks)
+        return policy
+    kind = policy.config._attn_implementation
+    model = AutoModelForCausalLM.from_config(policy.config, attn_implementation=kind)
+    model.load_state_dict({k: v.to("cpu") for k, v in state.items()})
+    return model.to(next(iter(state.values())).dtype)
 
 
 @dataclass
@@ -115,7 +129,8 @@ class RayRollouts:
         self.cfg, self.prompts, self.samples, self.plan = cfg, prompts, samples, plan
         self.device = device or torch.device("cpu")  # the trainer's: where gather's rollouts go
         self.pad_id = tokenizer.pad_token_id
-        model = ray.put(policy)
+        state = whole_state(policy)  # under FSDP2 a collective, as every rank makes its own
+        model = ray.put(_whole_model(policy, state))
         self.log_path, self.console = run_dir / "workers.log", console
         report = self.report
         self.sync: Broadcaster | None = None  # distributed.weight_sync=collective's group
@@ -152,8 +167,11 @@ class RayRollouts:
         self.version = version  # the policy's updates so far: the workers' own weights
         self.policy = policy  # the last pushed: version `version`
         self.weights: dict[int, Any] = {}  # version → object ref of the later ones
-        if cfg.rollout.async_steps > 0:  # a checkpoint writes the versions of rounds sent ahead
-            self.weights[version] = _put(policy)
+        # the object store keeps every version under FSDP2: a restarted worker gets its
+        # weights there, at a moment the other ranks are not joining a gather
+        self.sharded = is_sharded(policy)
+        if cfg.rollout.async_steps > 0 or self.sharded:  # and a checkpoint writes the versions
+            self.weights[version] = _put(state)  # of the rounds sent ahead
         self.rounds: dict[tuple[int, int], _Round] = {}
         self.stats: dict[str, float] = defaultdict(float)
 
@@ -175,10 +193,11 @@ class RayRollouts:
         kept = {r.version for r in self.rounds.values()} | set(range(version - k, version + 1))
         # With collective sync the object store keeps a version only for a restarted worker
         # that redoes a round sent ahead (async_steps): the trainer's own weights have moved on
-        if self.sync is None or self.cfg.rollout.async_steps > 0:
-            self.weights[version] = _put(policy)
+        state = whole_state(policy)  # every rank pushes: under FSDP2 a collective
+        if self.sync is None or self.cfg.rollout.async_steps > 0 or self.sharded:
+            self.weights[version] = _put(state)
         if self.sync is not None:
-            self.sync.push(self.generators.actors, policy.state_dict(), version, kept)
+            self.sync.push(self.generators.actors, state, version, kept)
         self.version, self.policy = version, policy
         self.weights = {v: ref for v, ref in self.weights.items() if v in kept}
 
@@ -192,7 +211,7 @@ class RayRollouts:
             return
         versions = dict(self.weights)
         if self.version not in versions:  # synchronous: the policy is still this version
-            versions[self.version] = _put(self.policy)
+            versions[self.version] = _put(self.policy.state_dict())  # (never sharded here)
         self.generators.actors[index].stage.options(concurrency_group=GROUP).remote(versions)
         self.sync.group = None
 

@@ -161,13 +161,8 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
             "rewards.workers=3 counts the run's",
         ),
         (
-            [
-                "distributed.backend=ray",
-                "rollout.workers=2",
-                "rewards.workers=2",
-                "train.parallel=fsdp",
-            ],
-            "runs with train.parallel=ddp",
+            ["distributed.backend=ray", "train.parallel=fsdp", "model.lora={r: 4}"],
+            "with train.parallel=fsdp and model.lora is not built",
         ),
     ],
 )

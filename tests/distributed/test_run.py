@@ -324,20 +324,23 @@ def test_two_ranks_with_asynchronous_ray_rollouts_train_on_one_update_old_batche
     assert all(math.isfinite(r["loss/policy"]) for r in rows)
 
 
-def test_dapo_on_two_ranks_driving_ray_workers_is_dapo_on_two_ranks(tmp_path: Path) -> None:
+def test_dapo_on_two_fsdp_ranks_driving_ray_workers_is_dapo_on_two_ranks(tmp_path: Path) -> None:
     # each rank asks its own workers for the later sampling rounds, and the rounds' flags are
-    # exchanged over the ranks as without Ray (two ranks may drop a group one process keeps)
-    dapo = [*RAY_RL, "rl.steps=1", "algo.name=dapo", "rl.mini_batch_completions=8"]
+    # exchanged over the ranks as without Ray (two ranks may drop a group one process keeps);
+    # under FSDP2 the ranks gather the whole weights for their workers (the second step's)
+    dapo = [*RAY_RL, "algo.name=dapo", "rl.mini_batch_completions=8", "train.parallel=fsdp"]
     dapo += ["algo.overlong_filter=false"]
     reasonrl_run(2, dapo, tmp_path / "ranks")
     reasonrl_run(2, [*dapo, *RAY], tmp_path / "ray")
     assert_same_metrics(tmp_path / "ray", tmp_path / "ranks", 1e-6, ("perf/", "async/", "workers/"))
     assert_same_model(tmp_path / "ray" / "model", tmp_path / "ranks" / "model", tol=1e-6)
-    (row,) = read_jsonl(tmp_path / "ray" / "metrics.jsonl")
-    assert row["sampling/rounds"] > 1
-    # each rank started one rollout and one reward worker (of the run's 2 + 2) in the one Ray
-    # that rank 0 started, for its own block of the groups; they are numbered over the run
-    assert row["workers/rollout-0/tokens_per_s"] > 0 and row["workers/rollout-1/tokens_per_s"] > 0
-    assert row["workers/reward-1/completions_per_s"] > 0
-    assert row["async/staleness"] == 0 and row["workers/restarts"] == 0
+    rows = read_jsonl(tmp_path / "ray" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["sampling/rounds"] > 1
+    for row in rows:
+        # each rank started one rollout and one reward worker (of the run's 2 + 2) in the one
+        # Ray that rank 0 started, for its own block of the groups; numbered over the run
+        assert row["workers/rollout-0/tokens_per_s"] > 0
+        assert row["workers/rollout-1/tokens_per_s"] > 0
+        assert row["workers/reward-1/completions_per_s"] > 0
+        assert row["async/staleness"] == 0 and row["workers/restarts"] == 0
     assert not (tmp_path / "ray" / "workers.log").exists()  # nothing failed
