@@ -241,7 +241,11 @@ def dpo(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[
-        str, typer.Option(help="'bundled', a model directory (e.g. RUN_DIR/model) or a hub id.")
+        str,
+        typer.Option(
+            help="'bundled', 'bundled-tool-use', a model directory (e.g. RUN_DIR/model) or a "
+            "hub id."
+        ),
     ] = "bundled",
     recipe: Annotated[
         str, typer.Option(help="Recipe whose task and eval settings to use.")

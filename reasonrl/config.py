@@ -64,9 +64,9 @@ class LoRAConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: str = (
-        "bundled"  # "bundled" (the packaged tiny checkpoint), a local directory, or a hub id
-    )
+    # "bundled" (the packaged tiny checkpoint), "bundled-tool-use" (it after the tool-use
+    # recipe), a local directory, or a hub id
+    path: str = "bundled"
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available, else cpu
     init: ModelInit | None = None  # set to train a new model (and tokenizer) from scratch

@@ -13,11 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2
 from reasonrl.config import ConfigError, ModelConfig, ModelInit, looks_local
 
 BUNDLED = "bundled"
+# The packaged checkpoints, by the name a recipe or `--model` gives them: the tiny model, and
+# the same model after the tool-use recipe (recipes/tool-use.yaml), which calls a calculator.
+BUNDLED_MODELS = {BUNDLED: "tiny-arith", "bundled-tool-use": "tiny-arith-tool-use"}
 
 
-def bundled_model_dir() -> Path:
-    """Where the packaged tiny checkpoint lives (weights, config, tokenizer)."""
-    return Path(str(resources.files("reasonrl") / "assets" / "tiny-arith"))
+def bundled_model_dir(name: str = BUNDLED) -> Path:
+    """Where a packaged checkpoint lives (weights, config, tokenizer)."""
+    return Path(str(resources.files("reasonrl") / "assets" / BUNDLED_MODELS[name]))
 
 
 _INDEX_SUFFIX = ".safetensors.index.json"
@@ -74,11 +77,11 @@ def check_safetensors(model_dir: Path) -> None:
 def resolve_model_path(path: str) -> str:
     """A local directory as a string, or a hub id; a missing local path, or a local model
     whose weight files are damaged (:func:`check_safetensors`), raises ConfigError."""
-    if path == BUNDLED:
-        path = str(bundled_model_dir())
-        if not Path(path).is_dir():
-            raise ConfigError(f"the bundled model is missing from the package: {path}")
-        return path
+    if path in BUNDLED_MODELS:
+        where = str(bundled_model_dir(path))
+        if not Path(where).is_dir():
+            raise ConfigError(f"the {path} model is missing from the package: {where}")
+        return where
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():

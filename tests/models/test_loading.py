@@ -100,3 +100,30 @@ def test_a_shard_missing_from_the_index_is_named(saved_tiny):
     (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ConfigError, match=r"missing: \['model-00001-of-00002\.safetensors'\]"):
         resolve_model_path(str(saved_tiny))
+
+
+def test_the_tool_use_model_calls_the_calculator_on_sums_it_cannot_add_by_hand(tmp_path):
+    """The packaged checkpoint of recipes/tool-use.yaml, greedy on held-out problems of that
+    recipe: it calls the calculator on the 4-digit sums and copies the result into its answer,
+    and adds many of the 1-2 digit ones by hand (docs/tools.md has the whole evaluation)."""
+    from reasonrl.envs import ToolUse
+    from reasonrl.pipeline import load_pipeline
+    from reasonrl.rewards.extract import extract_answer
+    from reasonrl.rollout import HFEngine
+    from reasonrl.tasks import load_splits
+
+    cfg = load_pipeline("tool-use", [], tmp_path)[-1].cfg
+    _, held = load_splits(cfg.task)
+    tok = load_tokenizer("bundled-tool-use")
+    model = load_model(ModelConfig(path="bundled-tool-use", device="cpu"))
+    use = ToolUse.from_config(cfg.rollout)
+    for difficulty in ("hard", "easy"):
+        rows = [s for s in held if s.meta["difficulty"] == difficulty][:16]
+        prompts, kwargs = use.generate_args(rows, tok, cfg.task)
+        ro = HFEngine(model, tok).generate(prompts, max_new_tokens=96, greedy=True, **kwargs)
+        calls = sum(e.calls.get("calculator", 0) for e in ro.episodes)
+        right = sum(extract_answer(t) == s.answer for t, s in zip(ro.texts, rows, strict=True))
+        if difficulty == "hard":  # the calculator on every one (16 of 16 when packaged)
+            assert calls >= 15 and right >= 14, (calls, right)
+        else:  # by hand on more than a third (9 of 16), right on 15
+            assert calls <= 10 and right >= 12, (calls, right)
