@@ -3,10 +3,11 @@
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/episodes.py   # → bench/results/episodes_cpu.json
     PYTHONPATH=. python bench/episodes.py --device cuda --group 32
 
-No shipped checkpoint calls tools yet, so the run first fits a tiny Qwen2 (the bundled
-tokenizer, ``--hidden`` × ``--layers``) to write the tool-calling scripts of the tests
-(``reasonrl.testing.tool_model``: a calculator call and its answer, an answer without a call, an
-unknown tool, a prompt where it calls or answers by hand) after their chat-template prompts.
+The shipped ``bundled-tool-use`` makes one kind of call only, so the run first fits a tiny
+Qwen2 (the bundled tokenizer, ``--hidden`` × ``--layers``) to write the tool-calling scripts of
+the tests (``reasonrl.testing.tool_model``: a calculator call and its answer, an answer without
+a call, an unknown tool, a prompt where it calls or answers by hand) after their chat-template
+prompts.
 Both engines then generate the same ``--group`` seeded episodes of each prompt (calculator
 toolboxes, up to 3 turns), interleaved in each of ``--repeats`` rounds after a warm-up; the
 median ``generate`` time is reported with the forwards each engine ran and the tokens of those
