@@ -52,10 +52,13 @@ def _whole_model(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> tor
     (whose modules are sharded in place) a new one of its class holding ``state`` whole."""
     if not is_sharded(policy):  # (a LoRA model under FSDP2 is refused: update.check_ranks)
         return policy
+    # made in the weights' dtype: loaded into a float32 model first, float64 weights would be
+    # rounded
+    dtype = next(iter(state.values())).dtype
     kind = policy.config._attn_implementation
-    model = AutoModelForCausalLM.from_config(policy.config, attn_implementation=kind)
-    model.load_state_dict({k: v.to("cpu") for k, v in state.items()})
-    return model.to(next(iter(state.values())).dtype)
+    model = AutoModelForCausalLM.from_config(policy.config, attn_implementation=kind, dtype=dtype)
+    model.load_state_dict(state)
+    return model
 
 
 @dataclass
