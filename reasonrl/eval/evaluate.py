@@ -202,7 +202,7 @@ def _evaluate_shard(
     graded = _model_texts(greedy)
     correct = _correct(graded, samples)
     scores = {name: scorer(graded, samples) for name, scorer in scorers.items()}
-    calls = [sum(e.calls.values()) for e in greedy.episodes or []]
+    calls = [e.calls_made for e in greedy.episodes or []]
     per_problem: list[int] = []
     sampled_calls: list[float] = []
     if cfg.k >= 1:
@@ -220,7 +220,7 @@ def _evaluate_shard(
         ok = _correct(_model_texts(sampled), rows)
         per_problem = [sum(ok[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(prompts))]
         if sampled.episodes is not None:
-            made = [sum(e.calls.values()) for e in sampled.episodes]
+            made = [e.calls_made for e in sampled.episodes]
             sampled_calls = [
                 sum(made[i * cfg.k : (i + 1) * cfg.k]) / cfg.k for i in range(len(prompts))
             ]

@@ -23,5 +23,5 @@ def tool_calls(
     0 for a single-turn completion (no episode)."""
     if episode is None:
         return RewardResult(0.0, "ok", {"calls": 0})
-    made = sum(episode.errors.values()) if failed_only else sum(episode.calls.values())
+    made = sum(episode.errors.values()) if failed_only else episode.calls_made
     return RewardResult(float(made), "ok", {"calls": made})

@@ -29,6 +29,11 @@ class Episode:
         return sum(role == "model" for role, _ in self.turns)
 
     @property
+    def calls_made(self) -> int:
+        """Calls of every tool, failed ones included."""
+        return sum(self.calls.values())
+
+    @property
     def model_text(self) -> str:
         """What the model wrote, its turns joined without the tools' answers: the text its
         answer is graded on, so that a tool's output is never taken for the model's answer."""

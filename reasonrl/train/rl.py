@@ -373,7 +373,7 @@ def episode_metrics(episodes: list[Episode], groups: list[str]) -> dict[str, flo
     for e, group in zip(episodes, groups, strict=True):
         calls.update(e.calls)
         errors.update(e.errors)
-        by_group.setdefault(group, []).append(sum(e.calls.values()))
+        by_group.setdefault(group, []).append(e.calls_made)
     per_group = by_group if len(by_group) > 1 else {}
     return {
         "episode/turns": sum(e.model_turns for e in episodes) / n,
