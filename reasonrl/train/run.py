@@ -72,14 +72,27 @@ def sft_pairs(cfg: RunConfig, train: list[Sample]) -> list[tuple[Sample, str]]:
         pairs = []
         for s in train:
             estimate = rng.random() < cfg.sft.estimate_fraction
+            share = _tool_share(cfg.sft.tool_fraction, s)
             # drawn only when asked for, so that recipes without tools keep their traces
-            tool = cfg.sft.tool_fraction > 0 and rng.random() < cfg.sft.tool_fraction
+            tool = share > 0 and rng.random() < share
             text = tool_trace(s.meta["expression"]) if tool and "expression" in s.meta else None
             pairs.append((s, text or solution_text(s, estimate)))
         return pairs
     if not cfg.sft.train_path:
         raise ConfigError("sft.data=jsonl needs sft.train_path")
     return read_sft_pairs(cfg.sft.train_path)
+
+
+def _tool_share(fraction: float | dict[str, float], sample: Sample) -> float:
+    if isinstance(fraction, float):
+        return fraction
+    label = sample.meta.get("difficulty")
+    if label not in fraction:
+        raise ConfigError(
+            f"sft.tool_fraction gives no share for difficulty {label!r} (it names "
+            f"{', '.join(sorted(fraction))}): add it, or set one share for every sample"
+        )
+    return fraction[label]
 
 
 def build_model(

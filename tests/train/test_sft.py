@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from reasonrl.config import load_config
+from reasonrl.config import ConfigError, load_config
 from reasonrl.envs.protocol import tool_trace
 from reasonrl.models import load_tokenizer
 from reasonrl.train import sft
@@ -68,3 +68,16 @@ def test_tool_fraction_picks_the_traces(fraction):
     samples = [Sample("q", "3", {"expression": "1 + 2"})] * 20
     texts = [c for _, c in sft_pairs(cfg, samples)]
     assert sum("<tool>calculator 1+2</tool><result>3</result>" in t for t in texts) == 20 * fraction
+
+
+def test_tool_fraction_by_difficulty_gives_each_label_its_share():
+    from reasonrl.tasks import Sample
+    from reasonrl.train.run import sft_pairs
+
+    cfg = load_config("tiny-cold-start", ["sft.tool_fraction={easy: 1.0, hard: 0.0}"])
+    easy = Sample("q", "3", {"expression": "1 + 2", "difficulty": "easy"})
+    hard = Sample("q", "3", {"expression": "1 + 2", "difficulty": "hard"})
+    texts = [c for _, c in sft_pairs(cfg, [easy, hard] * 10)]
+    assert ["<tool>" in t for t in texts] == [True, False] * 10
+    with pytest.raises(ConfigError, match="no share for difficulty 'medium'.*easy, hard"):
+        sft_pairs(cfg, [Sample("q", "3", {"expression": "1 + 2", "difficulty": "medium"})])
