@@ -280,9 +280,9 @@ class SFTConfig(_Strict):
     estimate_fraction: float = Field(0.0, ge=0, le=1)  # hasty rounded traces (tasks/traces.py)
     # traces that call the calculator instead (their <result> is context, not trained on; for
     # rollout.tools: [calculator] after SFT); a mapping gives each task.difficulty label its share
-    tool_fraction: Annotated[float, Field(ge=0, le=1)] | dict[
-        str, Annotated[float, Field(ge=0, le=1)]
-    ] = 0.0
+    tool_fraction: (
+        Annotated[float, Field(ge=0, le=1)] | dict[str, Annotated[float, Field(ge=0, le=1)]]
+    ) = 0.0
     train_path: str | None = None  # JSONL with "prompt" and "completion" (data: jsonl)
     steps: int = Field(1000, ge=0)
     examples_per_step: int = Field(64, gt=0)
