@@ -1,9 +1,10 @@
 """The RL trainer on two gloo ranks against one process: ``train_rl`` for 3 steps of the bundled
 model in float64 gives the same parameters (to 1e-10), the same logged metrics and the same
-samples.jsonl, under DDP and FSDP2, for each loss aggregation (under DDP; token_mean under both),
-with several mini-batches and two epochs (batch-wide std and whitening), PPO with its critic,
-DAPO's dynamic sampling (a second round drawn, the kept groups dealt between the ranks) and
-packed forwards (ranks packing different numbers of rows).
+samples.jsonl, under DDP and FSDP2, for the per-token and per-sequence loss aggregations (under
+DDP; token_mean under both), with several mini-batches and two epochs (batch-wide std and
+whitening), PPO with its critic, and under FSDP2 DAPO's dynamic sampling (a second round
+drawn, the kept groups dealt between the ranks) and packed forwards (ranks packing different
+numbers of rows).
 
 One ``torchrun`` launch (``rl_worker.py``) runs every two-rank case, while one process runs each
 configuration once beside it.
@@ -33,12 +34,14 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TWO_RANKS = [
-    *(f"{agg}:ddp" for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")),
-    "token_mean:fsdp",  # the aggregations share their cross-rank sums under either wrapper
+    # the per-token and the per-sequence sums across ranks (seq_mean_token_sum_norm divides the
+    # same sequence count by a constant); under either wrapper they are the same reductions
+    "token_mean:ddp",
+    "seq_mean_token_mean:ddp",
+    "token_mean:fsdp",
     "mini:fsdp",
-    "ppo:ddp",
+    "ppo:ddp",  # a critic saved by DDP ranks and by FSDP2 ranks, below
     "ppo:fsdp",
-    "dapo:ddp",
     "dapo:fsdp",
     "pack_ppo:fsdp",
 ]  # fmt: skip
