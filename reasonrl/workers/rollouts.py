@@ -3,6 +3,7 @@ their completions and rewards back, the weights pushed each step."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import defaultdict
@@ -32,7 +33,7 @@ from reasonrl.workers.pool import (
     WorkerFailed,
     Workers,
 )
-from reasonrl.workers.weight_sync import GROUP, Broadcaster
+from reasonrl.workers.weight_sync import GROUP, RECEIVE_TIMEOUT, Broadcaster, BroadcastFailed
 
 # (prompt indices, completion seeds) of a step's generation round: the trainer's choice
 Plan = Callable[[int, int], tuple[list[int], list[int]]]
@@ -200,9 +201,29 @@ class RayRollouts:
         if self.sync is None or self.cfg.rollout.async_steps > 0 or self.sharded:
             self.weights[version] = _put(state)
         if self.sync is not None:
-            self.sync.push(self.generators.actors, state, version, kept)
+            try:
+                self.sync.push(self.generators.actors, state, version, kept)
+            except BroadcastFailed as e:
+                self._stage_everywhere(self.weights.get(version) or _put(state), version, kept)
+                self.report(
+                    f"{e}; sent through the object store instead (the group is formed anew at "
+                    "the next push, a dead worker replaced at its next call)"
+                )
         self.version, self.policy = version, policy
         self.weights = {v: ref for v, ref in self.weights.items() if v in kept}
+
+    def _stage_everywhere(self, ref: Any, version: int, kept: set[int]) -> None:
+        """Give every rollout worker weights ``version`` (an object ref) to load when a call
+        names it; a dead worker's error is read here, and it is replaced at its next call."""
+        import ray
+
+        staged = [
+            actor.stage.options(concurrency_group=GROUP).remote({version: ref}, kept)
+            for actor in self.generators.actors
+        ]
+        for done in staged:
+            with contextlib.suppress(ray.exceptions.RayError):  # a hung one: replaced later
+                ray.get(done, timeout=RECEIVE_TIMEOUT.total_seconds())
 
     def _restarted(self, index: int) -> None:
         """Rollout worker ``index`` was replaced. With collective sync it is in no group: it

@@ -13,13 +13,17 @@ On one machine everything listens on 127.0.0.1; on a cluster (``distributed.addr
 store and gloo use each node's address as Ray knows it (``ray.util.get_node_ip_address``).
 
 A restarted worker is not in the group: it gets the versions its redone calls need from the
-object store, once (``RayRollouts``), and the group is formed anew at the next push. Not handled:
-a worker that dies during the broadcast itself; the broadcast then fails (at the latest after
-``TIMEOUT``) and the step stops.
+object store, once (``RayRollouts``), and the group is formed anew at the next push. A worker that
+dies or hangs during a push (or before its group is formed) makes the push fail: the trainer's
+send to it fails at once (a closed connection) or after ``TIMEOUT``, and the others' receiving
+ends within ``RECEIVE_TIMEOUT`` (a broadcast is relayed through the members, so one may be waiting
+on the dead one). The trainer then drops the group and ``RayRollouts`` sends that version through
+the object store instead; the dead worker is replaced at its next call, as after any failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Sequence
@@ -31,6 +35,10 @@ import torch
 import torch.distributed as dist
 
 TIMEOUT = timedelta(minutes=5)  # a group's rendezvous and each broadcast; a worker may be starting
+# A member's wait for each bucket. The trainer sends the buckets back to back, so a longer gap
+# means the broadcast has failed, and a member relaying from a dead one would otherwise wait for
+# the whole TIMEOUT: neither the trainer dropping its group nor an abort here ends that wait.
+RECEIVE_TIMEOUT = timedelta(seconds=60)
 # One broadcast per bucket, not per tensor: each collective costs a round trip (gloo) or a
 # launch and a sync (nccl) whatever its size, and a model has hundreds of tensors. The cap
 # bounds the trainer's extra flat copy for a large model.
@@ -103,6 +111,10 @@ def open_group(store: dist.Store, prefix: str, rank: int, size: int, backend: st
     return dist.ProcessGroupGloo(store, rank, size, opts)
 
 
+class BroadcastFailed(RuntimeError):
+    """A push that did not reach every member; the group is dropped."""
+
+
 class Broadcaster:
     """The trainer's end (rank 0): the store, served on ``host``, and the current group."""
 
@@ -124,20 +136,37 @@ class Broadcaster:
         self, members: Sequence[Any], state: dict[str, torch.Tensor], version: int, keep: set[int]
     ) -> None:
         """Broadcast ``state`` as ``version`` to ``members`` (rollout worker actors), which keep
-        the staged versions in ``keep``; forms the group first if it has none."""
+        the staged versions in ``keep``; forms the group first if it has none. Raises
+        ``BroadcastFailed`` if a member dies or hangs before every bucket has reached every
+        member; the group is then dropped, to be formed anew at the next push, and the members'
+        receiving threads are free again."""
         import ray
 
-        if self.group is None:
-            self._form(members)
-        layout = buckets(state)
-        received = [
-            m.receive.options(concurrency_group=GROUP).remote(version, layout, keep)
-            for m in members
-        ]
-        for bucket in layout:
-            flat = torch.cat([state[n].detach().reshape(-1) for n in bucket.names])
-            self.group.broadcast(flat, 0).wait()
-        ray.get(received)
+        received: list[Any] = []
+        try:
+            if self.group is None:
+                self._form(members)
+            layout = buckets(state)
+            received = [
+                m.receive.options(concurrency_group=GROUP).remote(version, layout, keep)
+                for m in members
+            ]
+            for bucket in layout:
+                self._send(torch.cat([state[n].detach().reshape(-1) for n in bucket.names]))
+            ray.get(received)
+        except (RuntimeError, ray.exceptions.RayError) as e:
+            if self.group is not None:
+                self.group.abort()
+            self.group = None
+            for ref in received:  # each ends within RECEIVE_TIMEOUT; read, its error is handled
+                with contextlib.suppress(ray.exceptions.RayError):
+                    ray.get(ref, timeout=2 * RECEIVE_TIMEOUT.total_seconds())
+            raise BroadcastFailed(
+                f"weights version {version} did not reach every worker: {e}"
+            ) from e
+
+    def _send(self, flat: torch.Tensor) -> None:
+        self.group.broadcast(flat, 0).wait()
 
     def _form(self, members: Sequence[Any]) -> None:
         import ray
@@ -163,6 +192,7 @@ class WeightReceiver:
         self.weights_group: Any = None
         self.staged: dict[int, Any] = {}  # version → (layout, flat buffers) or an object ref
         self.staged_changed = threading.Condition()
+        self.receive_timeout = RECEIVE_TIMEOUT
 
     def join(self, host: str, port: int, prefix: str, rank: int, size: int, backend: str) -> None:
         import ray
@@ -175,7 +205,7 @@ class WeightReceiver:
         device = next(self.model.parameters()).device
         flats = [torch.empty(b.numel, dtype=b.dtype, device=device) for b in layout]
         for flat in flats:
-            self.weights_group.broadcast(flat, 0).wait()
+            self.weights_group.broadcast(flat, 0).wait(self.receive_timeout)
         self.stage({version: (layout, flats)}, keep)
 
     def stage(self, versions: dict[int, Any], keep: set[int] | None = None) -> None:

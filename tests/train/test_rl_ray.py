@@ -2,7 +2,8 @@
 model in float64 with ``rollout.workers=2 rewards.workers=1`` writes the metrics of the
 in-process run (1e-6) with either way of sending the workers the weights
 (``distributed.weight_sync``: the object store, a gloo broadcast), also when a rollout worker is
-killed in the middle of step 3 and a reward worker in the middle of step 4; with
+killed in the middle of the first weights broadcast, another in the middle of step 3 and a reward
+worker in the middle of step 4; with
 ``rollout.async_steps=1`` every batch after the first is one update old, and the first is the
 synchronous run's."""
 
@@ -25,7 +26,8 @@ from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.train.context import RunContext
 from reasonrl.train.rl import train_rl
-from reasonrl.workers import RayRollouts
+from reasonrl.workers import RayRollouts, weight_sync
+from reasonrl.workers.weight_sync import Broadcaster
 
 COMMON = [
     "model.dtype=float64",
@@ -105,6 +107,8 @@ def test_synchronous_ray_writes_the_in_process_metrics(
 def test_workers_killed_mid_step_leave_the_metrics_unchanged(
     in_process: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ray
+
     # collective sync: a replacement gets its weights through the object store, then rejoins
     # the group at the next push, so this one run covers both ways of sending weights
     faults = {2: ("generators", 0), 3: ("scorers", 0)}  # step 3: a rollout worker; step 4: reward
@@ -117,11 +121,30 @@ def test_workers_killed_mid_step_leave_the_metrics_unchanged(
             kind, index = faults[step]
             getattr(self, kind).kill(index)
 
+    # and rollout worker 1 killed after the first 1 MB bucket of the first update's weights:
+    # that version reaches worker 0 through the object store, and worker 1 is replaced when
+    # step 2 calls it
+    monkeypatch.setattr(weight_sync, "BUCKET_BYTES", 1 << 20)
+    push, send, members = Broadcaster.push, Broadcaster._send, []
+
+    def push_recording(self: Broadcaster, actors: list, *args: object) -> None:
+        members.append(list(actors))
+        push(self, actors, *args)
+
+    def send_then_kill(self: Broadcaster, flat: torch.Tensor) -> None:
+        send(self, flat)
+        if len(members) == 1 and len(members[0]) == 2:  # the first push's first bucket
+            ray.kill(members[0].pop(1), no_restart=True)
+
     monkeypatch.setattr(RayRollouts, "dispatch", dispatch_then_kill)
+    monkeypatch.setattr(Broadcaster, "push", push_recording)
+    monkeypatch.setattr(Broadcaster, "_send", send_then_kill)
     got = run(tmp_path, [*RAY, "distributed.weight_sync=collective"])
     assert_same_metrics(got, in_process)
-    assert [row["workers/restarts"] for row in got] == [0, 0, 1, 2]
+    assert [row["workers/restarts"] for row in got] == [0, 1, 2, 3]
     log = (tmp_path / "workers.log").read_text()
+    assert "weights version 1 did not reach every worker" in log
+    assert "rollout worker 1 failed in generate" in log
     assert "rollout worker 0 failed in generate" in log and "reward worker 0 failed in score" in log
 
 

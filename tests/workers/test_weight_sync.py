@@ -1,12 +1,16 @@
 """Weights broadcast in a gloo group on 127.0.0.1 (``distributed.weight_sync=collective``): one
 flat buffer per dtype (tied tensors once), and two Ray actors that hold, after each push, the
-trainer's tensors exactly, tied embeddings included, and every version still named."""
+trainer's tensors exactly, tied embeddings included, and every version still named. A member
+killed in the middle of a push fails it within the members' receive timeout, not the groups'
+five minutes, and leaves the others free to join the next group."""
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psutil
 import pytest
@@ -14,16 +18,25 @@ import torch
 
 from reasonrl.config import load_config
 from reasonrl.models import load_model
-from reasonrl.workers import start_ray
-from reasonrl.workers.weight_sync import GROUP, Broadcaster, WeightReceiver, buckets, load_flat
+from reasonrl.workers import start_ray, weight_sync
+from reasonrl.workers.weight_sync import (
+    GROUP,
+    Broadcaster,
+    BroadcastFailed,
+    WeightReceiver,
+    buckets,
+    load_flat,
+)
 
 
 class Member(WeightReceiver):
     """A rollout worker's weights end, with a way to read them back."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, receive_timeout: float | None = None) -> None:
         super().__init__()
         self.model = model
+        if receive_timeout is not None:
+            self.receive_timeout = timedelta(seconds=receive_timeout)
 
     def state(self, version: int) -> dict[str, torch.Tensor]:
         self.load(version)
@@ -123,3 +136,44 @@ def test_a_push_gives_every_member_the_trainers_tensors_exactly(
     assert {getattr(a, "ipv4_mapped", None) or a for a in listening} == {
         ipaddress.ip_address("127.0.0.1")
     }
+
+
+def test_a_member_killed_mid_push_fails_it_soon_and_the_others_take_the_next(
+    model: torch.nn.Module, members: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    # three members of its own (no CPUs: the module's two hold Ray's), 1 MB buckets, and a
+    # receive timeout of 5 s: a broadcast is relayed through the members, so one of the
+    # survivors may be waiting on the dead one
+    monkeypatch.setattr(weight_sync, "BUCKET_BYTES", 1 << 20)
+    actor = ray.remote(num_cpus=0, concurrency_groups={GROUP: 1})(Member)
+    three = [actor.remote(model, 5.0) for _ in range(3)]
+    sync = Broadcaster("127.0.0.1", "gloo")
+    sync.push(three, moved(model, 1), 1, {1})
+    send, sent = Broadcaster._send, []
+
+    def send_then_kill(self: Broadcaster, flat: torch.Tensor) -> None:
+        send(self, flat)
+        sent.append(flat.numel())
+        if len(sent) == 1:
+            ray.kill(three[1], no_restart=True)
+
+    monkeypatch.setattr(Broadcaster, "_send", send_then_kill)
+    start = time.monotonic()
+    with pytest.raises(BroadcastFailed, match="weights version 2 did not reach every worker"):
+        sync.push(three, moved(model, 2), 2, {1, 2})
+    assert time.monotonic() - start < 60  # the members' 5 s, not the group's 5 minutes
+    assert 1 <= len(sent) < len(buckets(moved(model, 2)))  # it failed in the middle
+    assert sync.group is None
+    survivors = [three[0], three[2]]
+    # their receiving threads are free (a call there answers), version 1 still theirs
+    free = [m.versions.options(concurrency_group=GROUP).remote() for m in survivors]
+    assert all(1 in v for v in ray.get(free, timeout=10))
+    monkeypatch.setattr(Broadcaster, "_send", send)
+    pushed = moved(model, 3)
+    sync.push(survivors, pushed, 3, {3})  # a new group of the two
+    for got in ray.get([m.state.remote(3) for m in survivors]):
+        assert all(torch.equal(got[k], pushed[k]) for k in pushed)
+    for m in survivors:
+        ray.kill(m, no_restart=True)
