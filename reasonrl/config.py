@@ -471,6 +471,8 @@ class DistributedConfig(_Strict):
     reward_workers: int = Field(1, gt=0)  # written `rewards.workers` in a recipe
     max_restarts: int = Field(3, ge=0)  # restarts of a failed worker within one call
     worker_cpus: float = Field(1.0, gt=0)  # Ray CPUs each worker holds (its torch threads)
+    # Ray GPUs each rollout worker holds, its model and engine there (0.5: two share one GPU)
+    worker_gpus: float = Field(0.0, ge=0)
     call_timeout_s: float = Field(3600.0, gt=0)  # the longest the trainer waits for one
     # worker's call before it counts the worker as hung: killed, restarted, the call redone
     # how the rollout workers get each update's weights: Ray's object store, or a broadcast in
@@ -525,6 +527,7 @@ class RunConfig(_Strict):
             ("rewards.workers", d.reward_workers, d.reward_workers > 1),
             ("rollout.async_steps", ro.async_steps, ro.async_steps > 0),
             ("distributed.weight_sync", d.weight_sync, d.weight_sync == "collective"),
+            ("distributed.worker_gpus", d.worker_gpus, d.worker_gpus > 0),
         ]
         for key, value, used in ray_only:
             if used:

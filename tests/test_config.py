@@ -299,6 +299,7 @@ def test_rewards_workers_is_kept_in_distributed_and_reads_back(tmp_path):
         ("rewards.workers=2", "rewards.workers=2"),
         ("rollout.async_steps=1", "rollout.async_steps=1"),
         ("distributed.weight_sync=collective", "distributed.weight_sync=collective"),
+        ("distributed.worker_gpus=0.5", "distributed.worker_gpus=0.5"),
     ],
 )
 def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):

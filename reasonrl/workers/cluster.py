@@ -12,13 +12,14 @@ from reasonrl.config import ConfigError
 from reasonrl.distributed.ranks import Ranks, all_gather_objects, broadcast_object
 
 
-def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks()) -> None:
+def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks(), gpus: float = 0.0) -> None:
     """Join the Ray cluster at ``address``, or start one on this machine (``None``) that listens
-    and connects on 127.0.0.1 only, with at least ``cpus`` CPUs so that every worker gets one.
+    and connects on 127.0.0.1 only, with at least ``cpus`` CPUs so that every worker gets one
+    (and ``gpus`` GPUs for the rollout workers: Ray counts a machine's own).
     With several ``ranks`` (every rank calls this), rank 0 starts that one and the others join
     it, at the address it broadcasts; ``cpus`` is then every rank's workers' together.
-    Raises ``ConfigError`` when Ray is missing or a cluster has fewer CPUs than the workers
-    hold (an actor would wait for one forever)."""
+    Raises ``ConfigError`` when Ray is missing or a cluster has fewer CPUs or GPUs than the
+    workers hold (an actor would wait for one forever)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         # Ray takes the node's address to be 127.0.0.1, and binds its servers there, only where
@@ -73,6 +74,13 @@ def start_ray(address: str | None, cpus: float, ranks: Ranks = Ranks()) -> None:
             f"distributed.worker_cpus each) but the Ray cluster has {have:g}: fewer workers, "
             "a smaller distributed.worker_cpus, or more nodes"
         )
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have < gpus:
+        raise ConfigError(
+            f"the rollout workers hold {gpus:g} GPUs (rollout.workers × "
+            f"distributed.worker_gpus) but the Ray cluster has {have:g}: fewer workers, a "
+            "fraction of a GPU each (distributed.worker_gpus=0.5 puts two on one), or more GPUs"
+        )
 
 
 def _join_rank_0(gcs: str, auth_mode: str | None, options: dict[str, Any]) -> None:
@@ -85,27 +93,30 @@ def _join_rank_0(gcs: str, auth_mode: str | None, options: dict[str, Any]) -> No
     ray.init(address=gcs, **options)
 
 
-def reserve(bundles: int, cpus: float, timeout: float, ranks: Ranks) -> Any:
-    """A placement group of ``bundles`` bundles of ``cpus`` CPUs, one per worker of this rank,
-    packed on as few nodes as can hold them. Raises ``ConfigError`` when the cluster cannot
-    give them within ``timeout`` seconds (too few free CPUs: other jobs, or other ranks'
-    workers, hold them), rather than leaving the workers waiting forever: on every rank (every
-    rank calls this), with the first refused rank's message, which rank 0 prints."""
+def reserve(bundles: list[dict[str, float]], timeout: float, ranks: Ranks) -> Any:
+    """A placement group of ``bundles`` (Ray resources: ``{"CPU": 1.0, "GPU": 0.5}``), one per
+    worker of this rank, packed on as few nodes as can hold them. Raises ``ConfigError`` when
+    the cluster cannot give them within ``timeout`` seconds (too few free CPUs or GPUs: other
+    jobs, or other ranks' workers, hold them), rather than leaving the workers waiting forever:
+    on every rank (every rank calls this), with the first refused rank's message, which rank 0
+    prints."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    group = placement_group([{"CPU": cpus}] * bundles, strategy="PACK")
+    group = placement_group(bundles, strategy="PACK")
     refused = None
     try:
         ray.get(group.ready(), timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        free = ray.available_resources().get("CPU", 0.0)
+        kinds = sorted({kind for bundle in bundles for kind in bundle})  # CPU, and GPU if asked
+        held = ", ".join(f"{sum(b.get(k, 0.0) for b in bundles):g} {k}s" for k in kinds)
+        free = ", ".join(f"{ray.available_resources().get(k, 0.0):g} {k}s" for k in kinds)
         refused = (
-            f"rank {ranks.rank}'s {bundles} workers ({cpus:g} CPUs each, "
-            f"distributed.worker_cpus) found no room in the Ray cluster within "
-            f"distributed.placement_timeout_s={timeout:g} s ({free:g} CPUs free now): fewer "
-            "rollout.workers or rewards.workers, a smaller distributed.worker_cpus, or a "
-            "cluster with more free CPUs"
+            f"rank {ranks.rank}'s {len(bundles)} workers (holding {held}: "
+            f"distributed.worker_cpus, distributed.worker_gpus) found no room in the Ray "
+            f"cluster within distributed.placement_timeout_s={timeout:g} s ({free} free now): "
+            "fewer rollout.workers or rewards.workers, smaller shares each, or a cluster with "
+            "more free"
         )
     said = [message for message in all_gather_objects(refused, ranks) if message]
     if said:

@@ -34,7 +34,9 @@ class RolloutWorker(WeightReceiver):
     ) -> None:
         super().__init__()
         torch.set_num_threads(max(1, int(cfg.distributed.worker_cpus)))
-        self.model = model.eval().requires_grad_(False)
+        # with distributed.worker_gpus, Ray shows the actor its GPU as cuda:0
+        device = torch.device("cuda" if cfg.distributed.worker_gpus > 0 else "cpu")
+        self.model = model.to(device).eval().requires_grad_(False)
         self.engine = ENGINES[cfg.rollout.engine](model, tokenizer, cfg.rollout.batch_completions)
         ro = cfg.rollout
         self.sampling = {
@@ -76,7 +78,8 @@ class RolloutWorker(WeightReceiver):
         if self.tools is not None:
             prompts, episodes = self.tools.generate_args(samples, self.engine.tokenizer, self.task)
         rollout = self.engine.generate(prompts, seeds=seeds, **self.sampling, **episodes)
-        return rollout, time.perf_counter() - t0
+        # on the CPU: unpickled, CUDA tensors would go to the trainer's cuda:0, whatever its own
+        return rollout.to(torch.device("cpu")), time.perf_counter() - t0
 
 
 class RewardWorker:

@@ -4,6 +4,7 @@ their completions and rewards back, the weights pushed each step."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections import defaultdict
@@ -49,10 +50,15 @@ def _put(state: dict[str, torch.Tensor]) -> Any:
 
 
 def _whole_model(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The policy as a plain module the workers can hold: the policy itself, or under FSDP2
-    (whose modules are sharded in place) a new one of its class holding ``state`` whole."""
+    """The policy as a plain module on the CPU for the workers to hold (and move to their
+    device): the policy itself, a copy of it if it is on a GPU, or under FSDP2 (whose modules
+    are sharded in place) a new one of its class holding ``state`` whole."""
     if not is_sharded(policy):  # (a LoRA model under FSDP2 is refused: update.check_ranks)
-        return policy
+        if next(policy.parameters()).device.type == "cpu":
+            return policy
+        # on the CPU: a pickled CUDA module goes back to its device when unpickled, which a
+        # worker may not have (made at start, before the optimizer's state takes memory)
+        return copy.deepcopy(policy).to("cpu")
     # made in the weights' dtype: loaded into a float32 model first, float64 weights would be
     # rounded
     dtype = next(iter(state.values())).dtype
@@ -120,7 +126,8 @@ class RayRollouts:
         ranks: Ranks = Ranks(),
     ) -> None:
         d = cfg.distributed
-        start_ray(d.address, (cfg.rollout.workers + d.reward_workers) * d.worker_cpus, ranks)
+        cpus = (cfg.rollout.workers + d.reward_workers) * d.worker_cpus
+        start_ray(d.address, cpus, ranks, cfg.rollout.workers * d.worker_gpus)
         import ray
 
         # this rank's share of the run's workers (update.check_ranks: they divide evenly)
@@ -128,7 +135,9 @@ class RayRollouts:
             cfg.rollout.workers // ranks.world_size,
             d.reward_workers // ranks.world_size,
         )
-        self.group = reserve(n_gen + n_score, d.worker_cpus, d.placement_timeout_s, ranks)
+        generator = {"CPU": d.worker_cpus} | ({"GPU": d.worker_gpus} if d.worker_gpus else {})
+        bundles = [generator] * n_gen + [{"CPU": d.worker_cpus}] * n_score
+        self.group = reserve(bundles, d.placement_timeout_s, ranks)
         self.ranks = ranks
         self.cfg, self.prompts, self.samples, self.plan = cfg, prompts, samples, plan
         self.device = device or torch.device("cpu")  # the trainer's: where gather's rollouts go
@@ -142,8 +151,12 @@ class RayRollouts:
         if d.weight_sync == "collective":
             # a cluster's nodes reach the trainer at Ray's address for it, never at 127.0.0.1
             host = "127.0.0.1" if d.address is None else ray.util.get_node_ip_address()
-            self.sync = Broadcaster(host, "nccl" if self.device.type == "cuda" else "gloo")
+            # NCCL joins GPUs to GPUs: the trainer's and the workers' (not the trainer's own GPU)
+            nccl = self.device.type == "cuda" and d.worker_gpus > 0
+            self.sync = Broadcaster(host, "nccl" if nccl else "gloo")
             options["concurrency_groups"] = {GROUP: 1}  # receives while it generates
+        if d.worker_gpus:
+            options["num_gpus"] = d.worker_gpus
         self.generators = Workers(
             "rollout",
             RolloutWorker,

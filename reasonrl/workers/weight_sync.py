@@ -152,7 +152,8 @@ class Broadcaster:
                 for m in members
             ]
             for bucket in layout:
-                self._send(torch.cat([state[n].detach().reshape(-1) for n in bucket.names]))
+                flat = torch.cat([state[n].detach().reshape(-1) for n in bucket.names])
+                self._send(flat if self.backend == "nccl" else flat.cpu())
             ray.get(received)
         except (RuntimeError, ray.exceptions.RayError) as e:
             if self.group is not None:
@@ -200,9 +201,12 @@ class WeightReceiver:
         store = dist.TCPStore(host, port, is_master=False, timeout=TIMEOUT)
         mine = host if host == "127.0.0.1" else ray.util.get_node_ip_address()
         self.weights_group = open_group(store, prefix, rank, size, backend, mine)
+        self.weights_backend = backend
 
     def receive(self, version: int, layout: list[Bucket], keep: set[int]) -> None:
-        device = next(self.model.parameters()).device
+        # NCCL receives on the GPU; gloo on the CPU, and load_flat copies to the model's device
+        gpu = self.weights_backend == "nccl"
+        device = next(self.model.parameters()).device if gpu else torch.device("cpu")
         flats = [torch.empty(b.numel, dtype=b.dtype, device=device) for b in layout]
         for flat in flats:
             self.weights_group.broadcast(flat, 0).wait(self.receive_timeout)

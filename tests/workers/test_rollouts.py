@@ -280,7 +280,12 @@ def test_workers_that_find_no_room_stop_the_start_with_a_message(workers: tuple)
 
     pool, _ = workers
     assert ray.available_resources().get("CPU", 0.0) == 0  # the pool's group holds them all
-    with pytest.raises(ConfigError, match=r"rank 0's 1 workers .* within distributed.placement"):
-        reserve(1, 1.0, 2.0, Ranks())
+    with pytest.raises(
+        ConfigError, match=r"rank 0.s 1 workers \(holding 1 CPUs.* within distributed.placement"
+    ):
+        reserve([{"CPU": 1.0}], 2.0, Ranks())
     states = {g["state"] for g in ray.util.placement_group_table().values()}
     assert "PENDING" not in states  # the refused group was removed, not left waiting
+    # rollout workers on GPUs, where the cluster has none (this machine), are refused at start
+    with pytest.raises(ConfigError, match=r"hold 1 GPUs .* but the Ray cluster has 0"):
+        start_ray(None, 1.0, Ranks(), gpus=1.0)
