@@ -78,8 +78,10 @@ def test_a_run_joins_the_cluster_and_finishes_on_its_workers(head: str, tmp_path
 def test_joining_without_the_clusters_token_is_an_error_saying_how(
     head: str, tmp_path: Path
 ) -> None:
+    # one try at the head instead of Ray's 20 a second apart: the same refusal, 20 s sooner
+    quick = {"RAY_gcs_server_port_wait_time_s": "1"}
     done = reasonrl_run(
-        tmp_path, f"distributed.address={head}", environ={"RAY_AUTH_MODE": "disabled"}
+        tmp_path, f"distributed.address={head}", environ={"RAY_AUTH_MODE": "disabled", **quick}
     )
     assert done.returncode == 2
     said = " ".join(done.stderr.split())  # the console wraps long lines
