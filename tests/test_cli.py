@@ -117,11 +117,16 @@ def test_eval_names_a_missing_reward_model(tmp_path):
 def test_eval_is_seeded_and_refuses_what_is_not_an_evaluation(tmp_path):
     # the same model, recipe and seed sample the same completions: --baseline compares models,
     # not draws of the random generator
-    # (two processes: torch seeds its generator at random in each)
+    # (two processes, at once: torch seeds its generator at random in each)
     outs = [tmp_path / "a.json", tmp_path / "b.json"]
-    for out in outs:
-        command = ["eval", "--out", str(out), "eval.limit=20", "eval.k=4"]
-        subprocess.run([sys.executable, "-m", "reasonrl", *command], check=True, timeout=300)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "reasonrl", "eval", "--out", str(out), "eval.limit=20"]
+            + ["eval.k=4"]
+        )
+        for out in outs
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
     a, b = (json.loads(o.read_text()) for o in outs)
     assert a["pass_at_k"] == b["pass_at_k"] and 0 < a["pass_at_k"]["1"] < 1
     (tmp_path / "list.json").write_text("[1, 2]")
