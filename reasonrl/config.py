@@ -141,9 +141,25 @@ class SamplingConfig(_Strict):
     top_k: int = Field(0, ge=0)  # 0 disables top-k
 
 
+class VLLMConfig(_Strict):
+    """The ``vllm`` engine's settings, passed to ``vllm.LLM`` (rollout/vllm_engine.py)."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # of the GPU it shares with training
+    max_model_len: int | None = None  # prompt + completion tokens; None: the model's own limit
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the policy's
+    enforce_eager: bool = False  # no CUDA graphs (always eager on the CPU)
+    tensor_parallel_size: int = Field(1, gt=0)
+    # tokens one engine step takes in: large, so that a prompt's prefill is never split in
+    # chunks (vLLM's seeded sampling fails on a split prefill on the CPU)
+    max_num_batched_tokens: int = Field(16384, gt=0)
+    cpu_kv_cache_gb: float = Field(1.0, gt=0)  # the KV cache on the CPU (VLLM_CPU_KVCACHE_SPACE)
+
+
 class RolloutConfig(SamplingConfig):
-    engine: Literal["hf", "fast"] = "hf"  # hf: transformers.generate; fast: reasonrl's own
-    # decode loop (group-shared prefill, static KV cache, CUDA graphs on GPU; rollout/fast.py)
+    engine: Literal["hf", "fast", "vllm"] = "hf"  # hf: transformers.generate; fast: reasonrl's
+    # own decode loop (group-shared prefill, static KV cache, CUDA graphs on GPU; rollout/fast.py);
+    # vllm: an in-process vLLM engine that gets the weights after every update
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     batch_completions: int = Field(256, gt=0)  # completions generated per generate() call
     workers: int = Field(1, gt=0)  # Ray actors that generate (distributed.backend=ray)
     async_steps: int = Field(0, ge=0)  # k > 0 (Ray): step t + k's rollouts are generated while
@@ -521,6 +537,11 @@ class RunConfig(_Strict):
         if self.algo.tis_cap is not None and ro.async_steps == 0:
             raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
         if d.backend == "ray":
+            if ro.engine == "vllm":
+                raise ValueError(
+                    "rollout.engine=vllm runs in the trainer's process so far, not in Ray's "
+                    "rollout workers: use rollout.engine=hf or fast with distributed.backend=ray"
+                )
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

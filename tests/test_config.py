@@ -309,6 +309,11 @@ def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):
         load_config("quickstart", [override])
 
 
+def test_the_vllm_engine_is_refused_on_rays_workers():
+    with pytest.raises(ConfigError, match="rollout.engine=vllm runs in the trainer's process"):
+        load_config("quickstart", ["distributed.backend=ray", "rollout.engine=vllm"])
+
+
 def test_tis_cap_needs_asynchronous_rollouts():
     with pytest.raises(ConfigError, match="algo.tis_cap weights asynchronous rollouts"):
         load_config("quickstart", ["distributed.backend=ray", "algo.tis_cap=2"])

@@ -82,13 +82,21 @@ def init_distributed(device_kind: str, timeout: datetime.timedelta = TIMEOUT) ->
     if device_kind == "cuda":
         torch.cuda.set_device(ranks.local_rank)
     dist.init_process_group(backend, timeout=timeout)
+    _made_here.append(True)
     return ranks
 
 
+# whether init_distributed made the default group: an in-process vLLM engine makes one of its
+# own in a single process, and destroys it itself at exit
+_made_here: list[bool] = []
+
+
 def shutdown() -> None:
-    """Destroy the process group, if one was made (safe to call with one process)."""
-    if dist.is_initialized():
+    """Destroy the process group ``init_distributed`` made, if it did (safe to call with one
+    process)."""
+    if _made_here and dist.is_initialized():
         dist.destroy_process_group()
+    _made_here.clear()
 
 
 def _several(ranks: Ranks) -> bool:

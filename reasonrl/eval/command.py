@@ -64,7 +64,7 @@ def evaluate_model(
     from reasonrl.eval.summary import print_summary, score_changes
     from reasonrl.models import load_model, load_tokenizer, pick_device
     from reasonrl.rewards.reward_model import RewardModelVerifier
-    from reasonrl.rollout import ENGINES
+    from reasonrl.rollout import make_engine
     from reasonrl.tasks import load_splits, render_prompt
 
     before = read_baseline(baseline) if baseline is not None else None
@@ -83,7 +83,7 @@ def evaluate_model(
     prompts = [
         render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in held_out
     ]
-    engine = ENGINES[cfg.rollout.engine](policy, tokenizer, cfg.eval.batch_completions)
+    engine = make_engine(cfg.rollout, policy, tokenizer, cfg.eval.batch_completions)
     set_seed(cfg.seed)  # the same model, recipe and seed: the same sampled pass@k
     with console.status(f"evaluating {label} on {limit} problems"):
         result = evaluate(

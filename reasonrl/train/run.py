@@ -55,7 +55,7 @@ from reasonrl.models.lora import (
     save_model,
 )
 from reasonrl.models.tokenizer import train_tokenizer
-from reasonrl.rollout import ENGINES
+from reasonrl.rollout import make_engine
 from reasonrl.tasks import Sample, load_splits, render_prompt
 from reasonrl.tasks.prompts import R1_INSTRUCTION
 from reasonrl.tasks.sources import read_sft_pairs
@@ -220,9 +220,10 @@ def policy_stage(ctx: RunContext) -> dict[str, Any]:
         ref = wrap_model(ref, "fsdp", ranks, device) if sharded else ref.to(device)
     model = wrap_model(model, parallel, ranks, device)
     render = lambda s: render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template)  # noqa: E731
-    make_engine = ENGINES[cfg.rollout.engine]  # hf or fast, for rollouts and evaluation
-    engine = make_engine(unwrap(model), tokenizer, cfg.rollout.batch_completions)
-    eval_engine = make_engine(unwrap(model), tokenizer, cfg.eval.batch_completions)
+    engine = make_engine(cfg.rollout, unwrap(model), tokenizer, cfg.rollout.batch_completions)
+    eval_engine = engine  # one vLLM engine in memory, not two (it sizes its own batches)
+    if cfg.rollout.engine != "vllm":
+        eval_engine = make_engine(cfg.rollout, unwrap(model), tokenizer, cfg.eval.batch_completions)
     ctx.use_held_out(HeldOut(eval_engine, [render(s) for s in held_out], held_out))
     before = ctx.eval_before()
 

