@@ -2,13 +2,18 @@
 
     reasonrl run tool-use --out runs/tool-use
     PYTHONPATH=. OMP_NUM_THREADS=2 python bench/tool_when.py runs/tool-use/2-mix/model \
-        runs/tool-use/3-tools/model            # → bench/results/tool_when_cpu.json
+        runs/tool-use/4-settle/model           # → bench/results/tool_when_cpu.json
 
 On every held-out problem of the tool-use recipe, greedy episodes with its calculator: whether
 BEFORE (the model before RL) answers it right by hand (without a call), and whether AFTER (the
 model after RL) calls the calculator and answers right. Per difficulty, AFTER's call rate on the
 problems BEFORE got right by hand and on those it got wrong: a model that learnt when a call
-pays calls on the second far more than on the first. ``bundled-tool-use`` is the packaged AFTER.
+pays calls on the second far more than on the first.
+
+bench/results/tool_when_cpu.json is the previous recipe's run (its ``mix`` stage 30% calling on
+both difficulties, 0.8 a call), whose model before RL added every problem by hand. The current
+recipe's model before RL calls on every easy problem, so it has no by-hand answers to compare;
+its before/after figures are in docs/tools.md.
 """
 
 from __future__ import annotations
