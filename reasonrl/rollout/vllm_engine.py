@@ -54,6 +54,7 @@ class VLLMEngine:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: VLLMConfig) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # vLLM would report usage over the net
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # not two INFO lines per sync
         device = next(model.parameters()).device
         if device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gb:g}")
