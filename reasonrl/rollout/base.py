@@ -125,6 +125,17 @@ def _rows(items: list | None, rows: slice | list[int]) -> list | None:
     return items[rows] if isinstance(rows, slice) else [items[i] for i in rows]
 
 
+def right_padded(
+    rows: list[list], value: float, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Rows of different lengths (a batch's completion tokens, masks or log-probs) as one
+    [B, W] tensor, padded on the right with ``value``; W is the longest row, at least 1."""
+    width = max(1, max(len(row) for row in rows))
+    return torch.tensor(
+        [row + [value] * (width - len(row)) for row in rows], dtype=dtype, device=device
+    )
+
+
 def _pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
     extra = width - t.shape[1]
     if extra == 0:

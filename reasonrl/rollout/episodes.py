@@ -11,7 +11,7 @@ import torch
 
 from reasonrl.envs.protocol import ToolCall
 from reasonrl.envs.tools import Toolbox
-from reasonrl.rollout.base import Episode, Rollout
+from reasonrl.rollout.base import Episode, Rollout, right_padded
 
 
 class EpisodeRecords:
@@ -72,22 +72,15 @@ class EpisodeRecords:
         device: torch.device | str,
     ) -> Rollout:
         """The episodes as a ``Rollout``: completions right-padded to the longest."""
-        width = max(1, max(len(row) for row in self.ids))
-
-        def right_padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(
-                [row + [value] * (width - len(row)) for row in rows], dtype=dtype, device=device
-            )
-
         return Rollout(
             prompt_ids,
             prompt_mask,
-            right_padded(self.ids, pad_id, torch.long),
-            right_padded([[1] * len(row) for row in self.ids], 0, torch.long),
-            right_padded(self.logps, 0.0, torch.float32),
+            right_padded(self.ids, pad_id, torch.long, device),
+            right_padded([[1] * len(row) for row in self.ids], 0, torch.long, device),
+            right_padded(self.logps, 0.0, torch.float32, device),
             tokenizer.batch_decode(self.ids, skip_special_tokens=True),
             torch.tensor(self.finished, device=device),
-            right_padded(self.model, 0, torch.long),
+            right_padded(self.model, 0, torch.long, device),
             [
                 Episode(t, dict(c), dict(e))
                 for t, c, e in zip(self.turns, self.calls, self.errors, strict=True)

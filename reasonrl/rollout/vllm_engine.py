@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from reasonrl.config import ConfigError, VLLMConfig
-from reasonrl.rollout.base import Rollout, stop_and_pad_ids
+from reasonrl.rollout.base import Rollout, right_padded, stop_and_pad_ids
 
 if TYPE_CHECKING:
     from reasonrl.envs.tools import Toolbox
@@ -92,21 +92,22 @@ class VLLMEngine:
             enable_prefix_caching=True,  # the group's copies of a prompt prefill once
             logprobs_mode="processed_logprobs",  # after temperature: the distribution drawn from
         )
-        self.synced = self._written()
+        self.synced = self._written(model.state_dict())
         self.syncs = 0
 
-    def _written(self) -> int:
-        """Grows whenever a parameter or buffer is written in place."""
-        return sum(t._version for t in self.model.state_dict().values())
+    @staticmethod
+    def _written(state: dict[str, torch.Tensor]) -> int:
+        """Grows whenever a tensor of ``state`` is written in place."""
+        return sum(t._version for t in state.values())
 
     def sync(self) -> bool:
         """Give vLLM the policy's weights if they changed since the last sync; True if so."""
-        written = self._written()
+        state = self.model.state_dict()  # lm_head.weight too, tied or not
+        written = self._written(state)
         if written == self.synced:
             return False
         with torch.no_grad():
-            weights = list(self.model.state_dict().items())  # lm_head.weight too, tied or not
-            self.llm.collective_rpc(_reload, args=(weights,))
+            self.llm.collective_rpc(_reload, args=(list(state.items()),))
         self.llm.reset_prefix_cache()  # its keys and values came from the old weights
         self.synced, self.syncs = written, self.syncs + 1
         return True
@@ -166,18 +167,12 @@ class VLLMEngine:
             tokens.append(row)
             logps.append([step[t].logprob for step, t in zip(sample.logprobs, row, strict=True)])
             finished.append(bool(row) and row[-1] in self.eos_ids)
-        width = max(1, max(len(row) for row in tokens))
-        device = next(self.model.parameters()).device
-
-        def padded(rows: list[list], value: float, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
-
         return Rollout(
             enc["input_ids"],
             enc["attention_mask"],
-            padded(tokens, self.pad_id, torch.long),
-            padded([[1] * len(r) for r in tokens], 0, torch.long),
-            padded(logps, 0.0, torch.float32),
+            right_padded(tokens, self.pad_id, torch.long),
+            right_padded([[1] * len(r) for r in tokens], 0, torch.long),
+            right_padded(logps, 0.0, torch.float32),
             self.tokenizer.batch_decode(tokens, skip_special_tokens=True),
             torch.tensor(finished),
-        ).to(device)
+        ).to(next(self.model.parameters()).device)
