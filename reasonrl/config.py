@@ -245,9 +245,14 @@ class AlgoConfig(_Strict):
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, draw more
     max_sampling_rounds: int = Field(3, gt=0)  # cap on generation rounds per step
     overlong_filter: bool = False  # DAPO: truncated completions get no loss
-    tis_cap: float | None = Field(None, gt=0)  # rollout.async_steps > 0: the ratio's denominator
-    # is the trainer's log-probs and the loss is weighted by min(π_trainer / π_behaviour, tis_cap)
-    # (truncated importance sampling); None: the ratio is taken to the behaviour policy itself
+    # mismatch correction (algos/mismatch.py): the ratio's denominator is the trainer's log-probs
+    # and each token's loss is weighted by π_trainer / π_behaviour (the engine's log-probs),
+    # truncated at tis_cap or masked above it, per token or per sequence. None: no weight; a
+    # stale batch (rollout.async_steps) then takes its ratio to the behaviour policy itself.
+    tis_cap: float | None = Field(None, gt=0)
+    tis_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        "token_truncate"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -534,8 +539,6 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _workers_need_ray(self) -> RunConfig:
         ro, d = self.rollout, self.distributed
-        if self.algo.tis_cap is not None and ro.async_steps == 0:
-            raise ValueError("algo.tis_cap weights asynchronous rollouts: set rollout.async_steps")
         if d.backend == "ray":
             if ro.engine == "vllm":
                 raise ValueError(

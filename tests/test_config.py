@@ -314,10 +314,9 @@ def test_the_vllm_engine_is_refused_on_rays_workers():
         load_config("quickstart", ["distributed.backend=ray", "rollout.engine=vllm"])
 
 
-def test_tis_cap_needs_asynchronous_rollouts():
-    with pytest.raises(ConfigError, match="algo.tis_cap weights asynchronous rollouts"):
-        load_config("quickstart", ["distributed.backend=ray", "algo.tis_cap=2"])
-    cfg = load_config(
-        "quickstart", ["distributed.backend=ray", "rollout.async_steps=1", "algo.tis_cap=2"]
-    )
-    assert cfg.algo.tis_cap == 2.0
+def test_tis_corrects_any_engine_and_its_mode_is_checked_by_name():
+    cfg = load_config("quickstart", ["algo.tis_cap=2", "algo.tis_mode=sequence_mask"])
+    assert (cfg.algo.tis_cap, cfg.algo.tis_mode) == (2.0, "sequence_mask")
+    assert load_config("quickstart").algo.tis_mode == "token_truncate"
+    with pytest.raises(ConfigError, match=r"algo\.tis_mode"):
+        load_config("quickstart", ["algo.tis_cap=2", "algo.tis_mode=token"])

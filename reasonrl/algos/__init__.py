@@ -20,6 +20,7 @@ from reasonrl.algos.aggregate import AGGREGATIONS, aggregate
 from reasonrl.algos.dpo import DPO_LOSS_TYPES, dpo_loss
 from reasonrl.algos.kl import KL_ESTIMATORS, kl_estimate, kl_in_loss, kl_in_reward
 from reasonrl.algos.logprobs import token_entropy, token_logprobs
+from reasonrl.algos.mismatch import TIS_MODES, mismatch_weights
 from reasonrl.algos.policy import (
     IMPORTANCE_RATIOS,
     clipped_surrogate,
@@ -40,6 +41,7 @@ __all__ = [
     "Estimator",
     "IMPORTANCE_RATIOS",
     "KL_ESTIMATORS",
+    "TIS_MODES",
     "aggregate",
     "bradley_terry_loss",
     "clipped_surrogate",
@@ -56,6 +58,7 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "mismatch_weights",
     "reinforce_pp_advantages",
     "rloo_advantages",
     "sft_loss",

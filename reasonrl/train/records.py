@@ -106,8 +106,11 @@ class LogProbs:
     old: torch.Tensor | None  # the ratio's denominator; None: one update, on-policy (detached)
     ref: torch.Tensor | None  # the frozen reference's; None without a KL term
     values: torch.Tensor | None  # the critic's V before each token; None without a critic
-    # stale (asynchronous) rollouts with algo.tis_cap: min(π_trainer / π_behaviour, cap) per token
+    # algo.tis_cap: each token's weight π_trainer / π_behaviour, truncated or masked at the cap,
+    # and where it was (algos/mismatch.py)
     is_weight: torch.Tensor | None = None
+    is_corrected: torch.Tensor | None = None
+    recomputed: bool = False  # ``sampling`` is the trainer's own, not the engine's log-probs
 
     def kl(self, estimator: str, logp: torch.Tensor | None = None) -> torch.Tensor | None:
         """The per-token KL to the reference by ``estimator`` (k1 | k2 | k3): of ``logp`` (the
@@ -126,6 +129,8 @@ class LogProbs:
             None if self.ref is None else self.ref[rows],
             None if self.values is None else self.values[rows],
             None if self.is_weight is None else self.is_weight[rows],
+            None if self.is_corrected is None else self.is_corrected[rows],
+            self.recomputed,
         )
 
 

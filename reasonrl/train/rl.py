@@ -35,7 +35,13 @@ from typing import Any
 
 import torch
 
-from reasonrl.algos import AdvantageInput, Estimator, get_advantage, kl_in_reward
+from reasonrl.algos import (
+    AdvantageInput,
+    Estimator,
+    get_advantage,
+    kl_in_reward,
+    mismatch_weights,
+)
 from reasonrl.config import AlgoConfig, RunConfig
 from reasonrl.distributed import (
     Ranks,
@@ -220,13 +226,16 @@ def logprobs(
     reward; with one update they equal the current ones, detached, and are not computed), of the
     reference (only with a KL term), and the critic's values.
 
-    A batch generated ``staleness`` > 0 updates ago (``rollout.async_steps``) takes its ratio to
-    the behaviour policy, whose log-probs the engine recorded; with ``algo.tis_cap`` to the
-    trainer's (recomputed), each token weighted by min(π_trainer / π_behaviour, tis_cap)."""
+    With ``algo.tis_cap`` the ratio is taken to the trainer's (recomputed) and each token's loss
+    weighted by π_trainer / π_behaviour, the engine's log-probs being the behaviour policy's,
+    truncated or masked (``algo.tis_mode``, algos/mismatch.py): this corrects both an engine
+    whose numbers differ from the trainer's (vLLM) and a batch generated ``staleness`` > 0
+    updates ago (``rollout.async_steps``). Without it a stale batch takes its ratio to the
+    behaviour policy itself."""
     algo = cfg.algo
     several = updates_per_step(cfg, len(rollout) * ranks.world_size) > 1
-    to_behaviour = staleness > 0 and algo.tis_cap is None
-    tis = staleness > 0 and algo.tis_cap is not None
+    tis = algo.tis_cap is not None
+    to_behaviour = staleness > 0 and not tis
     recompute = not to_behaviour and (several or algo.kl_in == "reward" or tis)
     policy.eval()  # no dropout while scoring the batch
     old = _logprobs_of(policy, rollout, cfg, ranks) if recompute else None
@@ -239,12 +248,15 @@ def logprobs(
     policy.train()
     if to_behaviour:
         return LogProbs(rollout.logprobs, rollout.logprobs, ref, values)
-    weight = None
-    if tis:  # masked tokens hold 0 in both: weight 1, and no loss there anyway
-        behaviour = rollout.logprobs.to(old.dtype)
-        weight = torch.exp(old - behaviour).clamp(max=algo.tis_cap)
+    weight = corrected = None
+    if tis:
+        weight, corrected = mismatch_weights(
+            old, rollout.logprobs, rollout.model_mask, algo.tis_cap, algo.tis_mode
+        )
     sampling = old if old is not None else rollout.logprobs
-    return LogProbs(sampling, old if several or tis else None, ref, values, weight)
+    return LogProbs(
+        sampling, old if several or tis else None, ref, values, weight, corrected, old is not None
+    )
 
 
 # --------------------------------------------------------------------------- advantages
@@ -359,6 +371,28 @@ def metrics(
         out["optim/grad_norm"] = stats.grad_norm
     if stats.value_loss is not None:
         out["loss/value"] = stats.value_loss / stats.updates
+    if lp.recomputed:
+        out.update(mismatch_metrics(ro, lp, cmask, ranks))
+    return out
+
+
+def mismatch_metrics(
+    rollout: Rollout, lp: LogProbs, mask: torch.Tensor, ranks: Ranks
+) -> dict[str, float]:
+    """How far the engine's log-probs (the behaviour policy's) are from the trainer's on the
+    same tokens, over the step's loss tokens: ``rollout/logprob_diff/mean`` and ``/max`` of
+    |log π_trainer − log μ|, and with ``algo.tis_cap`` the share of loss tokens whose weight was
+    truncated or masked, ``rollout/tis_clipped``. Only where the trainer recomputed its own."""
+    diff = (lp.sampling - rollout.logprobs.to(lp.sampling.dtype)).abs().double() * mask
+    corrected = 0.0 if lp.is_corrected is None else float((lp.is_corrected * mask.bool()).sum())
+    parts = all_gather_objects((float(diff.sum()), float(diff.max()), corrected), ranks)
+    tokens = all_reduce_sum(float(mask.sum()), ranks)
+    out = {
+        "rollout/logprob_diff/mean": sum(p[0] for p in parts) / max(tokens, 1.0),
+        "rollout/logprob_diff/max": max(p[1] for p in parts),
+    }
+    if lp.is_corrected is not None:
+        out["rollout/tis_clipped"] = sum(p[2] for p in parts) / max(tokens, 1.0)
     return out
 
 

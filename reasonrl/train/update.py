@@ -198,7 +198,7 @@ def policy_loss(
         dual_clip=algo.dual_clip,
         log_ratio_clamp=algo.log_ratio_clamp,
     )
-    if lp.is_weight is not None:  # truncated importance sampling of stale rollouts
+    if lp.is_weight is not None:  # algo.tis_cap: the engine's policy is not the trainer's
         per_token = per_token * lp.is_weight.to(logp.dtype)
     kl = lp.kl(algo.kl, logp) if algo.kl_in == "loss" and algo.beta > 0 else None
     if kl is not None:

@@ -6,16 +6,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reasonrl.algos import AdvantageInput, get_advantage
+from reasonrl.algos import TIS_MODES, AdvantageInput, get_advantage
 from reasonrl.checks import check_config
 from reasonrl.config import ConfigError, load_config
+from reasonrl.distributed import Ranks
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.models.loading import bundled_model_dir
 from reasonrl.rollout import Episode, HFEngine, Rollout
 from reasonrl.tasks import Sample, render_prompt
 from reasonrl.train.collect import collect
 from reasonrl.train.records import LogProbs, ScoredBatch
-from reasonrl.train.rl import advantages, episode_metrics
+from reasonrl.train.rl import advantages, episode_metrics, mismatch_metrics
 
 
 def test_sample_records_hold_the_prompt_the_model_saw_and_the_gold_answer_apart():
@@ -144,7 +145,7 @@ def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by
     mask = rollout.completion_mask.bool()
     assert not torch.allclose(weighted.old[mask], rollout.logprobs[mask].double(), atol=1e-3)
     ratio = torch.exp(weighted.old - rollout.logprobs.double())
-    assert torch.equal(weighted.is_weight, ratio.clamp(max=1.05))
+    torch.testing.assert_close(weighted.is_weight, ratio.clamp(max=1.05))
     assert (ratio[mask] > 1.05).any() and (weighted.is_weight <= 1.05).all()
 
     # the weight multiplies each token's surrogate: a weight of 2 everywhere doubles the loss
@@ -156,6 +157,81 @@ def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by
     two, _ = policy_loss(model, *args, doubled, tis, int(mask.sum()), 4)
     unit, _ = policy_loss(model, *args, ones, tis, int(mask.sum()), 4)
     assert two.item() == pytest.approx(2 * unit.item()) and one.item() != unit.item()
+
+
+@pytest.mark.parametrize("mode", TIS_MODES)
+def test_tis_gives_the_hand_computed_gradient_when_the_engine_s_logprobs_are_off(mode):
+    """An engine whose log-probs differ from the trainer's (vLLM's kernels, here noise added on
+    purpose): with algo.tis_cap the gradient is −Σ w·A·∇log π / N, w the hand-computed weight
+    of each token; without, it is the plain policy gradient, which differs."""
+    from reasonrl.models.forward import completion_logprobs
+    from reasonrl.train.rl import logprobs
+    from reasonrl.train.update import policy_loss
+
+    cap = 1.5
+    base = [
+        "model.dtype=float64",
+        "rl.prompts_per_step=2",
+        "rl.completions_per_prompt=2",
+        "rl.micro_batch_completions=4",
+        "rollout.max_new_tokens=6",
+        "algo.beta=0",
+        "algo.aggregation=token_mean",
+    ]
+    plain = load_config("quickstart", base)
+    tis = load_config("quickstart", [*base, f"algo.tis_cap={cap}", f"algo.tis_mode={mode}"])
+    tokenizer = load_tokenizer(str(bundled_model_dir()))
+    model = load_model(plain.model, torch.device("cpu"))
+    prompts = [render_prompt(Sample(q, "0"), tokenizer) for q in ("1 + 2 =", "7 - 3 + 1 =")]
+    exact = HFEngine(model, tokenizer).generate(
+        [p for p in prompts for _ in range(2)], max_new_tokens=6, seeds=[1, 2, 3, 4]
+    )
+    mask = exact.completion_mask.double()
+    noise = 0.4 * torch.randn(exact.logprobs.shape, generator=torch.Generator().manual_seed(0))
+    rollout = replace(exact, logprobs=(exact.logprobs.double() + noise) * mask)
+    adv = torch.tensor([[1.0], [-0.5], [0.7], [-1.2]], dtype=torch.float64) * mask
+    n = int(mask.sum())
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        loss.backward(retain_graph=True)  # the hand-made losses share one forward
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    def trainer_loss(cfg) -> torch.Tensor:
+        return policy_loss(
+            model, rollout, mask, adv, logprobs(cfg, model, None, None, rollout), cfg, n, 4
+        )[0]
+
+    # by hand: the per-token log-ratio to the engine, its weight by the mode's rule
+    logp = completion_logprobs(
+        model, rollout.input_ids, rollout.attention_mask, mask.shape[1], plain.rollout.temperature
+    )[0]
+    d = (logp.detach() - rollout.logprobs) * mask
+    if mode.startswith("sequence"):
+        d = d.sum(-1, keepdim=True).expand_as(d)
+    ratio = torch.exp(d)
+    w = ratio.clamp(max=cap) if mode.endswith("truncate") else torch.where(ratio > cap, 0.0, ratio)
+    assert (ratio[mask.bool()] > cap).any() and (ratio[mask.bool()] <= cap).any()
+    expected = gradient(-(w * adv * logp * mask).sum() / n)
+
+    torch.testing.assert_close(gradient(trainer_loss(tis)), expected)
+    uncorrected = gradient(trainer_loss(plain))
+    torch.testing.assert_close(uncorrected, gradient(-(adv * logp * mask).sum() / n))
+    assert not torch.allclose(uncorrected, expected, rtol=1e-3, atol=0)
+
+
+def test_the_mismatch_metrics_by_hand():
+    batch = _scored([[1.0, 0.0]], [[1, 1], [1, 0]])
+    ro = replace(batch.rollout, logprobs=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]))
+    trainer = torch.tensor([[-1.1, -1.0], [-0.5, -7.0]])  # |diff| 0.1, 1.0, 0 (and padding)
+    corrected = torch.tensor([[False, True], [False, True]])  # padding never counts
+    lp = LogProbs(trainer, trainer, None, None, torch.ones(2, 2), corrected, recomputed=True)
+    out = mismatch_metrics(ro, lp, ro.model_mask.float(), Ranks())
+    assert out["rollout/logprob_diff/mean"] == pytest.approx(1.1 / 3)
+    assert out["rollout/logprob_diff/max"] == pytest.approx(1.0)
+    assert out["rollout/tis_clipped"] == pytest.approx(1 / 3)
+    no_tis = mismatch_metrics(ro, replace(lp, is_corrected=None), ro.model_mask.float(), Ranks())
+    assert "rollout/tis_clipped" not in no_tis
 
 
 @pytest.mark.parametrize("algo", ["ppo", "reinforce_pp", "rloo", "dapo"])
