@@ -12,7 +12,6 @@ names its base model and loads wherever a model path is accepted.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from reasonrl.config import LoRAConfig, ModelConfig
 from reasonrl.models.loading import load_model, resolve_model_path
@@ -93,11 +93,33 @@ def load_base(cfg: ModelConfig, device: torch.device | None = None) -> torch.nn.
     return model
 
 
+@torch.no_grad()
+def merged_weights(model: PeftModel, adapted_only: bool = False) -> dict[str, torch.Tensor]:
+    """The plain model's weights, under its own names, with the adapters merged: each adapted
+    layer's W + ΔW is computed beside the trained weights, which are left as they are (peft's
+    merge then unmerge would leave rounding in W). ``adapted_only``: the adapted layers alone,
+    the weights that change as the adapters train."""
+    base = model.get_base_model()
+    merged = {
+        f"{name}.weight": module.get_base_layer().weight
+        + sum(module.get_delta_weight(a) for a in module.active_adapters)
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    if adapted_only:
+        return merged
+    plain = {
+        k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k
+    }
+    return {**plain, **merged}
+
+
 def save_model(model: torch.nn.Module, tokenizer: Any, path: Path, lora: LoRAConfig | None) -> None:
-    """Write a stage's final model to ``path``: a LoRA model merged into plain weights (on a
-    copy, so ``model`` keeps training) or as the adapter alone, per ``lora.save``."""
+    """Write a stage's final model to ``path``: a LoRA model merged into plain weights (the
+    trained model is left as it was, to keep training) or as the adapter alone, per
+    ``lora.save``."""
     if is_lora(model) and lora is not None and lora.save == "merged":
-        copy.deepcopy(model).merge_and_unload().save_pretrained(path)
+        model.get_base_model().save_pretrained(path, state_dict=merged_weights(model))
     else:
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)

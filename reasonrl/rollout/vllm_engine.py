@@ -9,7 +9,8 @@ which gets the policy's weights whenever they have changed since its last genera
   (``collective_rpc`` into its model runner), and the prefix cache, which holds keys and values
   of the old weights, is cleared. The state dict includes ``lm_head.weight`` of a tied model:
   on the CPU vLLM keeps a packed copy of the output layer that only a reload naming it
-  refreshes, and would otherwise keep sampling from the old one.
+  refreshes, and would otherwise keep sampling from the old one. With LoRA vLLM holds the
+  merged model, and a sync sends the adapted layers alone, merged (W + ΔW).
 - **Records.** The same ``Rollout`` as ``hf`` and ``fast``: prompts tokenized and left-padded
   as they do, the sampled tokens (through the first EOS), and each token's log-prob under the
   temperature-scaled distribution it was drawn from (vLLM's ``processed_logprobs``).
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from reasonrl.config import ConfigError, VLLMConfig
+from reasonrl.models.lora import is_lora, merged_weights
 from reasonrl.rollout.base import Rollout, right_padded, stop_and_pad_ids
 
 if TYPE_CHECKING:
@@ -58,11 +60,6 @@ class VLLMEngine:
         device = next(model.parameters()).device
         if device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gb:g}")
-        if hasattr(model, "peft_config"):
-            raise ConfigError(
-                "rollout.engine=vllm with model.lora is not built yet (vLLM would need the "
-                "merged weights or the adapters): use rollout.engine=hf or fast"
-            )
         try:
             from vllm import LLM
         except ImportError as e:
@@ -78,7 +75,13 @@ class VLLMEngine:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
         self.checkpoint = tempfile.TemporaryDirectory(prefix="reasonrl-vllm-")
-        model.save_pretrained(self.checkpoint.name)
+        self.lora = is_lora(model)
+        if self.lora:  # vLLM serves the merged weights (its own adapter support is not needed)
+            model.get_base_model().save_pretrained(
+                self.checkpoint.name, state_dict=merged_weights(model)
+            )
+        else:
+            model.save_pretrained(self.checkpoint.name)
         tokenizer.save_pretrained(self.checkpoint.name)
         self.llm = LLM(
             model=self.checkpoint.name,
@@ -106,8 +109,10 @@ class VLLMEngine:
         written = self._written(state)
         if written == self.synced:
             return False
+        # LoRA: only the adapted layers change, and vLLM gets them merged
+        weights = merged_weights(self.model, adapted_only=True) if self.lora else state
         with torch.no_grad():
-            self.llm.collective_rpc(_reload, args=(list(state.items()),))
+            self.llm.collective_rpc(_reload, args=(list(weights.items()),))
         self.llm.reset_prefix_cache()  # its keys and values came from the old weights
         self.synced, self.syncs = written, self.syncs + 1
         return True
