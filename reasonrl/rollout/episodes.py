@@ -1,10 +1,14 @@
-"""What both engines record while episodes run: each row's completion tokens (the model's,
+"""What the engines record while episodes run: each row's completion tokens (the model's,
 with their sampling log-probs, and the environment's), its turns, and its tool calls and
-errors; and the ``Rollout`` they make. The engines differ in how they decode, not in this."""
+errors; and the ``Rollout`` they make. The engines differ in how they decode, not in this.
+
+``run_turns`` is the loop of the engines that decode a whole turn per call (``hf``, ``vllm``);
+``fast`` runs its episodes token by token in its own KV cache, by the same rules."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +16,15 @@ import torch
 from reasonrl.envs.protocol import ToolCall
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Episode, Rollout, right_padded
+from reasonrl.rollout.sampling import derive_seed
+
+# one turn of each row still going: (contexts as token ids, each row's room in tokens, each
+# row's seed or None, the protocol's stop text or None) -> each row's tokens through the turn's
+# end (EOS, the stop text, or the room) and their log-probs
+Turn = Callable[
+    [list[list[int]], list[int], list[int] | None, str | None],
+    tuple[list[list[int]], list[list[float]]],
+]
 
 
 class EpisodeRecords:
@@ -86,3 +99,51 @@ class EpisodeRecords:
                 for t, c, e in zip(self.turns, self.calls, self.errors, strict=True)
             ],
         )
+
+
+def run_turns(
+    turn: Turn,
+    tokenizer: Any,
+    eos_ids: list[int],
+    prompt_ids: list[list[int]],
+    toolboxes: Sequence[Toolbox],
+    max_turns: int,
+    budget: int,
+    seeds: Sequence[int] | None,
+) -> EpisodeRecords:
+    """Episodes, turn by turn: the rows still going generate until EOS, a tool call's closing
+    tag or the ``budget`` of completion tokens; each call's answer (the toolbox's protocol's
+    ``answer_ids``: the tag protocol's ``<result>`` tokenized on its own, or a chat template's
+    tool message) is appended as environment tokens (model_mask 0, log-prob 0), and the row goes
+    on with its whole context fed back as tokens, never re-tokenized from text. Turn t of
+    completion i draws with seed ``derive_seed("turn", seeds[i], t)`` (turn 0 with seeds[i]
+    itself). An episode ends at EOS without a call (finished), at the budget (an answer that
+    would leave no room for a model token is not appended) or with a call in its last turn (not
+    run; neither finishes)."""
+    rec = EpisodeRecords(len(prompt_ids))
+    going = list(range(len(prompt_ids)))
+    stop = toolboxes[0].protocol.stop  # one format per run
+    for t in range(max_turns):
+        if not going:
+            break
+        turn_seeds = None
+        if seeds is not None:
+            turn_seeds = [seeds[i] if t == 0 else derive_seed("turn", seeds[i], t) for i in going]
+        room = [budget - len(rec.ids[i]) for i in going]
+        new, new_logp = turn([prompt_ids[i] + rec.ids[i] for i in going], room, turn_seeds, stop)
+        after = []
+        for i, tokens, lp in zip(going, new, new_logp, strict=True):
+            rec.sampled(i, tokens, lp)
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            rec.turns[i].append(("model", text))
+            ended = bool(tokens) and tokens[-1] in eos_ids
+            call = toolboxes[i].protocol.call_in(text, ended)
+            if call is None:  # an answer (finished), or cut by the budget
+                rec.finished[i] = ended
+                continue
+            if t == max_turns - 1:
+                continue  # a call with no turn left to read it
+            if rec.respond(i, toolboxes[i], call, tokenizer, eos_ids, budget) is not None:
+                after.append(i)
+        going = after
+    return rec

@@ -25,8 +25,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from reasonrl.algos import token_logprobs
 from reasonrl.envs.tools import Toolbox
 from reasonrl.rollout.base import Rollout, concat_rollouts, stop_and_pad_ids
-from reasonrl.rollout.episodes import EpisodeRecords
-from reasonrl.rollout.sampling import derive_seed, sample_tokens, seed_tensor
+from reasonrl.rollout.episodes import run_turns
+from reasonrl.rollout.sampling import sample_tokens, seed_tensor
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -146,47 +146,21 @@ class HFEngine:
         draw: Draw,
         seeds: list[int] | None,
     ) -> Rollout:
-        """Episodes: turn by turn, the rows still going generate until EOS, a tool call's
-        closing tag or the budget; each call's answer (the toolbox's protocol's ``answer_ids``:
-        the tag protocol's ``<result>`` tokenized on its own, or a chat template's tool message)
-        is appended as environment tokens (model_mask 0, log-prob 0), and the row
-        goes on with its whole context fed back as tokens, never re-tokenized from text. Turn t
-        of completion i draws with seed ``derive_seed("turn", seeds[i], t)`` (turn 0 with
-        seeds[i] itself), counting positions from the turn's start. An episode ends at EOS
-        without a call (finished), at the budget (an answer that would leave no room for a model
-        token is not appended) or with a call in its last turn (not run; neither finishes)."""
-        tok, n = self.tokenizer, len(prompts)
-        prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
-        rec = EpisodeRecords(n)
-        going = list(range(n))
-        stop = toolboxes[0].protocol.stop  # one format per run
-        for turn in range(max_turns):
-            if not going:
-                break
-            turn_seeds = None
-            if seeds is not None:
-                turn_seeds = [
-                    seeds[i] if turn == 0 else derive_seed("turn", seeds[i], turn) for i in going
-                ]
-            room = [draw.budget - len(rec.ids[i]) for i in going]
-            new, new_logp = self._turn(
-                [prompt_ids[i] + rec.ids[i] for i in going], room, draw, turn_seeds, stop
-            )
-            after = []
-            for i, tokens, lp in zip(going, new, new_logp, strict=True):
-                rec.sampled(i, tokens, lp)
-                text = tok.decode(tokens, skip_special_tokens=True)
-                rec.turns[i].append(("model", text))
-                ended = bool(tokens) and tokens[-1] in self.eos_ids
-                call = toolboxes[i].protocol.call_in(text, ended)
-                if call is None:  # an answer (finished), or cut by the budget
-                    rec.finished[i] = ended
-                    continue
-                if turn == max_turns - 1:
-                    continue  # a call with no turn left to read it
-                if rec.respond(i, toolboxes[i], call, tok, self.eos_ids, draw.budget) is not None:
-                    after.append(i)
-            going = after
+        """Episodes by ``run_turns`` (its docstring has the rules), a ``generate`` call per
+        turn; a turn counts sampling positions from its own start."""
+        tok = self.tokenizer
+        rec = run_turns(
+            lambda contexts, room, turn_seeds, stop: self._turn(
+                contexts, room, draw, turn_seeds, stop
+            ),
+            tok,
+            self.eos_ids,
+            tok(prompts, add_special_tokens=False)["input_ids"],
+            toolboxes,
+            max_turns,
+            draw.budget,
+            seeds,
+        )
         device = next(self.model.parameters()).device
         enc = tok(
             prompts,

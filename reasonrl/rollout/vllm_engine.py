@@ -21,12 +21,14 @@ which gets the policy's weights whenever they have changed since its last genera
 The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a sync is a call, not
 a copy to another process. ``rollout.vllm.check_sync: tol`` (debugging) scores a probe with
 both vLLM and the policy after every sync and stops the run if they differ by more than tol.
-Single turns only so far; multi-turn episodes run on ``hf`` or
-``fast``.
+Episodes with tools run turn by turn as on ``hf`` (``episodes.run_turns``): a vLLM call per
+turn that stops at EOS or at the protocol's closing tag, and the tool's answer appended as
+tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -40,6 +42,7 @@ from reasonrl.config import ConfigError, VLLMConfig
 from reasonrl.models.forward import completion_logprobs
 from reasonrl.models.lora import is_lora, merged_weights
 from reasonrl.rollout.base import Rollout, right_padded, stop_and_pad_ids
+from reasonrl.rollout.episodes import run_turns
 
 if TYPE_CHECKING:
     from reasonrl.envs.tools import Toolbox
@@ -142,7 +145,7 @@ class VLLMEngine:
         policy); SyncMismatch if it is over ``rollout.vllm.check_sync``. A stale or partly
         loaded weight in vLLM shows here as differences of 1e-2 and more, where two correct
         float32 copies differ by 1e-5 or less."""
-        r = self._run([probe], PROBE_TOKENS, 1.0, 1.0, 0, False, [0])
+        r = self.generate([probe], max_new_tokens=PROBE_TOKENS, seeds=[0])
         training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -182,27 +185,10 @@ class VLLMEngine:
         max_turns: int = 1,
     ) -> Rollout:
         """Complete each prompt with the policy's current weights (synced first if they
-        changed); with ``seeds``, prompt i's completion is drawn from seeds[i]."""
-        if toolboxes is not None and max_turns > 1:
-            raise ConfigError(
-                "rollout.engine=vllm runs single turns so far: episodes with tools run on "
-                "rollout.engine=hf or fast"
-            )
+        changed); with ``seeds``, prompt i's completion is drawn from seeds[i]. With
+        ``toolboxes`` and ``max_turns`` > 1 each completion is an episode (``run_turns``: a
+        vLLM call per turn, each row's context fed back as token ids)."""
         self.sync(prompts[0] if prompts else None)
-        return self._run(prompts, max_new_tokens, temperature, top_p, top_k, greedy, seeds)
-
-    def _run(
-        self,
-        prompts: list[str],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        greedy: bool,
-        seeds: Sequence[int] | None,
-    ) -> Rollout:
-        from vllm import SamplingParams
-
         enc = self.tokenizer(
             prompts,
             return_tensors="pt",
@@ -212,29 +198,18 @@ class VLLMEngine:
         )
         rows = zip(enc["input_ids"], enc["attention_mask"], strict=True)
         ids = [row[mask.bool()].tolist() for row, mask in rows]  # unpadded, for vLLM
-        params = [
-            SamplingParams(
-                max_tokens=max_new_tokens,
-                temperature=0.0 if greedy else temperature,
-                top_p=1.0 if greedy else top_p,
-                top_k=0 if greedy else top_k,
-                seed=None if seeds is None else int(seeds[i]),
-                stop_token_ids=self.eos_ids,
-                logprobs=0,  # the sampled token's own
-                detokenize=False,
-            )
-            for i in range(len(prompts))
-        ]
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": row} for row in ids], params, use_tqdm=False
+        draw = functools.partial(
+            self._decode, temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy
         )
-        tokens, logps, finished = [], [], []
-        for out in outputs:
-            sample = out.outputs[0]
-            row = list(sample.token_ids)
-            tokens.append(row)
-            logps.append([step[t].logprob for step, t in zip(sample.logprobs, row, strict=True)])
-            finished.append(bool(row) and row[-1] in self.eos_ids)
+        device = next(self.model.parameters()).device
+        if toolboxes is not None and max_turns > 1:
+            rec = run_turns(
+                draw, self.tokenizer, self.eos_ids, ids, toolboxes, max_turns, max_new_tokens, seeds
+            )
+            return rec.rollout(
+                enc["input_ids"], enc["attention_mask"], self.tokenizer, self.pad_id, "cpu"
+            ).to(device)
+        tokens, logps = draw(ids, [max_new_tokens] * len(ids), seeds, None)
         return Rollout(
             enc["input_ids"],
             enc["attention_mask"],
@@ -242,5 +217,48 @@ class VLLMEngine:
             right_padded([[1] * len(r) for r in tokens], 0, torch.long),
             right_padded(logps, 0.0, torch.float32),
             self.tokenizer.batch_decode(tokens, skip_special_tokens=True),
-            torch.tensor(finished),
-        ).to(next(self.model.parameters()).device)
+            torch.tensor([bool(r) and r[-1] in self.eos_ids for r in tokens]),
+        ).to(device)
+
+    def _decode(
+        self,
+        contexts: list[list[int]],
+        room: list[int],
+        seeds: Sequence[int] | None,
+        stop: str | None,
+        *,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """One vLLM call: each context (token ids) continued until EOS, the text ``stop`` (a
+        tool call's closing tag; the tokens through the one that completes it) or its
+        ``room``; the tokens and their log-probs (episodes.Turn)."""
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                max_tokens=room[i],
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=0 if greedy else top_k,
+                seed=None if seeds is None else int(seeds[i]),
+                stop_token_ids=self.eos_ids,
+                stop=None if stop is None else [stop],
+                include_stop_str_in_output=True,
+                logprobs=0,  # the sampled token's own
+                detokenize=stop is not None,  # stop texts are found in the decoded text
+            )
+            for i in range(len(contexts))
+        ]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": row} for row in contexts], params, use_tqdm=False
+        )
+        tokens, logps = [], []
+        for out in outputs:
+            sample = out.outputs[0]
+            row = list(sample.token_ids)
+            tokens.append(row)
+            logps.append([step[t].logprob for step, t in zip(sample.logprobs, row, strict=True)])
+        return tokens, logps

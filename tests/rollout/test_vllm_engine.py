@@ -218,3 +218,46 @@ def test_reasonrl_eval_on_vllm_gives_hf_s_greedy_evaluation() -> None:
     assert results["vllm"]["n"] == 24 and 0 < results["hf"]["accuracy"] < 1
     assert results["vllm"]["accuracy"] == results["hf"]["accuracy"]
     assert results["vllm"]["examples"] == results["hf"]["examples"]
+
+
+def test_tool_episodes_on_vllm_are_hf_s_greedily(tmp_path) -> None:
+    """The shipped tool-use model on held-out problems, easy and hard, with the calculator:
+    greedy episodes on vllm equal hf's token for token, turn by turn (calls, the tool's answers
+    as context, the final answers), and the evaluation agrees."""
+    from rich.console import Console
+
+    from reasonrl.envs import ToolUse
+    from reasonrl.eval.command import evaluate_model
+    from reasonrl.pipeline import eval_config
+    from reasonrl.rollout.vllm_engine import VLLMEngine
+
+    overrides = ["model.dtype=float32", "eval.limit=16", "eval.k=0"]
+    cfg = eval_config("tool-use", overrides, "bundled-tool-use", "settle", tmp_path)
+    model = load_model(cfg.model, torch.device("cpu"))
+    tok = load_tokenizer(cfg.model.path)
+    _, held_out = load_splits(cfg.task)
+    samples = held_out[:8] + held_out[-8:]  # both difficulties
+    tools = ToolUse.from_config(cfg.rollout)
+    kwargs = {"max_new_tokens": cfg.rollout.max_new_tokens, "greedy": True}
+    kwargs["max_turns"] = cfg.rollout.max_turns
+
+    def episodes(engine) -> Rollout:
+        prompts, boxes = tools.episodes(samples, tok, cfg.task)
+        return engine.generate(prompts, toolboxes=boxes, **kwargs)
+
+    want = episodes(HFEngine(model, tok))
+    got = episodes(VLLMEngine(model, tok, SETTINGS))
+    assert [e.turns for e in got.episodes] == [e.turns for e in want.episodes]
+    assert sum(e.calls_made for e in got.episodes) >= 4  # the hard ones call the calculator
+    for name in ("completion_ids", "completion_mask", "model_mask", "finished"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    mask = got.model_mask.bool()
+    assert (got.logprobs[mask] - want.logprobs[mask]).abs().max() < 2e-4
+
+    quiet = Console(quiet=True)
+    results = {}
+    for engine in ("hf", "vllm"):
+        on = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"engine": engine})})
+        results[engine] = evaluate_model(on, engine, [], None, None, quiet)
+    assert results["vllm"]["examples"] == results["hf"]["examples"]
+    assert results["vllm"]["accuracy"] == results["hf"]["accuracy"]
