@@ -156,6 +156,9 @@ class VLLMConfig(_Strict):
     # debugging: after each weight sync vLLM and the policy score a probe completion, and the
     # run stops if their log-probs differ by more than this (logged as rollout/sync_check)
     check_sync: float | None = Field(None, gt=0)
+    # GPU only: between generations the engine sleeps (vLLM's sleep level 1: its weights moved
+    # to the CPU, its KV cache freed), so training gets the GPU memory back
+    sleep: bool = False
 
 
 class RolloutConfig(SamplingConfig):
@@ -543,11 +546,6 @@ class RunConfig(_Strict):
     def _workers_need_ray(self) -> RunConfig:
         ro, d = self.rollout, self.distributed
         if d.backend == "ray":
-            if ro.engine == "vllm":
-                raise ValueError(
-                    "rollout.engine=vllm runs in the trainer's process so far, not in Ray's "
-                    "rollout workers: use rollout.engine=hf or fast with distributed.backend=ray"
-                )
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

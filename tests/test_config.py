@@ -309,9 +309,9 @@ def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):
         load_config("quickstart", [override])
 
 
-def test_the_vllm_engine_is_refused_on_rays_workers():
-    with pytest.raises(ConfigError, match="rollout.engine=vllm runs in the trainer's process"):
-        load_config("quickstart", ["distributed.backend=ray", "rollout.engine=vllm"])
+def test_the_vllm_engine_runs_on_rays_workers():
+    cfg = load_config("quickstart", ["distributed.backend=ray", "rollout.engine=vllm"])
+    assert (cfg.distributed.backend, cfg.rollout.engine) == ("ray", "vllm")
 
 
 def test_tis_corrects_any_engine_and_its_mode_is_checked_by_name():

@@ -28,12 +28,13 @@ tokens.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -75,6 +76,11 @@ class VLLMEngine:
         device = next(model.parameters()).device
         if device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gb:g}")
+            if settings.sleep:
+                raise ConfigError(
+                    "rollout.vllm.sleep frees the engine's GPU memory while the policy trains: "
+                    "it needs the policy on a GPU (model.device=cuda)"
+                )
         try:
             from vllm import LLM
         except ImportError as e:
@@ -109,7 +115,11 @@ class VLLMEngine:
             max_num_batched_tokens=settings.max_num_batched_tokens,
             enable_prefix_caching=True,  # the group's copies of a prompt prefill once
             logprobs_mode="processed_logprobs",  # after temperature: the distribution drawn from
+            enable_sleep_mode=settings.sleep,
         )
+        self.sleeps = settings.sleep
+        if self.sleeps:  # asleep until the first generation: the memory is training's till then
+            self.llm.sleep(level=1)
         self.synced = self._written(model.state_dict())
         self.syncs = 0
         self.check_tolerance = settings.check_sync
@@ -145,7 +155,7 @@ class VLLMEngine:
         policy); SyncMismatch if it is over ``rollout.vllm.check_sync``. A stale or partly
         loaded weight in vLLM shows here as differences of 1e-2 and more, where two correct
         float32 copies differ by 1e-5 or less."""
-        r = self.generate([probe], max_new_tokens=PROBE_TOKENS, seeds=[0])
+        r = self._generate([probe], PROBE_TOKENS, 1.0, 1.0, 0, False, [0], None, 1)  # awake
         training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -188,6 +198,45 @@ class VLLMEngine:
         changed); with ``seeds``, prompt i's completion is drawn from seeds[i]. With
         ``toolboxes`` and ``max_turns`` > 1 each completion is an episode (``run_turns``: a
         vLLM call per turn, each row's context fed back as token ids)."""
+        with self._awake():
+            return self._generate(
+                prompts,
+                max_new_tokens,
+                temperature,
+                top_p,
+                top_k,
+                greedy,
+                seeds,
+                toolboxes,
+                max_turns,
+            )
+
+    @contextlib.contextmanager
+    def _awake(self) -> Iterator[None]:
+        """With ``rollout.vllm.sleep``, the engine awake inside the block, asleep after it."""
+        if not self.sleeps:
+            yield
+            return
+        # level 1 kept the weights it last had on the CPU: woken, they are back on the GPU,
+        # and the sync then replaces what training changed since
+        self.llm.wake_up()
+        try:
+            yield
+        finally:
+            self.llm.sleep(level=1)  # weights to the CPU, the KV cache dropped
+
+    def _generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+        seeds: Sequence[int] | None,
+        toolboxes: Sequence[Toolbox] | None,
+        max_turns: int,
+    ) -> Rollout:
         self.sync(prompts[0] if prompts else None)
         enc = self.tokenizer(
             prompts,

@@ -17,7 +17,7 @@ import torch
 from reasonrl.config import RunConfig
 from reasonrl.envs import ToolUse
 from reasonrl.rewards import ScoredBatch, score_batch
-from reasonrl.rollout import ENGINES
+from reasonrl.rollout import make_engine
 from reasonrl.rollout.base import Rollout
 from reasonrl.tasks.base import Sample
 from reasonrl.workers.weight_sync import WeightReceiver
@@ -37,7 +37,8 @@ class RolloutWorker(WeightReceiver):
         # with distributed.worker_gpus, Ray shows the actor its GPU as cuda:0
         device = torch.device("cuda" if cfg.distributed.worker_gpus > 0 else "cpu")
         self.model = model.to(device).eval().requires_grad_(False)
-        self.engine = ENGINES[cfg.rollout.engine](model, tokenizer, cfg.rollout.batch_completions)
+        # vllm: its own engine in this actor, following the copy's weights as they are loaded
+        self.engine = make_engine(cfg.rollout, model, tokenizer, cfg.rollout.batch_completions)
         ro = cfg.rollout
         self.sampling = {
             "max_new_tokens": ro.max_new_tokens,

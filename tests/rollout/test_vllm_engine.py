@@ -261,3 +261,11 @@ def test_tool_episodes_on_vllm_are_hf_s_greedily(tmp_path) -> None:
         results[engine] = evaluate_model(on, engine, [], None, None, quiet)
     assert results["vllm"]["examples"] == results["hf"]["examples"]
     assert results["vllm"]["accuracy"] == results["hf"]["accuracy"]
+
+
+def test_sleep_is_refused_on_the_cpu_saying_it_frees_gpu_memory(tokenizer) -> None:
+    from reasonrl.config import ConfigError
+    from reasonrl.rollout.vllm_engine import VLLMEngine
+
+    with pytest.raises(ConfigError, match="rollout.vllm.sleep frees the engine's GPU memory"):
+        VLLMEngine(bundled("tied"), tokenizer, VLLMConfig(sleep=True))

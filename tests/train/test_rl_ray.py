@@ -48,7 +48,9 @@ COMMON = [
 ]
 RAY = ["distributed.backend=ray", "rollout.workers=2", "rewards.workers=1"]
 ASYNC = [*RAY, "rollout.async_steps=1", "algo.tis_cap=2.0"]
-SKIP = ("perf/", "async/", "workers/")  # timings, and what only a Ray run logs
+# timings, what only a Ray run logs, and the engine-trainer mismatch (logged only by a run that
+# recomputes its log-probs: with algo.tis_cap)
+SKIP = ("perf/", "async/", "workers/", "rollout/")
 
 
 @pytest.fixture(scope="module", autouse=True)
