@@ -1,7 +1,7 @@
 """The RL trainer on two gloo ranks against one process: ``train_rl`` for 3 steps of the bundled
 model in float64 gives the same parameters (to 1e-10), the same logged metrics and the same
 samples.jsonl, under DDP and FSDP2, for the per-token and per-sequence loss aggregations (under
-DDP; token_mean under both), with several mini-batches and two epochs (batch-wide std and
+DDP: the wrappers reduce alike), with several mini-batches and two epochs (batch-wide std and
 whitening), PPO with its critic, and under FSDP2 DAPO's dynamic sampling (a second round
 drawn, the kept groups dealt between the ranks) and packed forwards (ranks packing different
 numbers of rows).
@@ -38,7 +38,6 @@ TWO_RANKS = [
     # same sequence count by a constant); under either wrapper they are the same reductions
     "token_mean:ddp",
     "seq_mean_token_mean:ddp",
-    "token_mean:fsdp",
     "mini:fsdp",
     "ppo:ddp",  # a critic saved by DDP ranks and by FSDP2 ranks, below
     "ppo:fsdp",

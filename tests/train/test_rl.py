@@ -111,27 +111,35 @@ def test_a_recipe_names_its_own_estimator_by_import_path():
         check_config(load_config(None, [f"algo.advantage={__name__}:missing"]))
 
 
-def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by_tis():
-    from reasonrl.train.rl import logprobs
-    from reasonrl.train.update import policy_loss
+# a step of 2 prompts x 2 completions of up to 6 tokens, in float64
+SMALL = [
+    "model.dtype=float64",
+    "rl.prompts_per_step=2",
+    "rl.completions_per_prompt=2",
+    "rl.micro_batch_completions=4",
+    "rollout.max_new_tokens=6",
+]
 
-    base = [
-        "model.dtype=float64",
-        "rl.prompts_per_step=2",
-        "rl.completions_per_prompt=2",
-        "rl.micro_batch_completions=4",
-        "rollout.max_new_tokens=6",
-        "distributed.backend=ray",
-        "rollout.async_steps=1",
-    ]
-    cfg = load_config("quickstart", base)
-    tis = load_config("quickstart", [*base, "algo.tis_cap=1.05"])
+
+def _small_batch(cfg) -> tuple[torch.nn.Module, Rollout]:
+    """The bundled model and its seeded completions of a SMALL step's two prompts."""
     tokenizer = load_tokenizer(str(bundled_model_dir()))
     model = load_model(cfg.model, torch.device("cpu"))
     prompts = [render_prompt(Sample(q, "0"), tokenizer) for q in ("1 + 2 =", "7 - 3 + 1 =")]
     rollout = HFEngine(model, tokenizer).generate(
         [p for p in prompts for _ in range(2)], max_new_tokens=6, seeds=[1, 2, 3, 4]
     )
+    return model, rollout
+
+
+def test_a_stale_batch_takes_its_ratio_to_the_behaviour_policy_or_is_weighted_by_tis():
+    from reasonrl.train.rl import logprobs
+    from reasonrl.train.update import policy_loss
+
+    base = [*SMALL, "distributed.backend=ray", "rollout.async_steps=1"]
+    cfg = load_config("quickstart", base)
+    tis = load_config("quickstart", [*base, "algo.tis_cap=1.05"])
+    model, rollout = _small_batch(cfg)
     torch.manual_seed(0)
     with torch.no_grad():  # the update the batch is one behind
         for p in model.parameters():
@@ -169,23 +177,10 @@ def test_tis_gives_the_hand_computed_gradient_when_the_engine_s_logprobs_are_off
     from reasonrl.train.update import policy_loss
 
     cap = 1.5
-    base = [
-        "model.dtype=float64",
-        "rl.prompts_per_step=2",
-        "rl.completions_per_prompt=2",
-        "rl.micro_batch_completions=4",
-        "rollout.max_new_tokens=6",
-        "algo.beta=0",
-        "algo.aggregation=token_mean",
-    ]
+    base = [*SMALL, "algo.beta=0", "algo.aggregation=token_mean"]
     plain = load_config("quickstart", base)
     tis = load_config("quickstart", [*base, f"algo.tis_cap={cap}", f"algo.tis_mode={mode}"])
-    tokenizer = load_tokenizer(str(bundled_model_dir()))
-    model = load_model(plain.model, torch.device("cpu"))
-    prompts = [render_prompt(Sample(q, "0"), tokenizer) for q in ("1 + 2 =", "7 - 3 + 1 =")]
-    exact = HFEngine(model, tokenizer).generate(
-        [p for p in prompts for _ in range(2)], max_new_tokens=6, seeds=[1, 2, 3, 4]
-    )
+    model, exact = _small_batch(plain)
     mask = exact.completion_mask.double()
     noise = 0.4 * torch.randn(exact.logprobs.shape, generator=torch.Generator().manual_seed(0))
     rollout = replace(exact, logprobs=(exact.logprobs.double() + noise) * mask)
