@@ -55,7 +55,9 @@ def bench_engine(engine: str, steps: int, evaluate: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         summary = run(cfg, Path(tmp) / "run", console=Console(quiet=True))
         wall = time.perf_counter() - t0
-        metrics = [m for m in read_jsonl(Path(tmp) / "run" / "metrics.jsonl") if m["step"] > 1]
+        rows = read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
+        # the steps' rows (the evaluations log rows of their own), less the first
+        metrics = [m for m in rows if m["step"] > 1 and "perf/step_s" in m]
     step = statistics.median(m["perf/step_s"] for m in metrics)
     generate = statistics.median(m["perf/generate_s"] for m in metrics)
     syncs = [m["perf/weight_sync_s"] for m in metrics if m.get("perf/weight_sync_s") is not None]

@@ -8,6 +8,10 @@
 #   bash bench/gpu/run.sh scale          # 0.5B × 512, 1.5B and 3B, each vs TRL         (≤ 9 min)
 #   bash bench/gpu/run.sh smoke          # the scripts on tiny shapes, on any machine    (≤ 7 min)
 #   bash bench/gpu/run.sh episodes       # tool-calling episodes, hf vs fast             (≤ 5 min)
+#   bash bench/gpu/run.sh vllm           # vLLM's GPU test; the quickstart's steps on hf,
+#                                        # fast and vllm (≤ 6 min). Needs vLLM on the machine:
+#                                        # the GPU image lacks it, and its CUDA wheel is far
+#                                        # larger than a device call carries
 #
 # Each grpo_step run adds its entry to bench/results/grpo_step_<gpu>.json (bench/results travels
 # with the tree, so entries from an earlier call are kept once committed); the log and the result
@@ -15,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ $# -eq 0 ]; then
-    echo "usage: bash bench/gpu/run.sh PART... (tests, packing, main, scale, smoke, episodes)"
+    echo "usage: bash bench/gpu/run.sh PART... (tests, packing, main, scale, smoke, episodes, vllm)"
     exit 2
 fi
 out="${OUT:-/tmp/reasonrl-gpu}"
@@ -89,8 +93,12 @@ for part in "$@"; do
         run 120 $py bench/episodes.py --device cuda --group 8
         run 180 $py bench/episodes.py --device cuda --group 64
         ;;
+    vllm)
+        run 120 $py -m pytest -q -rs -p no:cacheprovider tests/gpu/test_vllm_gpu.py
+        run 240 $py bench/engines.py --steps 20 --no-eval
+        ;;
     *)
-        echo "unknown part: $part (tests, packing, main, scale, smoke, episodes)"; exit 2
+        echo "unknown part: $part (tests, packing, main, scale, smoke, episodes, vllm)"; exit 2
         ;;
     esac
 done 2>&1 | tee -a "$out/gpu_$(IFS=_; echo "$*").log"
