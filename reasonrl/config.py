@@ -156,6 +156,10 @@ class VLLMConfig(_Strict):
     # debugging: after each weight sync vLLM and the policy score a probe completion, and the
     # run stops if their log-probs differ by more than this (logged as rollout/sync_check)
     check_sync: float | None = Field(None, gt=0)
+    # a running vLLM server (http://host:port) to generate with instead of an engine in this
+    # process; the weights are pushed to it (rollout/vllm_server.py, docs/vllm.md)
+    url: str | None = None
+    server_timeout_s: float = Field(600.0, gt=0)  # one request to the server, at most
     # GPU only: between generations the engine sleeps (vLLM's sleep level 1: its weights moved
     # to the CPU, its KV cache freed), so training gets the GPU memory back
     sleep: bool = False
@@ -546,6 +550,12 @@ class RunConfig(_Strict):
     def _workers_need_ray(self) -> RunConfig:
         ro, d = self.rollout, self.distributed
         if d.backend == "ray":
+            if ro.vllm.url is not None:
+                raise ValueError(
+                    "rollout.vllm.url sends the trainer's weights to one vLLM server; Ray's "
+                    "rollout workers hold engines of their own: use one or the other "
+                    "(docs/vllm.md)"
+                )
             return self
         ray_only = [
             ("rollout.workers", ro.workers, ro.workers > 1),

@@ -309,9 +309,13 @@ def test_ray_sizes_without_the_ray_backend_name_the_key_to_add(override, key):
         load_config("quickstart", [override])
 
 
-def test_the_vllm_engine_runs_on_rays_workers():
+def test_the_vllm_engine_runs_on_rays_workers_but_not_with_a_server():
     cfg = load_config("quickstart", ["distributed.backend=ray", "rollout.engine=vllm"])
     assert (cfg.distributed.backend, cfg.rollout.engine) == ("ray", "vllm")
+    server = ["rollout.engine=vllm", "rollout.vllm.url=http://127.0.0.1:8000"]
+    assert load_config("quickstart", server).rollout.vllm.url == "http://127.0.0.1:8000"
+    with pytest.raises(ConfigError, match="rollout.vllm.url sends the trainer's weights"):
+        load_config("quickstart", [*server, "distributed.backend=ray"])
 
 
 def test_tis_corrects_any_engine_and_its_mode_is_checked_by_name():

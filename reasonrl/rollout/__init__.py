@@ -17,6 +17,10 @@ def make_engine(
 ) -> RolloutEngine:
     """The engine ``rollout.engine`` names, generating with ``model``'s weights. vLLM is
     imported only here: it is an extra, and slow to import."""
+    if cfg.engine == "vllm" and cfg.vllm.url is not None:
+        from reasonrl.rollout.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(model, tokenizer, cfg.vllm)
     if cfg.engine == "vllm":
         from reasonrl.rollout.vllm_engine import VLLMEngine
 

@@ -93,10 +93,8 @@ class VLLMEngine:
                 f"rollout.engine=vllm runs float32, bfloat16 or float16, not the policy's {dtype}"
                 ": set model.dtype, or rollout.vllm.dtype"
             )
-        self.model, self.tokenizer = model, tokenizer
-        self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
+        self._follow(model, tokenizer, settings)
         self.checkpoint = tempfile.TemporaryDirectory(prefix="reasonrl-vllm-")
-        self.lora = is_lora(model)
         if self.lora:  # vLLM serves the merged weights (its own adapter support is not needed)
             model.get_base_model().save_pretrained(
                 self.checkpoint.name, state_dict=merged_weights(model)
@@ -120,7 +118,15 @@ class VLLMEngine:
         self.sleeps = settings.sleep
         if self.sleeps:  # asleep until the first generation: the memory is training's till then
             self.llm.sleep(level=1)
-        self.synced = self._written(model.state_dict())
+        self.synced = self._written(model.state_dict())  # vLLM loaded these very weights
+
+    def _follow(self, model: torch.nn.Module, tokenizer: Any, settings: VLLMConfig) -> None:
+        """What the engine keeps to follow ``model``'s weights: nothing synced yet."""
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids, self.pad_id = stop_and_pad_ids(model, tokenizer)
+        self.lora = is_lora(model)
+        self.sleeps = False
+        self.synced: int | None = None  # the policy's tensors' versions at the last sync
         self.syncs = 0
         self.check_tolerance = settings.check_sync
         self.sync_s = self.sync_check = math.nan  # the last sync's, for the step's metrics
@@ -138,16 +144,23 @@ class VLLMEngine:
         if written == self.synced:
             return False
         t0 = time.perf_counter()
-        # LoRA: only the adapted layers change, and vLLM gets them merged
-        weights = merged_weights(self.model, adapted_only=True) if self.lora else state
+        # LoRA: only the adapted layers change (all of them the first time: a server loaded
+        # its own checkpoint), and vLLM gets them merged
+        first = self.synced is None
+        weights = merged_weights(self.model, adapted_only=not first) if self.lora else state
         with torch.no_grad():
-            self.llm.collective_rpc(_reload, args=(list(weights.items()),))
-        self.llm.reset_prefix_cache()  # its keys and values came from the old weights
+            self._push(weights)
         self.synced, self.syncs = written, self.syncs + 1
         self.sync_s = time.perf_counter() - t0
         if self.check_tolerance is not None and probe is not None:
             self.check(probe)
         return True
+
+    def _push(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load ``weights`` into vLLM's model in place, and clear the prefix cache, whose keys
+        and values came from the old weights."""
+        self.llm.collective_rpc(_reload, args=(list(weights.items()),))
+        self.llm.reset_prefix_cache()
 
     def check(self, probe: str) -> float:
         """The largest |log-prob difference| between vLLM and the policy on ``probe``'s

@@ -111,6 +111,21 @@ def open_group(store: dist.Store, prefix: str, rank: int, size: int, backend: st
     return dist.ProcessGroupGloo(store, rank, size, opts)
 
 
+def serve_store(host: str) -> tuple[dist.TCPStore, int]:
+    """A ``TCPStore`` served on ``host`` alone, at a free port, and that port."""
+    listener = socket.create_server((host, 0))  # bound here: TCPStore alone binds all
+    port = listener.getsockname()[1]
+    store = dist.TCPStore(
+        host,
+        port,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=TIMEOUT,
+        master_listen_fd=listener.detach(),  # the store owns and closes it
+    )
+    return store, port
+
+
 class BroadcastFailed(RuntimeError):
     """A push that did not reach every member; the group is dropped."""
 
@@ -119,16 +134,8 @@ class Broadcaster:
     """The trainer's end (rank 0): the store, served on ``host``, and the current group."""
 
     def __init__(self, host: str, backend: str) -> None:
-        listener = socket.create_server((host, 0))  # bound here: TCPStore alone binds all
-        self.host, self.port, self.backend = host, listener.getsockname()[1], backend
-        self.store = dist.TCPStore(
-            host,
-            self.port,
-            is_master=True,
-            wait_for_workers=False,
-            timeout=TIMEOUT,
-            master_listen_fd=listener.detach(),  # the store owns and closes it
-        )
+        self.host, self.backend = host, backend
+        self.store, self.port = serve_store(host)
         self.group: Any = None  # None: to be formed at the next push
         self.formed = 0  # groups formed so far; each uses its own key prefix
 
