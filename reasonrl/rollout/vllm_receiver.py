@@ -28,7 +28,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
-from reasonrl.workers.weight_sync import RECEIVE_TIMEOUT, TIMEOUT, open_group
+from reasonrl.distributed.groups import RECEIVE_TIMEOUT, TIMEOUT, open_group
 
 BACKEND = "reasonrl_gloo"
 

@@ -32,8 +32,8 @@ import httpx
 import torch
 
 from reasonrl.config import ConfigError, VLLMConfig
+from reasonrl.distributed.groups import buckets, open_group, serve_store
 from reasonrl.rollout.vllm_engine import VLLMEngine
-from reasonrl.workers.weight_sync import buckets, open_group, serve_store
 
 BACKEND = "reasonrl_gloo"  # vllm_receiver.BACKEND (that module imports vLLM; this one must not)
 

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from reasonrl.config import load_config
+from reasonrl.distributed.groups import buckets
 from reasonrl.models import load_model
-from reasonrl.workers import start_ray, weight_sync
+from reasonrl.workers import start_ray
 from reasonrl.workers.weight_sync import (
     GROUP,
     Broadcaster,
     BroadcastFailed,
     WeightReceiver,
-    buckets,
     load_flat,
 )
 
@@ -74,14 +74,14 @@ def test_buckets_hold_each_tensor_once_by_dtype_within_the_cap(
     assert set(names) == set(state) - {"lm_head.weight"}
     # a cap below the largest tensor: each tensor alone, and mixed dtypes apart
     mixed = {"a": torch.ones(4), "b": torch.ones(3, dtype=torch.int64), "c": torch.ones(2, 2)}
-    monkeypatch.setattr("reasonrl.workers.weight_sync.BUCKET_BYTES", 24)
+    monkeypatch.setattr("reasonrl.distributed.groups.BUCKET_BYTES", 24)
     layout = buckets(mixed)
     assert [(b.dtype, b.names) for b in layout] == [
         (torch.float32, ("a",)),
         (torch.float32, ("c",)),
         (torch.int64, ("b",)),
     ]
-    monkeypatch.setattr("reasonrl.workers.weight_sync.BUCKET_BYTES", 32)
+    monkeypatch.setattr("reasonrl.distributed.groups.BUCKET_BYTES", 32)
     assert [b.names for b in buckets(mixed)] == [("a", "c"), ("b",)]
 
 
@@ -146,7 +146,7 @@ def test_a_member_killed_mid_push_fails_it_soon_and_the_others_take_the_next(
     # three members of its own (no CPUs: the module's two hold Ray's), 1 MB buckets, and a
     # receive timeout of 5 s: a broadcast is relayed through the members, so one of the
     # survivors may be waiting on the dead one
-    monkeypatch.setattr(weight_sync, "BUCKET_BYTES", 1 << 20)
+    monkeypatch.setattr("reasonrl.distributed.groups.BUCKET_BYTES", 1 << 20)
     actor = ray.remote(num_cpus=0, concurrency_groups={GROUP: 1})(Member)
     three = [actor.remote(model, 5.0) for _ in range(3)]
     sync = Broadcaster("127.0.0.1", "gloo")
