@@ -26,7 +26,7 @@ from reasonrl.rollout import HFEngine
 from reasonrl.tasks import load_splits, render_prompt
 from reasonrl.train.context import RunContext
 from reasonrl.train.rl import train_rl
-from reasonrl.workers import RayRollouts, weight_sync
+from reasonrl.workers import RayRollouts
 from reasonrl.workers.weight_sync import Broadcaster
 
 COMMON = [
@@ -126,7 +126,7 @@ def test_workers_killed_mid_step_leave_the_metrics_unchanged(
     # and rollout worker 1 killed after the first 1 MB bucket of the first update's weights:
     # that version reaches worker 0 through the object store, and worker 1 is replaced when
     # step 2 calls it
-    monkeypatch.setattr(weight_sync, "BUCKET_BYTES", 1 << 20)
+    monkeypatch.setattr("reasonrl.distributed.groups.BUCKET_BYTES", 1 << 20)
     push, send, members = Broadcaster.push, Broadcaster._send, []
 
     def push_recording(self: Broadcaster, actors: list, *args: object) -> None:
