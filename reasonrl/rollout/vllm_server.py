@@ -70,26 +70,29 @@ class VLLMServerEngine(VLLMEngine):
         """``work()`` here while ``path`` is posted from another thread (the server's end of
         a collective answers only once the trainer's end has run); its result, once both
         are done. A failed request is a RuntimeError naming it."""
-        answer: dict[str, Any] = {}
+        failed: list[RuntimeError] = []
 
         def post() -> None:
             try:
-                answer["r"] = self.http.post(path, json=body)
-            except httpx.HTTPError as e:
-                answer["e"] = e
+                self._post(path, body)
+            except RuntimeError as e:
+                failed.append(e)
 
         thread = threading.Thread(target=post, daemon=True)
         thread.start()
         result = work()
         thread.join()
-        response = answer.get("r")
-        if response is None or response.status_code != 200:
-            detail = answer.get("e") or (response.text[:500] if response is not None else "")
-            raise RuntimeError(f"vLLM server: {path} failed: {detail}")
+        if failed:
+            raise failed[0]
         return result
 
     def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = self.http.post(path, json=body or {})
+        """The server's JSON answer to ``body`` at ``path``; a RuntimeError naming the path if
+        the request fails or is refused."""
+        try:
+            response = self.http.post(path, json=body or {})
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"vLLM server: {path} failed: {e}") from e
         if response.status_code != 200:
             raise RuntimeError(f"vLLM server: {path} failed: {response.text[:500]}")
         return response.json() if response.content else {}

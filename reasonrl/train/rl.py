@@ -387,8 +387,9 @@ def mismatch_metrics(
     truncated or masked, ``rollout/tis_clipped``. Only where the trainer recomputed its own."""
     diff = (lp.sampling - rollout.logprobs.to(lp.sampling.dtype)).abs().double() * mask
     corrected = 0.0 if lp.is_corrected is None else float((lp.is_corrected * mask.bool()).sum())
-    parts = all_gather_objects((float(diff.sum()), float(diff.max()), corrected), ranks)
-    tokens = all_reduce_sum(float(mask.sum()), ranks)
+    sums = (float(diff.sum()), float(diff.max()), corrected, float(mask.sum()))
+    parts = all_gather_objects(sums, ranks)  # one collective for the four
+    tokens = sum(p[3] for p in parts)
     out = {
         "rollout/logprob_diff/mean": sum(p[0] for p in parts) / max(tokens, 1.0),
         "rollout/logprob_diff/max": max(p[1] for p in parts),
